@@ -1,0 +1,242 @@
+"""The Layer contract and the helpers that build layers.
+
+A layer is an immutable named tuple of three pure functions::
+
+    params, state, out_shape = layer.init(key, in_shape)
+    y                        = layer.apply(params, state, x, *, key=None, train=False)
+    y, new_state, pullback   = layer.vjp(params, state, x, *, key=None)
+    dparams, dx              = pullback(dy)
+
+``in_shape``/``out_shape`` are per-example shapes (no batch axis); data carries
+the batch on axis 0.  ``vjp`` is the training-mode forward.  It may also take the
+keyword ``need_dx=False``, a hint that the caller does not need the input
+gradient (the first layer of a model); the pullback may then return ``None``
+for ``dx``.  Layers written without that keyword still compose: combinators only
+pass it to layers whose ``vjp`` accepts it (see :func:`call_vjp`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+Array = np.ndarray
+Shape = Tuple[int, ...]
+Params = Any  # a pytree of nested dicts/lists/tuples with arrays at the leaves
+State = Any
+Pullback = Callable[[Any], Tuple[Params, Any]]
+
+__all__ = [
+    "Layer",
+    "LayerError",
+    "stateless_layer",
+    "elementwise_layer",
+    "call_vjp",
+    "check_float_input",
+    "check_trailing_shape",
+    "check_param_dtype",
+    "as_shape",
+]
+
+
+class LayerError(ValueError):
+    """Bad input to a layer: the message names the layer's path in the model.
+
+    ``path`` is the layer's position in the parameter tree (``"block_1/dense_0"``),
+    ``kind`` is the layer's own name (``"dense"``) and ``detail`` what is wrong.
+    Combinators re-raise a child's error with their child key prepended, so the
+    message a user sees points at the exact layer inside the model.
+    """
+
+    def __init__(self, detail: str, kind: str = "", path: Tuple[str, ...] = ()):
+        self.detail = detail
+        self.kind = kind
+        self.path = tuple(path)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.path:
+            where = "/".join(self.path)
+            kind = f" ({self.kind})" if self.kind and self.kind != self.path[-1] else ""
+            return f"layer '{where}'{kind}: {self.detail}"
+        if self.kind:
+            return f"layer '{self.kind}': {self.detail}"
+        return self.detail
+
+    def named(self, kind: str) -> "LayerError":
+        """This error attributed to a layer called ``kind`` (if not yet named)."""
+        if self.kind:
+            return self
+        return LayerError(self.detail, kind, self.path)
+
+    def within(self, parent_key: str) -> "LayerError":
+        """This error as seen from the parent that holds the layer under ``parent_key``."""
+        return LayerError(self.detail, self.kind, (parent_key,) + self.path)
+
+    def __reduce__(self):  # keep the error picklable despite the custom __init__
+        return (LayerError, (self.detail, self.kind, self.path))
+
+
+class Layer(NamedTuple):
+    """A layer: ``init``, ``apply`` and ``vjp`` as pure functions, and a ``name``.
+
+    Models built by combinators are layers too.
+    """
+
+    init: Callable[..., Tuple[Params, State, Any]]
+    apply: Callable[..., Any]
+    vjp: Callable[..., Tuple[Any, State, Pullback]]
+    name: str
+
+
+def as_shape(shape: Any) -> Shape:
+    """``shape`` as a tuple of ints (accepts an int for a 1-D shape)."""
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    return tuple(int(d) for d in shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts_need_dx(fn: Callable) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    params = sig.parameters
+    if "need_dx" in params:
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None,
+             need_dx: bool = True) -> Tuple[Any, State, Pullback]:
+    """Run ``layer.vjp``, passing ``need_dx=False`` only to layers that accept it."""
+    if not need_dx and _accepts_need_dx(layer.vjp):
+        return layer.vjp(params, state, x, key=key, need_dx=False)
+    return layer.vjp(params, state, x, key=key)
+
+
+# --- input checks shared by layers -------------------------------------------------
+
+def check_float_input(x: Any, what: str = "input") -> None:
+    """Raise :class:`LayerError` unless ``x`` is a floating-point numpy array."""
+    if not isinstance(x, np.ndarray):
+        raise LayerError(f"expected {what} to be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise LayerError(
+            f"expected a floating-point {what}, got dtype {x.dtype}; "
+            f"cast it first, e.g. x.astype(np.float32)")
+
+
+def check_param_dtype(x: Array, param: Array) -> None:
+    """Raise :class:`LayerError` if ``x``'s dtype differs from the parameters' dtype."""
+    if x.dtype != param.dtype:
+        raise LayerError(
+            f"input dtype {x.dtype} does not match the parameter dtype {param.dtype}; "
+            f"cast the input (x.astype(np.{param.dtype})) or the params "
+            f"(fundl.tree.cast(params, np.{x.dtype}))")
+
+
+def check_trailing_shape(x: Array, expected: Shape, what: str = "input") -> None:
+    """Raise :class:`LayerError` unless ``x`` is ``(batch, *expected)``.
+
+    ``None`` entries in ``expected`` match any size.
+    """
+    expected = tuple(expected)
+    want = "(batch, " + ", ".join("?" if d is None else str(d) for d in expected) + ")"
+    if x.ndim != len(expected) + 1:
+        raise LayerError(
+            f"expected {what} of shape {want} (rank {len(expected) + 1}), "
+            f"got shape {tuple(x.shape)}")
+    for got, exp in zip(x.shape[1:], expected):
+        if exp is not None and got != exp:
+            raise LayerError(f"expected {what} of shape {want}, got shape {tuple(x.shape)}")
+
+
+# --- helpers to build layers -----------------------------------------------------
+
+def stateless_layer(
+    name: str,
+    init: Callable[[Any, Shape], Tuple[Params, Shape]],
+    apply: Callable[[Params, Any], Any],
+    vjp: Callable[..., Tuple[Any, Pullback]],
+) -> Layer:
+    """Build a Layer with no state and no randomness from three plain functions.
+
+    - ``init(key, in_shape) -> (params, out_shape)``
+    - ``apply(params, x) -> y``
+    - ``vjp(params, x) -> (y, pullback)`` with ``pullback(dy) -> (dparams, dx)``;
+      it may take a keyword ``need_dx`` (see :mod:`fundl.core`).
+
+    Any :class:`LayerError` they raise is attributed to ``name``.
+    """
+    takes_need_dx = _accepts_need_dx(vjp)
+
+    def layer_init(key, in_shape):
+        try:
+            params, out_shape = init(key, in_shape)
+        except LayerError as err:
+            raise err.named(name) from None
+        return params, {}, out_shape
+
+    def layer_apply(params, state, x, *, key=None, train=False):
+        try:
+            return apply(params, x)
+        except LayerError as err:
+            raise err.named(name) from None
+
+    def layer_vjp(params, state, x, *, key=None, need_dx=True):
+        try:
+            if takes_need_dx:
+                y, pullback = vjp(params, x, need_dx=need_dx)
+            else:
+                y, pullback = vjp(params, x)
+        except LayerError as err:
+            raise err.named(name) from None
+        return y, state, pullback
+
+    return Layer(layer_init, layer_apply, layer_vjp, name)
+
+
+def elementwise_layer(
+    name: str,
+    forward: Callable[[Array], Array],
+    backward: Callable[[Optional[Array], Optional[Array], Array], Array],
+    saves: str = "xy",
+) -> Layer:
+    """Build a parameter-free, shape-preserving layer from two functions.
+
+    - ``forward(x) -> y`` with ``y.shape == x.shape`` and ``y.dtype == x.dtype``
+    - ``backward(x, y, dy) -> dx`` with ``dx.shape == x.shape``; it must not
+      write into ``x``, ``y`` or ``dy``.
+
+    ``saves`` names the residuals the backward pass needs: ``"x"``, ``"y"`` or
+    ``"xy"``; the other one is passed as ``None`` and is not kept alive (relu,
+    tanh and sigmoid need only ``y``).
+    """
+    if saves not in ("x", "y", "xy"):
+        raise ValueError(f"saves must be 'x', 'y' or 'xy', got {saves!r}")
+    keep_x, keep_y = "x" in saves, "y" in saves
+
+    def init(key, in_shape):
+        return {}, as_shape(in_shape)
+
+    def apply(params, x):
+        check_float_input(x)
+        return forward(x)
+
+    def vjp(params, x):
+        check_float_input(x)
+        y = forward(x)
+        x_saved = x if keep_x else None
+        y_saved = y if keep_y else None
+
+        def pullback(dy):
+            return {}, backward(x_saved, y_saved, dy)
+
+        return y, pullback
+
+    return stateless_layer(name, init, apply, vjp)

@@ -1,0 +1,134 @@
+"""Contract checks for any Layer: the checks fundl's own tests run on every layer.
+
+:func:`check_layer` is what a layer author (built-in or user) runs to know a
+layer honours the contract of :mod:`fundl.core`:
+
+- ``init``'s ``out_shape`` equals the shape of ``apply``'s and ``vjp``'s output;
+- float32 in gives float32 out (and float32 gradients);
+- no function mutates its inputs (they are set read-only and compared after);
+- the same key gives bit-identical params, outputs and gradients;
+- ``apply(train=True)`` equals ``vjp``'s output for the same key;
+- the pullback passes :func:`fundl.check_vjp` in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import numpy as np
+
+from . import random, tree
+from .core import Layer
+from .gradcheck import GradCheckResult, _is_shape, _random_input, check_vjp
+
+__all__ = ["check_layer", "read_only", "ContractError"]
+
+
+class ContractError(AssertionError):
+    """A layer breaks the Layer contract; the message says how."""
+
+
+def read_only(t: Any) -> Any:
+    """Copies of every array leaf of ``t``, set read-only (other leaves as they are)."""
+    def freeze(a: Any) -> Any:
+        if isinstance(a, np.ndarray):
+            a = a.copy()
+            a.flags.writeable = False
+        return a
+    return tree.map(freeze, t)
+
+
+def _shapes(t: Any) -> Any:
+    """Per-example shapes of a batch (or a tuple of batches)."""
+    if isinstance(t, np.ndarray):
+        return tuple(t.shape[1:])
+    return tuple(_shapes(a) for a in t)
+
+
+def _norm_shape(s: Any) -> Any:
+    if _is_shape(s):
+        return tuple(int(d) for d in ((s,) if isinstance(s, (int, np.integer)) else s))
+    return tuple(_norm_shape(a) for a in s)
+
+
+def _dtypes(t: Any) -> set:
+    return {np.asarray(a).dtype for a in tree.leaves(t)}
+
+
+def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
+                key: Any = None, gradcheck: bool = True, tol: float = 1e-6,
+                **check_vjp_kwargs: Any) -> Optional[GradCheckResult]:
+    """Run every contract check on ``layer`` for per-example ``in_shape``.
+
+    ``x`` (float32, or integer ids) overrides the random float32 input.
+    Returns the :func:`~fundl.check_vjp` result; raises :class:`ContractError`
+    or :class:`~fundl.GradCheckError` on the first broken rule.
+    """
+    key = random.key(0) if key is None else key
+    k_init, k_x, k_fwd = random.split(key, 3)
+    if x is None:
+        x = tree.cast(_random_input(k_x, in_shape, batch), np.float32)
+    x = read_only(x)
+    x_before = copy.deepcopy(x)
+
+    params, state, out_shape = layer.init(k_init, in_shape)
+    params2, state2, out_shape2 = layer.init(k_init, in_shape)
+    if not (tree.all_equal(params, params2) and tree.all_equal(state, state2)
+            and out_shape == out_shape2):
+        raise ContractError(f"{layer.name}: init is not deterministic in its key")
+    float_dtypes = {d for d in _dtypes(params) if d.kind == "f"}
+    if float_dtypes - {np.dtype(np.float32)}:
+        raise ContractError(f"{layer.name}: default params should be float32, got {float_dtypes}")
+    params, state = read_only(params), read_only(state)
+    p_before, s_before = copy.deepcopy(params), copy.deepcopy(state)
+
+    y = layer.apply(params, state, x)
+    if _norm_shape(_shapes(y)) != _norm_shape(out_shape):
+        raise ContractError(f"{layer.name}: init says out_shape {out_shape}, "
+                            f"apply gives per-example shape {_shapes(y)}")
+    x_float = any(np.asarray(a).dtype.kind == "f" for a in tree.leaves(x))
+    if x_float and _dtypes(y) != {np.dtype(np.float32)}:
+        raise ContractError(f"{layer.name}: float32 in gave {_dtypes(y)} out")
+    if not tree.all_equal(y, layer.apply(params, state, x)):
+        raise ContractError(f"{layer.name}: apply is not deterministic")
+
+    y_t, new_state, pullback = layer.vjp(params, state, x, key=k_fwd)
+    y_t2, new_state2, _ = layer.vjp(params, state, x, key=k_fwd)
+    if not (tree.all_equal(y_t, y_t2) and tree.all_equal(new_state, new_state2)):
+        raise ContractError(f"{layer.name}: vjp is not deterministic for a fixed key")
+    if _norm_shape(_shapes(y_t)) != _norm_shape(out_shape):
+        raise ContractError(f"{layer.name}: init says out_shape {out_shape}, "
+                            f"vjp gives per-example shape {_shapes(y_t)}")
+    y_train = layer.apply(params, state, x, key=k_fwd, train=True)
+    if not tree.all_equal(y_train, y_t):
+        raise ContractError(f"{layer.name}: apply(train=True) differs from vjp's output")
+    try:
+        tree.map(lambda a, b: None, state, new_state)
+    except tree.TreeError as err:
+        raise ContractError(f"{layer.name}: vjp's new state has another structure: {err}")
+
+    dy = read_only(tree.map(lambda a: random.normal(random.fold_in(k_fwd, 7), a.shape, a.dtype), y_t))
+    dy_before = copy.deepcopy(dy)
+    dparams, dx = pullback(dy)
+    dparams2, dx2 = pullback(dy)
+    if not (tree.all_equal(dparams, dparams2) and tree.all_equal(dx, dx2)):
+        raise ContractError(f"{layer.name}: pullback gives different results on a second call")
+    try:
+        tree.map(lambda a, b: None, params, dparams)
+    except tree.TreeError as err:
+        raise ContractError(f"{layer.name}: dparams differ in structure from params: {err}")
+    if _dtypes(dparams) - {np.dtype(np.float32)}:
+        raise ContractError(f"{layer.name}: float32 params gave {_dtypes(dparams)} gradients")
+    if x_float and dx is not None and _dtypes(dx) != {np.dtype(np.float32)}:
+        raise ContractError(f"{layer.name}: float32 input gave {_dtypes(dx)} input gradient")
+
+    for what, now, before in (("x", x, x_before), ("params", params, p_before),
+                              ("state", state, s_before), ("dy", dy, dy_before)):
+        if not tree.all_equal(now, before):
+            raise ContractError(f"{layer.name}: {what} was modified")
+
+    if not gradcheck:
+        return None
+    x64 = None if x is None else x
+    return check_vjp(layer, in_shape, x=x64, key=key, tol=tol, **check_vjp_kwargs)

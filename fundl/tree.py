@@ -1,0 +1,263 @@
+"""Pytree utilities over nested dicts, lists and tuples.
+
+A pytree is a leaf (usually a numpy array or a number) or a container: a
+``dict`` (string keys), a ``list`` or a ``tuple`` (named tuples included) of
+pytrees.  ``None`` is an empty container (it holds no leaves).  Paths are
+readable strings like ``"dense_0/w"`` (dict keys, list/tuple indices, or
+named-tuple field names, joined by ``/``).
+
+Dict order: results follow the key order of the first tree; other trees passed
+alongside it must have the same keys (in any order).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List, NamedTuple, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "TreeError", "TreeDef", "map", "leaves", "flatten", "unflatten", "structure",
+    "flatten_with_paths", "unflatten_from_paths", "paths", "zeros_like",
+    "global_norm", "cast", "size", "all_equal",
+]
+
+_builtin_map = map
+
+
+class TreeError(ValueError):
+    """Trees whose structures differ; the message names the first differing path."""
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _is_node(x: Any) -> bool:
+    return x is None or isinstance(x, (dict, list, tuple))
+
+
+def _children(node: Any) -> List[Tuple[str, Any]]:
+    """(path component, child) pairs of a container."""
+    if node is None:
+        return []
+    if isinstance(node, dict):
+        return [(str(k), v) for k, v in node.items()]
+    if _is_namedtuple(node):
+        return list(zip(node._fields, node))
+    return [(str(i), v) for i, v in enumerate(node)]
+
+
+def _rebuild(node: Any, values: Sequence[Any]) -> Any:
+    """A container like ``node`` holding ``values`` in ``_children`` order."""
+    if node is None:
+        return None
+    if isinstance(node, dict):
+        return dict(zip(node.keys(), values))
+    if _is_namedtuple(node):
+        return type(node)(*values)
+    if isinstance(node, tuple):
+        return tuple(values)
+    return list(values)
+
+
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix}/{part}" if prefix else part
+
+
+def _describe(x: Any) -> str:
+    if x is None:
+        return "None"
+    if isinstance(x, dict):
+        return f"dict with keys {sorted(_builtin_map(str, x.keys()))}"
+    if _is_namedtuple(x):
+        return f"{type(x).__name__} with fields {list(x._fields)}"
+    if isinstance(x, (list, tuple)):
+        return f"{type(x).__name__} of length {len(x)}"
+    return "a leaf"
+
+
+def _mismatch(path: str, first: Any, other: Any) -> TreeError:
+    where = path or "<root>"
+    return TreeError(f"tree structures differ at '{where}': {_describe(first)} vs {_describe(other)}")
+
+
+def _same_node(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, dict):
+        return isinstance(b, dict) and len(a) == len(b) and all(k in b for k in a)
+    if isinstance(a, (list, tuple)):
+        return (isinstance(b, (list, tuple)) and len(a) == len(b)
+                and _is_namedtuple(a) == _is_namedtuple(b))
+    return not _is_node(b)
+
+
+def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` to the leaves of ``tree`` (and the matching leaves of ``rest``).
+
+    Returns a tree shaped like ``tree``.  Raises :class:`TreeError` naming the
+    first path at which a tree in ``rest`` differs in structure.
+    """
+    def go(path: str, node: Any, others: Tuple[Any, ...]) -> Any:
+        for other in others:
+            if not _same_node(node, other):
+                raise _mismatch(path, node, other)
+        if not _is_node(node):
+            return fn(node, *others)
+        if isinstance(node, dict):
+            return {k: go(_join(path, str(k)), v, tuple(o[k] for o in others))
+                    for k, v in node.items()}
+        values = [go(_join(path, name), child, tuple(o[i] for o in others))
+                  for i, (name, child) in enumerate(_children(node))]
+        return _rebuild(node, values)
+
+    return go("", tree, rest)
+
+
+def _walk(path: str, node: Any) -> Iterator[Tuple[str, Any]]:
+    if _is_node(node):
+        for name, child in _children(node):
+            yield from _walk(_join(path, name), child)
+    else:
+        yield path, node
+
+
+def flatten_with_paths(tree: Any) -> List[Tuple[str, Any]]:
+    """``[(path, leaf), ...]`` in a fixed order (dict insertion order)."""
+    return list(_walk("", tree))
+
+
+def paths(tree: Any) -> List[str]:
+    """The paths of the leaves, in :func:`flatten` order."""
+    return [p for p, _ in _walk("", tree)]
+
+
+def leaves(tree: Any) -> List[Any]:
+    """The leaves, in a fixed order (dict insertion order)."""
+    return [leaf for _, leaf in _walk("", tree)]
+
+
+class TreeDef(NamedTuple):
+    """The structure of a pytree: the tree with every leaf replaced by ``None``.
+
+    ``skeleton`` uses the ``LEAF`` marker for leaves so that a ``None``
+    container and a leaf can be told apart.
+    """
+
+    skeleton: Any
+    num_leaves: int
+
+    def __repr__(self) -> str:
+        return f"TreeDef({self.skeleton!r}, num_leaves={self.num_leaves})"
+
+
+class _Leaf:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "*"
+
+    def __reduce__(self):
+        return (_leaf_marker, ())
+
+
+LEAF = _Leaf()
+
+
+def _leaf_marker() -> _Leaf:
+    return LEAF
+
+
+def structure(tree: Any) -> TreeDef:
+    """The :class:`TreeDef` of ``tree``."""
+    skeleton = map(lambda _: LEAF, tree)
+    return TreeDef(skeleton, len(leaves(tree)))
+
+
+def flatten(tree: Any) -> Tuple[List[Any], TreeDef]:
+    """``(leaves, treedef)``; :func:`unflatten` inverts it."""
+    return leaves(tree), structure(tree)
+
+
+def unflatten(treedef: TreeDef, leaf_values: Sequence[Any]) -> Any:
+    """Rebuild a tree of ``treedef``'s structure from leaves in flatten order."""
+    leaf_values = list(leaf_values)
+    if len(leaf_values) != treedef.num_leaves:
+        raise TreeError(f"unflatten expected {treedef.num_leaves} leaves, got {len(leaf_values)}")
+    it = iter(leaf_values)
+
+    def go(node: Any) -> Any:
+        if node is LEAF:
+            return next(it)
+        if isinstance(node, dict):
+            return {k: go(v) for k, v in node.items()}
+        return _rebuild(node, [go(child) for _, child in _children(node)])
+
+    return go(treedef.skeleton)
+
+
+def unflatten_from_paths(like: Any, pairs: Any) -> Any:
+    """Rebuild a tree shaped like ``like`` from ``(path, leaf)`` pairs or a path dict.
+
+    Raises :class:`TreeError` naming a path of ``like`` that is missing, or a
+    path in ``pairs`` that ``like`` does not have.
+    """
+    table = dict(pairs)
+    wanted = paths(like)
+    missing = [p for p in wanted if p not in table]
+    if missing:
+        raise TreeError(f"no value for path '{missing[0]}'"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(set(table) - set(wanted))
+    if extra:
+        raise TreeError(f"unexpected path '{extra[0]}'"
+                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    return unflatten(structure(like), [table[p] for p in wanted])
+
+
+def zeros_like(tree: Any) -> Any:
+    """A tree of zero arrays with the shapes and dtypes of ``tree``'s leaves."""
+    return map(np.zeros_like, tree)
+
+
+def global_norm(tree: Any) -> float:
+    """The L2 norm of all leaves taken together (a Python float, computed in float64)."""
+    total = 0.0
+    for leaf in leaves(tree):
+        a = np.asarray(leaf)
+        flat = a.reshape(-1)
+        total += float(np.dot(flat, flat)) if a.dtype.kind == "f" else float(np.sum(np.square(a, dtype=np.float64)))
+    return float(np.sqrt(total))
+
+
+def cast(tree: Any, dtype: Any) -> Any:
+    """Cast every floating-point leaf to ``dtype``; other leaves are kept as they are."""
+    dtype = np.dtype(dtype)
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind == "f":
+            return leaf.astype(dtype, copy=False) if leaf.dtype == dtype else leaf.astype(dtype)
+        return leaf
+
+    return map(one, tree)
+
+
+def size(tree: Any) -> int:
+    """Total number of elements over all leaves (the parameter count of params)."""
+    return int(sum(np.size(leaf) for leaf in leaves(tree)))
+
+
+def _leaf_equal(x: Any, y: Any) -> bool:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    return bool(np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"))
+
+
+def all_equal(a: Any, b: Any) -> bool:
+    """True when the trees have the same structure and bit-identical leaves and dtypes."""
+    try:
+        return all(leaves(map(_leaf_equal, a, b)))
+    except TreeError:
+        return False
