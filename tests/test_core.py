@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+import fundl as fl
+from fundl.core import (Layer, LayerError, call_vjp, check_trailing_shape, elementwise_layer,
+                        stateless_layer)
+from fundl.testing import check_layer
+
+
+def scale_layer(factor=3.0):
+    """A user-style layer from three plain functions: y = factor * a * x, param a of shape (d,)."""
+    def init(key, in_shape):
+        return {"a": np.ones(in_shape[-1:], np.float32)}, tuple(in_shape)
+
+    def apply(params, x):
+        return factor * params["a"] * x
+
+    def vjp(params, x):
+        def pullback(dy):
+            return {"a": (factor * dy * x).reshape(-1, x.shape[-1]).sum(0)}, factor * params["a"] * dy
+        return apply(params, x), pullback
+
+    return stateless_layer("scale", init, apply, vjp)
+
+
+def test_stateless_layer_builds_a_full_layer():
+    layer = scale_layer()
+    assert isinstance(layer, Layer) and layer.name == "scale"
+    params, state, out_shape = layer.init(fl.random.key(0), (4,))
+    assert state == {} and out_shape == (4,)
+    x = np.ones((2, 4), np.float32)
+    y, new_state, pullback = layer.vjp(params, state, x)
+    assert new_state == {} and (y == 3.0).all()
+    assert check_layer(layer, (4,)).max_error < 1e-6
+
+
+def test_layer_error_message_and_paths():
+    err = LayerError("expected x, got y")
+    assert str(err) == "expected x, got y"
+    named = err.named("dense")
+    assert str(named) == "layer 'dense': expected x, got y"
+    nested = named.within("dense_0").within("block_1")
+    assert nested.path == ("block_1", "dense_0")
+    assert str(nested) == "layer 'block_1/dense_0' (dense): expected x, got y"
+    assert isinstance(nested, ValueError)
+    # naming is idempotent: an inner name is kept
+    assert named.named("serial").kind == "dense"
+
+
+def test_stateless_layer_attributes_errors_to_its_name():
+    def init(key, in_shape):
+        raise LayerError(f"bad shape {in_shape}")
+    layer = stateless_layer("mine", init, lambda p, x: x, lambda p, x: (x, None))
+    with pytest.raises(LayerError, match=r"layer 'mine': bad shape \(3,\)"):
+        layer.init(fl.random.key(0), (3,))
+    model = fl.serial(fl.relu(), layer)
+    with pytest.raises(LayerError, match=r"layer 'mine_1' \(mine\): bad shape \(3,\)"):
+        model.init(fl.random.key(0), (3,))
+
+
+def test_elementwise_layer_keeps_only_requested_residuals():
+    seen = {}
+
+    def backward(x, y, dy):
+        seen["x"], seen["y"] = x, y
+        return dy * 2.0
+
+    layer = elementwise_layer("double", lambda x: x * 2.0, backward, saves="y")
+    x = np.ones((2, 3), np.float32)
+    _, _, pullback = layer.vjp({}, {}, x)
+    pullback(np.ones((2, 3), np.float32))
+    assert seen["x"] is None and seen["y"] is not None
+    with pytest.raises(ValueError):
+        elementwise_layer("bad", np.sin, backward, saves="z")
+    with pytest.raises(LayerError, match="floating-point input"):
+        layer.apply({}, {}, np.ones((2, 3), np.int32))
+
+
+def test_call_vjp_passes_need_dx_only_to_layers_that_accept_it():
+    calls = []
+
+    def raw_vjp(params, state, x, *, key=None):  # a hand-written Layer without need_dx
+        calls.append("raw")
+        return x, state, lambda dy: ({}, dy)
+
+    raw = Layer(lambda k, s: ({}, {}, s), lambda p, s, x, *, key=None, train=False: x, raw_vjp, "raw")
+    x = np.ones((2, 3), np.float32)
+    y, _, pb = call_vjp(raw, {}, {}, x, need_dx=False)
+    assert calls == ["raw"] and pb(x)[1] is x
+    # and it composes inside serial, including as the first layer under make_step
+    model = fl.serial(raw, fl.dense(2))
+    step = fl.make_step(model, fl.losses.mse, fl.optim.sgd())
+    ts = fl.TrainState.create(fl.random.key(0), model, fl.optim.sgd(), (3,))
+    ts2, metrics = step(ts, (x, np.zeros((2, 2), np.float32)), 0.1)
+    assert ts2.step == 1 and np.isfinite(metrics["loss"])
+
+
+def test_check_trailing_shape_messages():
+    check_trailing_shape(np.zeros((2, 3, 4)), (3, None))
+    with pytest.raises(LayerError, match=r"expected input of shape \(batch, 3, \?\) \(rank 3\), "
+                                         r"got shape \(2, 3\)"):
+        check_trailing_shape(np.zeros((2, 3)), (3, None))
+    with pytest.raises(LayerError, match=r"got shape \(2, 4, 1\)"):
+        check_trailing_shape(np.zeros((2, 4, 1)), (3, None))
+
+
+def test_layers_are_immutable_named_tuples():
+    layer = fl.dense(3)
+    with pytest.raises(AttributeError):
+        layer.name = "other"
+    assert layer._fields == ("init", "apply", "vjp", "name")

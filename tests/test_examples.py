@@ -1,0 +1,27 @@
+import pathlib
+import re
+import runpy
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_example(name):
+    return runpy.run_path(str(ROOT / "examples" / name))
+
+
+def test_seed_experiment_recovers_the_linear_map():
+    run = load_example("linear_regression.py")["run"]
+    w, b, w_real, b_real, loss = run(steps=2000, verbose=False)
+    assert w.dtype == np.float32
+    assert np.abs(w - w_real).max() < 0.01 and np.abs(b - b_real).max() < 0.01
+    assert loss < 1e-5
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^(python3 -m pip install \S+.*pytest.*)$", readme, re.M)
+    assert commands, "README must show the test command"
+    assert commands[0] in ci.splitlines()

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+import fundl as fl
+from fundl.losses import LossError, mse, softmax_cross_entropy
+from fundl.testing import read_only
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 2), (3, 5, 2)])
+def test_mse_gradient_check(shape):
+    target = fl.random.normal(fl.random.key(1), shape, np.float64)
+    result = fl.check_vjp(mse, shape[1:], target=target, batch=shape[0])
+    assert result.max_error < 1e-7
+
+
+def test_mse_exact_value_and_gradient_includes_two_over_n():
+    pred = read_only(np.array([[1.0, 2.0], [3.0, 5.0]]))
+    target = read_only(np.array([[0.0, 2.0], [1.0, 1.0]]))
+    value, grad = mse.value_and_grad(pred, target)
+    assert value == (1 + 0 + 4 + 16) / 4
+    np.testing.assert_array_equal(grad, 2 * np.array([[1.0, 0.0], [2.0, 4.0]]) / 4)
+    assert mse(pred, target) == value
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (4, 3), (5, 10), (2, 3, 4)])
+def test_softmax_cross_entropy_gradient_check_labels_and_onehot(shape):
+    labels = fl.random.randint(fl.random.key(2), shape[:-1], 0, shape[-1])
+    onehot = np.eye(shape[-1])[labels]
+    r1 = fl.check_vjp(softmax_cross_entropy, shape[1:], target=labels, batch=shape[0])
+    r2 = fl.check_vjp(softmax_cross_entropy, shape[1:], target=onehot, batch=shape[0])
+    assert max(r1.max_error, r2.max_error) < 1e-6
+
+
+def test_softmax_cross_entropy_soft_targets_gradient():
+    probs = fl.random.uniform(fl.random.key(3), (4, 5), np.float64)
+    probs = probs / probs.sum(-1, keepdims=True)
+    assert fl.check_vjp(softmax_cross_entropy, (5,), target=probs, batch=4).max_error < 1e-6
+
+
+def test_softmax_cross_entropy_exact_values():
+    logits = read_only(np.array([[0.0, 0.0], [np.log(3.0), 0.0]]))
+    labels = read_only(np.array([0, 1]))
+    value, grad = softmax_cross_entropy.value_and_grad(logits, labels)
+    # p = [.5, .5] and [.75, .25]: loss = (ln 2 + ln 4) / 2
+    np.testing.assert_allclose(value, (np.log(2) + np.log(4)) / 2, rtol=1e-15)
+    np.testing.assert_allclose(grad, np.array([[-0.5, 0.5], [0.75, -0.75]]) / 2, rtol=1e-15)
+    v2, g2 = softmax_cross_entropy.value_and_grad(logits, np.eye(2)[labels])
+    np.testing.assert_allclose(v2, value, rtol=1e-15)
+    np.testing.assert_allclose(g2, grad, rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_stable_for_huge_logits(dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype)
+    value, grad = softmax_cross_entropy.value_and_grad(logits, np.array([1, 2]))
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    np.testing.assert_allclose(value, 2e4 / 2, rtol=1e-6)
+    np.testing.assert_allclose(grad, np.array([[1, -1, 0], [0, 0, 0]]) / 2, atol=1e-6)
+    assert value.dtype == dtype and grad.dtype == dtype
+
+
+def test_losses_preserve_float32():
+    pred = fl.random.normal(fl.random.key(0), (4, 3))
+    for loss, target in [(mse, np.zeros((4, 3))), (softmax_cross_entropy, np.array([0, 1, 2, 0]))]:
+        value, grad = loss.value_and_grad(pred, target)
+        assert value.dtype == np.float32 and grad.dtype == np.float32
+
+
+def test_loss_errors_are_clear():
+    with pytest.raises(LossError, match=r"mse: prediction shape \(2, 3\) and target shape \(2, 2\)"):
+        mse(np.zeros((2, 3)), np.zeros((2, 2)))
+    with pytest.raises(LossError, match=r"labels must have shape \(2,\)"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([[0], [1]]))
+    with pytest.raises(LossError, match=r"labels must lie in \[0, 3\)"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(LossError, match="floating-point prediction"):
+        mse(np.zeros((2, 3), np.int64), np.zeros((2, 3)))
