@@ -78,3 +78,12 @@ def test_check_vjp_accepts_explicit_x_and_params():
     params = {"w": np.array([[1.0], [2.0]]), "b": np.array([0.0])}
     result = check_vjp(fl.dense(1), x=x, params=params)
     assert result.passed
+
+
+def test_exactly_zero_gradient_is_not_a_false_alarm():
+    """A bias followed by centring has gradient exactly 0; finite differences give rounding noise."""
+    def center_vjp(params, x):
+        return x - x.mean(0), lambda dy: ({}, dy - dy.mean(0))
+    center = stateless_layer("center", lambda k, s: ({}, s), lambda p, x: x - x.mean(0), center_vjp)
+    result = check_vjp(fl.serial(fl.dense(4), center, fl.tanh()), (3,), batch=5)
+    assert result.passed and result.errors["params/dense_0/b"] < 1e-6
