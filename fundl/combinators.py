@@ -160,7 +160,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
         return x, new_state, pullback
 
-    return Layer(init, apply, vjp, name)
+    return Layer(init, apply, vjp, name, tuple(pairs))
 
 
 # --- parallel ----------------------------------------------------------------------
@@ -238,7 +238,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
 
         return tuple(ys), new_state, pullback
 
-    return Layer(init, apply, vjp, name)
+    return Layer(init, apply, vjp, name, tuple(pairs))
 
 
 # --- fan out / fan in --------------------------------------------------------------
@@ -455,7 +455,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
 
         return y, {k: new_state}, pullback
 
-    return Layer(init, apply, vjp, name)
+    return Layer(init, apply, vjp, name, ((k, layer),))
 
 
 def identity() -> Layer:

@@ -83,13 +83,16 @@ class LayerError(ValueError):
 class Layer(NamedTuple):
     """A layer: ``init``, ``apply`` and ``vjp`` as pure functions, and a ``name``.
 
-    Models built by combinators are layers too.
+    Models built by combinators are layers too.  ``children`` lists a
+    combinator's ``(key, layer)`` pairs, keyed as in its params, for inspection
+    (``fundl.summary``); running a layer never needs it.
     """
 
     init: Callable[..., Tuple[Params, State, Any]]
     apply: Callable[..., Any]
     vjp: Callable[..., Tuple[Any, State, Pullback]]
     name: str
+    children: Tuple[Tuple[str, "Layer"], ...] = ()
 
 
 def as_shape(shape: Any) -> Shape:
