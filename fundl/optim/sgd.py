@@ -1,13 +1,29 @@
-"""Plain stochastic gradient descent: ``p <- p - lr * g``."""
+"""Stochastic gradient descent: plain, heavy-ball momentum and Nesterov momentum.
+
+With ``g`` the gradient, ``v`` the velocity (zeros at the start) and ``lr``
+the learning rate of the step::
+
+    sgd:       p <- p - lr * g
+    momentum:  v <- beta * v + g;   p <- p - lr * v                (heavy ball)
+    nesterov:  v <- beta * v + g;   p <- p - lr * (g + beta * v)   (v already updated)
+
+This is the form of PyTorch's ``SGD(momentum=beta[, nesterov=True])`` and
+optax's ``sgd(momentum=beta[, nesterov=True])``: the velocity accumulates raw
+gradients and the learning rate multiplies it at each step (for a constant
+``lr`` it equals the ``v <- beta v - lr g; p <- p + v`` form of Sutskever et
+al., 2013).
+"""
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import tree
-from .base import Optimizer
+from .base import GradientTransform, Optimizer, as_lr, check_decay, descend, map_n
 
-__all__ = ["sgd"]
+__all__ = ["sgd", "momentum", "nesterov", "trace", "TraceState"]
 
 
 def _sgd_leaf(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
@@ -23,6 +39,46 @@ def sgd() -> Optimizer:
         return {}
 
     def update(params, grads, opt_state, lr):
+        lr = as_lr(lr)
         return tree.map(lambda p, g: _sgd_leaf(p, g, lr), params, grads), opt_state
 
     return Optimizer(init, update, "sgd")
+
+
+class TraceState(NamedTuple):
+    """``velocity``: a tree shaped like params (the running sum ``v``)."""
+
+    velocity: Any
+
+
+def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
+    """Momentum as a transform: ``v <- beta v + g``; output ``v`` (or ``g + beta v`` if ``nesterov``)."""
+    beta = check_decay("momentum beta", beta)
+
+    def init(params):
+        return TraceState(tree.zeros_like(params))
+
+    def leaf(g, v):
+        v = np.multiply(v, beta)   # fresh
+        v += g
+        if not nesterov:
+            return v, v            # the update aliases the new state: nobody writes into it
+        u = np.multiply(v, beta)
+        u += g
+        return u, v
+
+    def update(grads, state, params):
+        updates, velocity = map_n(leaf, 2, grads, state.velocity)
+        return updates, TraceState(velocity)
+
+    return GradientTransform(init, update, "nesterov" if nesterov else "trace")
+
+
+def momentum(beta: float = 0.9) -> Optimizer:
+    """Heavy-ball momentum: ``v <- beta v + g; p <- p - lr v``.  State ``TraceState(velocity)``."""
+    return descend(trace(beta, nesterov=False), "momentum")
+
+
+def nesterov(beta: float = 0.9) -> Optimizer:
+    """Nesterov momentum: ``v <- beta v + g; p <- p - lr (g + beta v)``.  State ``TraceState(velocity)``."""
+    return descend(trace(beta, nesterov=True), "nesterov")

@@ -1,0 +1,58 @@
+"""Adagrad (Duchi, Hazan & Singer, 2011): per-coordinate steps shrinking with the gradients seen.
+
+With ``G`` the running sum of squared gradients (``initial_accumulator_value``
+everywhere at the start)::
+
+    G <- G + g * g
+    p <- p - lr * g / (sqrt(G) + eps)
+
+``eps`` is added outside the square root, as in the paper's
+``diag(delta I + G^(1/2))^-1`` and PyTorch.  ``initial_accumulator_value=0.1``
+is the default of optax and TensorFlow (PyTorch uses 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import tree
+from .base import GradientTransform, Optimizer, descend, map_n
+
+__all__ = ["adagrad", "scale_by_rss", "AdagradState"]
+
+
+class AdagradState(NamedTuple):
+    """``sum_of_squares``: a tree shaped like params (``G``)."""
+
+    sum_of_squares: Any
+
+
+def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-10) -> GradientTransform:
+    """Adagrad's scaling as a transform: ``G <- G + g^2``; output ``g / (sqrt(G) + eps)``."""
+    init_value, eps = float(initial_accumulator_value), float(eps)
+    if init_value < 0.0:
+        raise ValueError(f"adagrad needs initial_accumulator_value >= 0, got {init_value}")
+
+    def init(params):
+        return AdagradState(tree.map(lambda p: np.full_like(p, init_value), params))
+
+    def leaf(g, acc):
+        u = np.multiply(g, g)
+        acc = np.add(acc, u)       # fresh: the new state
+        np.sqrt(acc, out=u)
+        u += eps
+        np.divide(g, u, out=u)
+        return u, acc
+
+    def update(grads, state, params):
+        updates, acc = map_n(leaf, 2, grads, state.sum_of_squares)
+        return updates, AdagradState(acc)
+
+    return GradientTransform(init, update, "scale_by_rss")
+
+
+def adagrad(initial_accumulator_value: float = 0.1, eps: float = 1e-10) -> Optimizer:
+    """Adagrad: ``G <- G + g^2; p <- p - lr g / (sqrt(G) + eps)``.  State ``AdagradState(sum_of_squares)``."""
+    return descend(scale_by_rss(initial_accumulator_value, eps), "adagrad")

@@ -1,0 +1,87 @@
+"""RMSProp (Tieleman & Hinton, 2012), optionally centered (Graves, 2013) and with momentum.
+
+With ``nu`` the running mean of squared gradients and ``mu`` the running mean
+of gradients (both zeros at the start, no bias correction)::
+
+    nu <- decay * nu + (1 - decay) * g * g
+    mu <- decay * mu + (1 - decay) * g                   (centered only)
+    u  <- g / (sqrt(nu) + eps)                           (plain)
+    u  <- g / (sqrt(max(nu - mu * mu, 0)) + eps)         (centered)
+    v  <- momentum * v + u;  u <- v                      (only if momentum > 0)
+    p  <- p - lr * u
+
+``eps`` is added outside the square root (PyTorch's form; optax's default puts
+it inside).  The momentum buffer accumulates the scaled gradients and ``lr``
+multiplies it, as in PyTorch and optax.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from .. import tree
+from .base import GradientTransform, Optimizer, chain, check_decay, descend, map_n
+from .sgd import trace
+
+__all__ = ["rmsprop", "scale_by_rms", "RMSState"]
+
+
+class RMSState(NamedTuple):
+    """``nu`` (mean of g^2) and ``mu`` (mean of g, or ``None`` if not centered): trees like params."""
+
+    nu: Any
+    mu: Optional[Any]
+
+
+def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False) -> GradientTransform:
+    """RMSProp's scaling as a transform: output ``g / (sqrt(nu [- mu^2]) + eps)``."""
+    decay, eps = check_decay("decay", decay), float(eps)
+    rest = 1.0 - decay
+
+    def init(params):
+        return RMSState(tree.zeros_like(params), tree.zeros_like(params) if centered else None)
+
+    def leaf(g, nu, mu=None):
+        u = np.multiply(g, g)
+        u *= rest
+        nu = np.multiply(nu, decay)      # fresh: the new state
+        nu += u
+        if mu is not None:
+            mu = np.multiply(mu, decay)  # fresh: the new state
+            np.multiply(g, rest, out=u)
+            mu += u
+            np.multiply(mu, mu, out=u)
+            np.subtract(nu, u, out=u)
+            np.maximum(u, 0.0, out=u)    # nu - mu^2 >= 0 in exact arithmetic
+            np.sqrt(u, out=u)
+        else:
+            np.sqrt(nu, out=u)
+        u += eps
+        np.divide(g, u, out=u)
+        return u, nu, mu
+
+    def update(grads, state, params):
+        if centered:
+            updates, nu, mu = map_n(leaf, 3, grads, state.nu, state.mu)
+        else:
+            updates, nu, mu = map_n(leaf, 3, grads, state.nu)
+            mu = None
+        return updates, RMSState(nu, mu)
+
+    return GradientTransform(init, update, "scale_by_rms")
+
+
+def rmsprop(decay: float = 0.9, eps: float = 1e-8, centered: bool = False,
+            momentum: float = 0.0) -> Optimizer:
+    """RMSProp: ``nu <- decay nu + (1-decay) g^2; p <- p - lr g / (sqrt(nu) + eps)``.
+
+    ``centered`` divides by the running standard deviation ``sqrt(nu - mu^2)``
+    instead; ``momentum > 0`` adds a heavy-ball buffer on the scaled gradient.
+    State: ``RMSState(nu, mu)``, or ``(RMSState, TraceState(velocity))`` with momentum.
+    """
+    scale = scale_by_rms(decay, eps, centered)
+    if float(momentum) == 0.0:
+        return descend(scale, "rmsprop")
+    return descend(chain(scale, trace(momentum)), "rmsprop")
