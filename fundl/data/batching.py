@@ -1,0 +1,81 @@
+"""Mini-batches over a tuple of arrays, ordered by an explicit key."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence, Tuple, Union
+
+import numpy as np
+
+from .. import random
+
+__all__ = ["batches", "num_batches", "as_arrays"]
+
+Arrays = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def as_arrays(arrays: Arrays, what: str = "batches") -> Tuple[Tuple[np.ndarray, ...], bool]:
+    """``(tuple of arrays, single)``: ``single`` is True when one bare array was given.
+
+    Raises ``ValueError`` for no arrays, 0-d arrays, empty data or mismatched lengths.
+    """
+    single = isinstance(arrays, np.ndarray)
+    seq = (arrays,) if single else tuple(arrays)
+    if not seq:
+        raise ValueError(f"{what}: expected a tuple of arrays, got an empty sequence")
+    out = []
+    for i, a in enumerate(seq):
+        a = np.asarray(a)
+        if a.ndim == 0:
+            raise ValueError(f"{what}: array {i} is a scalar; every array needs a batch axis 0")
+        out.append(a)
+    lengths = [a.shape[0] for a in out]
+    if len(set(lengths)) > 1:
+        shapes = ", ".join(str(tuple(a.shape)) for a in out)
+        raise ValueError(f"{what}: arrays must have the same length on axis 0, got shapes {shapes}")
+    if lengths[0] == 0:
+        raise ValueError(f"{what}: the data is empty (0 examples)")
+    return tuple(out), single
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches :func:`batches` yields for ``n`` examples."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def batches(key: Any, arrays: Arrays, batch_size: int, shuffle: bool = True,
+            drop_last: bool = False) -> Iterator[Any]:
+    """Iterate once (one epoch) over ``arrays`` in mini-batches.
+
+    ``arrays`` is a tuple (or list) of arrays sharing axis 0 (e.g. ``(x, y)``),
+    or one array.  Yields tuples ``(x[idx], y[idx], ...)`` (or bare arrays for
+    one array) of ``batch_size`` examples; the last one is smaller unless
+    ``drop_last``.  With ``shuffle`` the order is ``fundl.random.permutation(key, n)``:
+    the same key gives the same batches, and every example appears exactly once
+    per epoch (use ``fundl.random.fold_in(key, epoch)`` for a new order each
+    epoch).  ``key`` may be ``None`` when ``shuffle=False``; those batches are
+    views (slices) of the arrays, shuffled ones are copies.  Arguments are
+    checked when ``batches`` is called, not at the first ``next``.
+    """
+    seq, single = as_arrays(arrays)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batches: batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
+    n = seq[0].shape[0]
+    if shuffle and key is None:
+        raise ValueError("batches: shuffle=True needs a key (fundl.random.key(seed)); "
+                         "pass shuffle=False for the stored order")
+    order = random.permutation(key, n) if shuffle else None
+    count = num_batches(n, batch_size, drop_last)
+    return _iterate(seq, single, order, batch_size, count)
+
+
+def _iterate(seq: Tuple[np.ndarray, ...], single: bool, order: Any, batch_size: int,
+             count: int) -> Iterator[Any]:
+    for b in range(count):
+        lo = b * batch_size
+        if order is None:
+            part = tuple(a[lo:lo + batch_size] for a in seq)
+        else:
+            idx = order[lo:lo + batch_size]
+            part = tuple(a[idx] for a in seq)
+        yield part[0] if single else part

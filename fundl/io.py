@@ -1,0 +1,358 @@
+"""Checkpoints: save and load any pytree as one ``.npz`` file.
+
+::
+
+    fundl.io.save("run/ckpt.npz", train_state)      # atomic: old file intact on a crash
+    ts = fundl.io.load("run/ckpt.npz")              # a TrainState again
+    params = fundl.io.load("params.npz", like=params_template)
+
+Every array leaf is stored under its tree path (``params/dense_0/w``), so
+``np.load(path).files`` lists readable names and ``np.load(path)[name]`` reads
+one leaf with its dtype and shape.  The structure (dict keys in order, tuple vs
+list vs named tuple, ``None``, empty containers, and Python ``int``/``float``/
+``bool``/``str`` leaves such as ``TrainState.step``) is stored as JSON in the
+entry ``__fundl_structure__``.  A named tuple is stored with its
+module-qualified class name and fields and rebuilt from them, or from the
+``like=`` template.  Loading never unpickles (``allow_pickle=False``): a
+round trip is bit-identical and a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+__all__ = ["save", "load", "CheckpointError"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_STRUCT_KEY = "__fundl_structure__"
+_FORMAT = "fundl.io"
+_VERSION = 1
+_ROOT_NAME = "<root>"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or read, or that does not match ``like``.
+
+    The message names the file and, where it applies, the tree path.
+    """
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix}/{part}" if prefix else part
+
+
+# --- encoding ---------------------------------------------------------------------
+
+class _Encoder:
+    def __init__(self, file: str):
+        self.file = file
+        self.arrays: Dict[str, np.ndarray] = {}
+
+    def entry(self, path: str, value: np.ndarray) -> str:
+        name = path or _ROOT_NAME
+        base, i = name, 1
+        while name in self.arrays or name == _STRUCT_KEY:
+            name = f"{base}#{i}"
+            i += 1
+        if value.dtype.hasobject:
+            raise CheckpointError(f"{self.file}: cannot save '{path or _ROOT_NAME}': object arrays "
+                                  "are not supported (they would need pickle)")
+        self.arrays[name] = value
+        return name
+
+    def encode(self, node: Any, path: str) -> Dict[str, Any]:
+        if node is None:
+            return {"t": "none"}
+        if isinstance(node, dict):
+            bad = [k for k in node if not isinstance(k, str)]
+            if bad:
+                raise CheckpointError(f"{self.file}: dict keys must be strings, got {bad[0]!r} "
+                                      f"at '{path or _ROOT_NAME}'")
+            return {"t": "dict", "keys": list(node),
+                    "items": [self.encode(v, _join(path, k)) for k, v in node.items()]}
+        if _is_namedtuple(node):
+            cls = type(node)
+            return {"t": "namedtuple", "type": f"{cls.__module__}:{cls.__qualname__}",
+                    "fields": list(node._fields),
+                    "items": [self.encode(v, _join(path, f)) for f, v in zip(node._fields, node)]}
+        if isinstance(node, (tuple, list)):
+            return {"t": "tuple" if isinstance(node, tuple) else "list",
+                    "items": [self.encode(v, _join(path, str(i))) for i, v in enumerate(node)]}
+        if isinstance(node, np.ndarray):
+            return {"t": "array", "name": self.entry(path, node)}
+        if isinstance(node, np.generic):
+            return {"t": "scalar", "name": self.entry(path, np.asarray(node))}
+        if isinstance(node, bool):
+            return {"t": "bool", "v": node}
+        if isinstance(node, int):
+            return {"t": "int", "v": int(node)}
+        if isinstance(node, float):
+            return {"t": "float", "v": float(node).hex()}
+        if isinstance(node, str):
+            return {"t": "str", "v": node}
+        raise CheckpointError(f"{self.file}: cannot save a leaf of type {type(node).__name__} "
+                              f"at '{path or _ROOT_NAME}' (arrays, numpy scalars, int, float, "
+                              "bool, str and None are supported)")
+
+
+def _write_npz(f: Any, arrays: Dict[str, np.ndarray]) -> None:
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+def save(path: PathLike, tree: Any) -> None:
+    """Write ``tree`` (any pytree: params, state, a whole ``TrainState``) to ``path``.
+
+    The file is written exactly at ``path`` (no suffix is added) and atomically:
+    into a temporary file in the same directory, flushed and fsynced, then moved
+    over ``path`` with ``os.replace``; a crash leaves the previous file intact.
+    Raises :class:`CheckpointError` for leaves that cannot be stored
+    (object arrays, arbitrary Python objects) or non-string dict keys.
+    """
+    file = os.fspath(path)
+    enc = _Encoder(file)
+    spec = enc.encode(tree, "")
+    meta = json.dumps({"format": _FORMAT, "version": _VERSION, "tree": spec})
+    arrays = dict(enc.arrays)
+    arrays[_STRUCT_KEY] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
+
+    directory = os.path.dirname(os.path.abspath(file))
+    mode = (os.stat(file).st_mode & 0o777) if os.path.exists(file) else 0o644
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(file) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, file)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- decoding ---------------------------------------------------------------------
+
+_LEAF_KINDS = ("array", "scalar", "bool", "int", "float", "str")
+
+
+def _kind_of(node: Any) -> str:
+    """The spec kind a template node would be saved as."""
+    if node is None:
+        return "none"
+    if isinstance(node, dict):
+        return "dict"
+    if _is_namedtuple(node):
+        return "namedtuple"
+    if isinstance(node, tuple):
+        return "tuple"
+    if isinstance(node, list):
+        return "list"
+    if isinstance(node, np.ndarray):
+        return "array"
+    if isinstance(node, np.generic):
+        return "scalar"
+    if isinstance(node, bool):
+        return "bool"
+    if isinstance(node, int):
+        return "int"
+    if isinstance(node, float):
+        return "float"
+    if isinstance(node, str):
+        return "str"
+    return type(node).__name__
+
+
+def _article(kind: str) -> str:
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
+def _describe_spec(spec: Dict[str, Any]) -> str:
+    """A stored node, in words."""
+    kind = spec["t"]
+    if kind == "dict":
+        return f"a dict with keys {sorted(spec['keys'])}"
+    if kind in ("tuple", "list"):
+        return f"a {kind} of length {len(spec['items'])}"
+    if kind == "namedtuple":
+        return f"named tuple {spec['type']} with fields {spec['fields']}"
+    return {"none": "None", "array": "an array", "scalar": "a numpy scalar"}.get(kind, _article(kind))
+
+
+def _describe_like(node: Any) -> str:
+    """A template node, in words."""
+    kind = _kind_of(node)
+    if kind == "dict":
+        return f"a dict with keys {sorted(map(str, node))}"
+    if kind in ("tuple", "list"):
+        return f"a {kind} of length {len(node)}"
+    if kind == "namedtuple":
+        return f"named tuple {type(node).__name__} with fields {list(node._fields)}"
+    return {"none": "None", "array": "an array", "scalar": "a numpy scalar"}.get(kind, _article(kind))
+
+
+class _Decoder:
+    def __init__(self, file: str, npz: Any):
+        self.file = file
+        self.npz = npz
+        self.names = set(npz.files)
+
+    def fail(self, path: str, msg: str) -> CheckpointError:
+        return CheckpointError(f"{self.file}: at '{path or _ROOT_NAME}': {msg}")
+
+    def read(self, spec: Dict[str, Any], path: str) -> np.ndarray:
+        name = spec.get("name")
+        if name not in self.names:
+            raise self.fail(path, f"missing array entry {name!r} (the file is incomplete)")
+        return self.npz[name]
+
+    def decode(self, spec: Any, path: str, like: Any, use_like: bool) -> Any:
+        if not isinstance(spec, dict) or "t" not in spec:
+            raise self.fail(path, "malformed structure record")
+        kind = spec["t"]
+        if use_like:
+            want = _kind_of(like)
+            if want != kind:
+                raise self.fail(path, f"the file has {_describe_spec(spec)}, "
+                                      f"`like` has {_describe_like(like)}")
+        if kind == "none":
+            return None
+        if kind == "dict":
+            keys, items = spec["keys"], spec["items"]
+            if use_like:
+                missing = [k for k in like if k not in keys]
+                extra = [k for k in keys if k not in like]
+                if missing or extra:
+                    raise self.fail(path, f"dict keys differ from `like`: missing in the file "
+                                          f"{missing}, not in `like` {extra}")
+                table = dict(zip(keys, items))
+                return {k: self.decode(table[k], _join(path, k), like[k], True) for k in like}
+            return {k: self.decode(v, _join(path, k), None, False) for k, v in zip(keys, items)}
+        if kind in ("tuple", "list", "namedtuple"):
+            items = spec["items"]
+            names = spec["fields"] if kind == "namedtuple" else [str(i) for i in range(len(items))]
+            if use_like:
+                like_names = list(like._fields) if kind == "namedtuple" else \
+                    [str(i) for i in range(len(like))]
+                if like_names != names:
+                    raise self.fail(path, f"the file has {_describe_spec(spec)}, "
+                                          f"`like` has {_describe_like(like)}")
+            values = [self.decode(s, _join(path, n), like[i] if use_like else None, use_like)
+                      for i, (n, s) in enumerate(zip(names, items))]
+            if kind == "tuple":
+                return tuple(values)
+            if kind == "list":
+                return values
+            cls = type(like) if use_like else self.namedtuple_class(spec, path)
+            return cls(*values)
+        if kind == "array":
+            value = self.read(spec, path)
+            if use_like and (value.shape != like.shape or value.dtype != like.dtype):
+                raise self.fail(path, f"the file has an array of shape {value.shape} and dtype "
+                                      f"{value.dtype}, `like` has shape {like.shape} and dtype "
+                                      f"{like.dtype}")
+            return value
+        if kind == "scalar":
+            value = self.read(spec, path)
+            if value.ndim != 0:
+                raise self.fail(path, f"a numpy scalar entry has shape {value.shape}")
+            if use_like and value.dtype != like.dtype:
+                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {like.dtype}")
+            return value[()]
+        if kind == "bool":
+            return bool(spec["v"])
+        if kind == "int":
+            return int(spec["v"])
+        if kind == "float":
+            return float.fromhex(spec["v"])
+        if kind == "str":
+            return str(spec["v"])
+        raise self.fail(path, f"unknown node type {kind!r} (written by a newer fundl?)")
+
+    def namedtuple_class(self, spec: Dict[str, Any], path: str) -> type:
+        qualified = spec["type"]
+        module_name, _, qualname = qualified.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as err:
+            raise self.fail(path, f"cannot import the named tuple class {qualified} ({err}); "
+                                  "pass a template: load(path, like=...)") from None
+        if not (isinstance(obj, type) and issubclass(obj, tuple)
+                and list(getattr(obj, "_fields", ())) == list(spec["fields"])):
+            raise self.fail(path, f"{qualified} is no longer a named tuple with fields "
+                                  f"{spec['fields']}; pass a template: load(path, like=...)")
+        return obj
+
+
+def load(path: PathLike, like: Optional[Any] = None) -> Any:
+    """Read a pytree written by :func:`save`.
+
+    Without ``like`` the stored structure is rebuilt (named tuples by importing
+    their class).  With ``like`` (a tree of the expected structure, e.g. freshly
+    initialised params or a ``TrainState``) the result takes ``like``'s
+    container types and dict order, and every container, key, field, leaf kind,
+    array shape and dtype must match: otherwise :class:`CheckpointError` names
+    the first differing path.  A missing, corrupt or truncated file, or one not
+    written by :func:`save`, also raises :class:`CheckpointError` naming ``path``
+    (``FileNotFoundError`` if there is no file at all).
+    """
+    file = os.fspath(path)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"no checkpoint at {file}")
+    try:
+        npz = np.load(file, allow_pickle=False)
+        if not hasattr(npz, "files"):
+            raise CheckpointError(f"{file}: not a fundl checkpoint (a single .npy array, "
+                                  "not an .npz archive)")
+        with npz:
+            if _STRUCT_KEY not in npz.files:
+                raise CheckpointError(f"{file}: not a fundl checkpoint (no {_STRUCT_KEY} entry; "
+                                      "was it written by fundl.io.save?)")
+            meta = json.loads(npz[_STRUCT_KEY].tobytes().decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "tree" not in meta:
+                raise CheckpointError(f"{file}: not a fundl checkpoint (bad structure record)")
+            if meta.get("version", 0) > _VERSION:
+                raise CheckpointError(f"{file}: written by a newer fundl (format version "
+                                      f"{meta.get('version')}, this one reads {_VERSION})")
+            return _Decoder(file, npz).decode(meta["tree"], "", like, like is not None)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, TypeError,
+            UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: corrupt or truncated checkpoint "
+                              f"({type(err).__name__}: {err})") from None

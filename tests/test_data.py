@@ -1,0 +1,108 @@
+"""fundl.data: batching, splits, one-hot labels, standardisation."""
+
+import numpy as np
+import pytest
+
+from fundl import random
+from fundl.data import Standardizer, batches, num_batches, one_hot, standardize, train_test_split
+from fundl.testing import read_only
+
+
+def _data(n=10):
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    y = np.arange(n, dtype=np.int64) * 10
+    return read_only(x), read_only(y)
+
+
+def test_batches_visit_every_example_once_and_keep_pairs():
+    x, y = _data(10)
+    got = list(batches(random.key(1), (x, y), batch_size=3))
+    assert [len(b[0]) for b in got] == [3, 3, 3, 1]
+    xs = np.concatenate([b[0] for b in got])
+    ys = np.concatenate([b[1] for b in got])
+    assert sorted(ys.tolist()) == y.tolist()           # every example exactly once
+    np.testing.assert_array_equal(xs[:, 0] / 3 * 10, ys)  # rows stay paired with labels
+    assert not np.array_equal(ys, y)                    # and they were shuffled
+
+
+def test_batches_order_is_the_keys_permutation():
+    x, y = _data(10)
+    k = random.key(7)
+    ys = np.concatenate([b[1] for b in batches(k, (x, y), 4)])
+    np.testing.assert_array_equal(ys, y[random.permutation(k, 10)])
+    again = np.concatenate([b[1] for b in batches(k, (x, y), 4)])
+    np.testing.assert_array_equal(ys, again)
+    other = np.concatenate([b[1] for b in batches(random.key(8), (x, y), 4)])
+    assert not np.array_equal(ys, other)
+
+
+def test_batches_drop_last_and_no_shuffle():
+    x, y = _data(10)
+    got = list(batches(None, (x, y), 4, shuffle=False, drop_last=True))
+    assert len(got) == 2 == num_batches(10, 4, drop_last=True)
+    np.testing.assert_array_equal(got[1][1], y[4:8])
+    assert num_batches(10, 4) == 3 and num_batches(8, 4) == 2
+
+
+def test_batches_single_array_yields_arrays():
+    x, _ = _data(5)
+    got = list(batches(None, x, 2, shuffle=False))
+    assert isinstance(got[0], np.ndarray) and got[0].shape == (2, 3)
+    assert len(got) == 3
+
+
+def test_batches_errors_are_raised_eagerly():
+    x, y = _data(10)
+    with pytest.raises(ValueError, match=r"same length.*\(10, 3\), \(9,\)"):
+        batches(random.key(0), (x, y[:9]), 2)
+    with pytest.raises(ValueError, match="empty"):
+        batches(random.key(0), (x[:0], y[:0]), 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        batches(random.key(0), (x, y), 0)
+    with pytest.raises(ValueError, match="needs a key"):
+        batches(None, (x, y), 2)
+    with pytest.raises(ValueError, match="empty sequence"):
+        batches(random.key(0), (), 2)
+
+
+def test_train_test_split_partitions_deterministically():
+    x, y = _data(10)
+    (xa, ya), (xb, yb) = train_test_split(random.key(3), (x, y), 0.3)
+    assert len(ya) == 7 and len(yb) == 3
+    assert sorted(np.concatenate([ya, yb]).tolist()) == y.tolist()
+    np.testing.assert_array_equal(xa[:, 0] / 3 * 10, ya)
+    (_, ya2), (_, yb2) = train_test_split(random.key(3), (x, y), 0.3)
+    np.testing.assert_array_equal(ya, ya2)
+    np.testing.assert_array_equal(yb, yb2)
+    tr, te = train_test_split(random.key(3), x, 0.5)
+    assert tr.shape == te.shape == (5, 3)
+    with pytest.raises(ValueError, match="test_fraction"):
+        train_test_split(random.key(3), (x, y), 1.0)
+
+
+def test_one_hot():
+    out = one_hot(np.array([2, 0, 1]), 3)
+    np.testing.assert_array_equal(out, [[0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    assert out.dtype == np.float32
+    assert one_hot(np.array([[1], [0]]), 2, dtype=np.float64).shape == (2, 1, 2)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        one_hot(np.array([3]), 3)
+    with pytest.raises(ValueError, match="integers"):
+        one_hot(np.array([1.0]), 3)
+
+
+def test_standardize_fits_on_train_and_applies_to_test():
+    x_train = read_only(np.array([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0]], dtype=np.float32))
+    x_test = read_only(np.array([[2.0, 50.0, 7.0]], dtype=np.float32))
+    z, stats = standardize(x_train)
+    assert isinstance(stats, Standardizer)
+    np.testing.assert_allclose(stats.mean, [2.0, 20.0, 5.0])
+    np.testing.assert_allclose(stats.std, [1.0, 10.0, 1.0])  # constant feature: std 1
+    np.testing.assert_allclose(z, [[-1, -1, 0], [1, 1, 0]])
+    zt, same = standardize(x_test, stats)
+    assert same is stats
+    np.testing.assert_allclose(zt, [[0.0, 3.0, 2.0]])
+    assert z.dtype == zt.dtype == np.float32
+    np.testing.assert_allclose(stats.invert(zt), x_test)
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        stats.apply(np.zeros((2, 4), np.float32))
