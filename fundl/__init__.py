@@ -5,21 +5,27 @@ See README.md for a tour.  Every layer is a :class:`Layer` of pure functions
 :func:`serial`; training is a pure step function.
 """
 
-from . import initializers, losses, optim, random, tree
+from . import data, datasets, initializers, io, losses, metrics, optim, random, tree
 from .combinators import fan_in_concat, fan_in_sum, fan_out, identity, parallel, residual, serial
 from .core import Layer, LayerError, elementwise_layer, stateless_layer
 from .gradcheck import GradCheckError, GradCheckResult, check_vjp
-from .layers import dense, relu, sigmoid, tanh
+from .layers import (batch_norm, bidirectional, dense, dropout, elu, embedding, flatten, gelu, gru,
+                     layer_norm, leaky_relu, log_softmax, lstm, multi_head_attention, relu, reshape,
+                     rnn, sigmoid, silu, softmax, softplus, tanh)
 from .losses import Loss
-from .train import TrainState, make_step
+from .summary import summary
+from .train import NonFiniteLossError, TrainState, evaluate, fit, make_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Layer", "LayerError", "stateless_layer", "elementwise_layer",
     "serial", "identity", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
-    "dense", "relu", "tanh", "sigmoid",
+    "dense", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
+    "softmax", "log_softmax", "flatten", "reshape", "batch_norm", "layer_norm", "dropout",
+    "embedding", "rnn", "gru", "lstm", "bidirectional", "multi_head_attention",
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
-    "TrainState", "make_step",
+    "TrainState", "make_step", "fit", "evaluate", "NonFiniteLossError", "summary",
+    "data", "datasets", "io", "metrics",
 ]

@@ -1,6 +1,23 @@
 """Layers, one family per file.  Each function returns a :class:`fundl.Layer`."""
 
-from .activations import relu, sigmoid, tanh
+from .activations import (elu, gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax,
+                          softplus, tanh)
+from .attention import multi_head_attention
 from .dense import dense
+from .dropout import dropout
+from .embedding import embedding
+from .norm import batch_norm, layer_norm
+from .recurrent import bidirectional, gru, lstm, rnn
+from .reshape import flatten, reshape
 
-__all__ = ["dense", "relu", "sigmoid", "tanh"]
+__all__ = [
+    "dense",
+    "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",
+    "log_softmax",
+    "flatten", "reshape",
+    "batch_norm", "layer_norm",
+    "dropout",
+    "embedding",
+    "rnn", "gru", "lstm", "bidirectional",
+    "multi_head_attention",
+]

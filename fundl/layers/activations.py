@@ -1,21 +1,75 @@
-"""Elementwise activations.  Each is a parameter-free layer; shapes are unchanged."""
+"""Activations: parameter-free layers.  Shapes and float dtypes are unchanged.
+
+Elementwise: relu, leaky_relu, elu, gelu (exact or tanh form), silu, softplus,
+sigmoid, tanh.  Along one axis: softmax, log_softmax.  Each layer's forward and
+backward sit side by side below.  Constants are Python floats, so float32 stays
+float32.  Also here: vectorised :func:`erf` and :func:`erfc` (numpy has none),
+accurate to float64 precision, used by the exact gelu.
+
+Speed note: ``np.where`` / ``np.copyto(where=)`` with a data-dependent mask and
+``np.logaddexp`` measured 20-100x slower than plain arithmetic on (128, 512)
+float32 here, so branches are written as ``max``/``min`` or as a blend with a
+0/1 float mask.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Callable, Tuple
+
 import numpy as np
 
-from ..core import Layer, elementwise_layer
+from ..core import (Layer, LayerError, as_shape, check_float_input, elementwise_layer,
+                    stateless_layer)
 
-__all__ = ["relu", "tanh", "sigmoid"]
+Array = np.ndarray
 
+__all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
+           "softmax", "log_softmax", "erf", "erfc"]
+
+
+def _local_grad_layer(name: str, forward: Callable[[Array], Array],
+                      forward_and_grad: Callable[[Array], Tuple[Array, Array]]) -> Layer:
+    """An elementwise layer whose vjp keeps only the local derivative ``g = f'(x)``.
+
+    ``forward(x) -> y``; ``forward_and_grad(x) -> (y, g)``; the pullback is ``dy * g``.
+    Used where the derivative shares work with the forward (gelu, silu).
+    """
+    def init(key, in_shape):
+        return {}, as_shape(in_shape)
+
+    def apply(params, x):
+        check_float_input(x)
+        return forward(x)
+
+    def vjp(params, x):
+        check_float_input(x)
+        y, g = forward_and_grad(x)
+        return y, lambda dy: ({}, dy * g)
+
+    return stateless_layer(name, init, apply, vjp)
+
+
+def _mask(cond_fn, a, b):
+    """``cond_fn(a, b)`` as a 0/1 array of ``a``'s dtype (fast: no bool temporary)."""
+    m = np.empty_like(a)
+    cond_fn(a, b, out=m)
+    return m
+
+
+# --- relu ---------------------------------------------------------------------------
 
 def _relu_forward(x):
     return np.maximum(x, 0)
 
 
 def _relu_backward(x, y, dy):
-    # y > 0 exactly where x > 0; the gradient at 0 is taken as 0.
-    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    # y > 0 exactly where x > 0; the gradient at 0 is taken as 0.  Writing the
+    # comparison straight into a float buffer and multiplying in place is the
+    # cheapest form measured (about 10x faster than np.where).
+    dx = np.empty_like(dy)
+    np.greater(y, 0, out=dx)
+    return np.multiply(dx, dy, out=dx)
 
 
 def relu() -> Layer:
@@ -23,8 +77,318 @@ def relu() -> Layer:
     return elementwise_layer("relu", _relu_forward, _relu_backward, saves="y")
 
 
+# --- leaky relu ---------------------------------------------------------------------
+
+def leaky_relu(negative_slope: float = 0.01) -> Layer:
+    """``x`` where ``x > 0``, else ``negative_slope * x``.  Any shape.
+
+    The gradient at 0 is ``negative_slope``.  For ``negative_slope >= 0`` the
+    backward needs only ``y`` (``y > 0`` iff ``x > 0``), otherwise ``x``.
+    """
+    s = float(negative_slope)
+
+    def forward(x):
+        # max(x, s x) is x for x > 0 and s x for x < 0 when s <= 1; min when s > 1.
+        y = x * s
+        return np.maximum(x, y, out=y) if s <= 1.0 else np.minimum(x, y, out=y)
+
+    def backward(x, y, dy):
+        pos = _mask(np.greater, y if x is None else x, 0)
+        g = 1.0 - pos
+        g *= s
+        g += pos                                           # exactly 1 where x > 0, else s
+        g *= dy
+        return g
+
+    return elementwise_layer("leaky_relu", forward, backward, saves="y" if s >= 0 else "x")
+
+
+# --- elu ----------------------------------------------------------------------------
+
+def elu(alpha: float = 1.0) -> Layer:
+    """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``.  Any shape.
+
+    Gradient: 1 where ``x > 0``, else ``alpha * exp(x) = y + alpha``; needs
+    only ``y`` when ``alpha >= 0``.
+    """
+    a = float(alpha)
+
+    def forward(x):
+        neg = np.minimum(x, 0)
+        np.expm1(neg, out=neg)
+        neg *= a
+        neg += np.maximum(x, 0)                 # x where x > 0, else a (exp(x) - 1)
+        return neg
+
+    def backward(x, y, dy):
+        pos = _mask(np.greater, y if x is None else x, 0)
+        if x is None:
+            g = np.minimum(y, 0)
+            g += a                              # y + a = a exp(x) where x <= 0
+        else:
+            g = np.minimum(x, 0)
+            np.exp(g, out=g)
+            g *= a
+        g -= g * pos                            # 0 where x > 0
+        g += pos                                # 1 where x > 0
+        g *= dy
+        return g
+
+    return elementwise_layer("elu", forward, backward, saves="y" if a >= 0 else "x")
+
+
+# --- erf / erfc ---------------------------------------------------------------------
+#
+# erfc(z) = exp(-z^2) * erfcx(z) for z >= 0, with the scaled function written as
+# erfcx(z) = exp(F(u)) / (z + 2),  u = (z - 2) / (z + 2) in [-1, 1),
+# and F a Chebyshev series.  The coefficients were computed (40 digits, mpmath)
+# at 100 Chebyshev nodes; the dropped tail is below 3e-18.  12 terms suffice for
+# float32.  exp(-z^2) is formed from a split z = zh + zl with zh^2 exact, so erfc
+# keeps its relative accuracy far into the tail.
+
+_ERFCX_COEFFS = (
+    0.04182032066909059, -0.6419697923564902, 0.019476473204185836, 0.009561514786808632,
+    -0.0009465953444820369, -0.00036683949785276145, 4.252332480690777e-05,
+    2.0278578112534242e-05, -1.6242900046470256e-06, -1.3036558355805232e-06,
+    1.5626441722066142e-08, 8.523809591492654e-08, 6.5290544390988515e-09,
+    -5.059343495551469e-09, -9.91364156493033e-10, 2.273651222931836e-10,
+    9.646791102015527e-11, -2.3940380830391146e-12, -6.886027526497553e-12,
+    -8.944879273090725e-13, 3.130921399342958e-13, 1.1270822361367252e-13,
+    3.810905255189232e-16, -7.106097613609237e-15, -1.5230282014571043e-15,
+    9.457494571291233e-17, 1.210237189224279e-16, 2.816663087747177e-17,
+)
+_ERFCX_TERMS_F32 = 12
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+# erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)); 13 terms for |x| < 0.5.
+_ERF_TAYLOR = tuple((-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(13))
+
+
+def _erfcx_nonneg(z: Array) -> Array:
+    """``exp(z**2) * erfc(z)`` for ``z >= 0`` (a fresh array of z's dtype)."""
+    coeffs = _ERFCX_COEFFS if z.dtype.itemsize >= 8 else _ERFCX_COEFFS[:_ERFCX_TERMS_F32]
+    d = z + 2.0
+    two_u = np.divide(4.0, d)
+    np.subtract(1.0, two_u, out=two_u)         # u = (z - 2) / (z + 2), also for z = inf
+    two_u *= 2.0
+    # Clenshaw: b_k = 2u b_{k+1} - b_{k+2} + c_k, three rotating buffers, no temporaries
+    b2 = np.full_like(z, coeffs[-1])
+    b1 = np.multiply(two_u, coeffs[-1])
+    b1 += coeffs[-2]
+    t = np.empty_like(z)
+    for c in coeffs[-3:0:-1]:
+        np.multiply(two_u, b1, out=t)
+        t -= b2
+        t += c
+        b1, b2, t = t, b1, b2
+    two_u *= 0.5                               # F = u b_1 - b_2 + c_0
+    two_u *= b1
+    two_u -= b2
+    two_u += coeffs[0]
+    np.exp(two_u, out=two_u)
+    two_u /= d
+    return two_u
+
+
+def _exp_neg_half_sq(x: Array, scale: float) -> Array:
+    """``exp(-scale * x**2)`` for ``x >= 0`` with ``scale`` 1 or 1/2, accurate in float64.
+
+    ``x`` is split as ``xh + xl`` with ``xh`` on a 2**-16 grid, so ``xh**2`` is
+    exact and only the small product ``xl * (x + xh)`` is rounded.
+    """
+    x = np.minimum(x, 40.0)                    # exp underflows long before; avoids inf - inf
+    if x.dtype.itemsize < 8:
+        x *= x
+        x *= -scale
+        return np.exp(x, out=x)
+    xh = np.multiply(x, 65536.0)
+    np.floor(xh, out=xh)
+    xh *= 1.0 / 65536.0
+    lo = x + xh
+    x -= xh                                    # x is our own copy (from np.minimum)
+    lo *= x
+    lo *= -scale
+    np.exp(lo, out=lo)
+    np.multiply(xh, xh, out=xh)
+    xh *= -scale
+    np.exp(xh, out=xh)
+    xh *= lo
+    return xh
+
+
+def erfc(x: Array) -> Array:
+    """The complementary error function ``1 - erf(x)``, elementwise, in ``x``'s float dtype.
+
+    Relative error about 1e-15 in float64 for all ``x`` (also deep in the tail).
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    z = np.abs(x)
+    r = _erfcx_nonneg(z)
+    r *= _exp_neg_half_sq(z, 1.0)
+    neg = x < 0
+    if neg.any():
+        r[neg] = 2.0 - r[neg]
+    return r
+
+
+def erf(x: Array) -> Array:
+    """The error function, elementwise, in ``x``'s float dtype (float64 accuracy ~1e-16 relative).
+
+    A Taylor series for ``|x| < 0.5``; ``sign(x) * (1 - erfc(|x|))`` beyond.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    z = np.abs(x)
+    big = 1.0 - _erfcx_nonneg(z) * _exp_neg_half_sq(z, 1.0)
+    np.copysign(big, x, out=big)
+    small = z < 0.5
+    if small.any():
+        xs = x[small]
+        t = xs * xs
+        p = np.full_like(xs, _ERF_TAYLOR[-1])
+        for c in _ERF_TAYLOR[-2::-1]:
+            p *= t
+            p += c
+        p *= xs
+        p *= _TWO_OVER_SQRT_PI
+        big[small] = p
+    return big
+
+
+# --- gelu ---------------------------------------------------------------------------
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_exact(x: Array, need_grad: bool):
+    """``y = x * Phi(x)`` and (if asked) ``g = Phi(x) + x * phi(x)``; Phi = normal CDF."""
+    z = np.abs(x)
+    ez = _exp_neg_half_sq(z, 0.5)              # exp(-x^2 / 2)
+    z *= _INV_SQRT2
+    half_tail = _erfcx_nonneg(z)               # Phi(-|x|) = 0.5 * exp(-x^2/2) * erfcx(|x|/sqrt2)
+    half_tail *= ez
+    half_tail *= 0.5
+    # Phi = h where x < 0, else 1 - h; as h + pos * (1 - 2h), exact where pos == 0
+    pos = _mask(np.greater_equal, x, 0)
+    phi_cdf = half_tail * -2.0
+    phi_cdf += 1.0
+    phi_cdf *= pos
+    phi_cdf += half_tail
+    y = x * phi_cdf
+    if not need_grad:
+        return y, None
+    ez *= _INV_SQRT_2PI
+    ez *= x
+    ez += phi_cdf
+    return y, ez
+
+
+def _gelu_tanh(x: Array, need_grad: bool):
+    """Tanh form ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` and its derivative."""
+    x2 = x * x
+    inner = x2 * 0.044715
+    inner += 1.0
+    inner *= x
+    inner *= _SQRT_2_OVER_PI
+    t = np.tanh(inner, out=inner)
+    half_1pt = t * 0.5
+    half_1pt += 0.5                            # 0.5 (1 + t)
+    y = half_1pt * x
+    if not need_grad:
+        return y, None
+    # g = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    x2 *= 3 * 0.044715
+    x2 += 1.0
+    x2 *= 0.5 * _SQRT_2_OVER_PI
+    x2 *= x
+    np.multiply(t, t, out=t)
+    np.subtract(1.0, t, out=t)
+    x2 *= t
+    x2 += half_1pt
+    return y, x2
+
+
+def gelu(approximate: bool = False) -> Layer:
+    """Gaussian error linear unit ``x * Phi(x)`` (Phi the standard normal CDF).  Any shape.
+
+    ``approximate=False`` uses the exact erf-based Phi; ``approximate=True`` the
+    tanh form ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.  The vjp keeps
+    only the local derivative.
+    """
+    fn = _gelu_tanh if approximate else _gelu_exact
+    return _local_grad_layer("gelu", lambda x: fn(x, False)[0], lambda x: fn(x, True))
+
+
+# --- silu, softplus, sigmoid, tanh --------------------------------------------------
+
+def _sigmoid_forward(x):
+    # exp(min(x, 0)) / (1 + exp(-|x|)): exp only of non-positive numbers, no branch.
+    den = np.abs(x)
+    np.negative(den, out=den)
+    np.exp(den, out=den)
+    den += 1.0
+    num = np.minimum(x, 0)
+    np.exp(num, out=num)
+    num /= den
+    return num
+
+
+def _silu(x: Array, need_grad: bool):
+    """``y = x * s`` with ``s = sigmoid(x)``; derivative ``s + y (1 - s)``."""
+    s = _sigmoid_forward(x)
+    y = x * s
+    if not need_grad:
+        return y, None
+    g = 1.0 - s
+    g *= y
+    g += s
+    return y, g
+
+
+def silu() -> Layer:
+    """Sigmoid-weighted linear unit (swish) ``x * sigmoid(x)``.  Any shape.
+
+    Gradient ``sigmoid(x) + y (1 - sigmoid(x))``; the vjp keeps only that derivative.
+    """
+    return _local_grad_layer("silu", lambda x: _silu(x, False)[0], lambda x: _silu(x, True))
+
+
+def _softplus_forward(x):
+    # max(x, 0) + log1p(exp(-|x|)): exact form of logaddexp(0, x), no overflow.
+    t = np.abs(x)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    np.log1p(t, out=t)
+    t += np.maximum(x, 0)
+    return t
+
+
+def _softplus_backward(x, y, dy):
+    # sigmoid(x) = 1 - exp(-softplus(x)) = -expm1(-y): accurate at both ends.
+    s = np.negative(y)
+    np.expm1(s, out=s)
+    np.negative(s, out=s)
+    s *= dy
+    return s
+
+
+def softplus() -> Layer:
+    """``log(1 + exp(x))`` = ``logaddexp(0, x)``, computed stably; gradient ``sigmoid(x)``.
+
+    Any shape; the backward needs only ``y``.
+    """
+    return elementwise_layer("softplus", _softplus_forward, _softplus_backward, saves="y")
+
+
 def _tanh_backward(x, y, dy):
-    return dy * (1 - y * y)
+    g = y * y
+    np.subtract(1.0, g, out=g)
+    g *= dy
+    return g
 
 
 def tanh() -> Layer:
@@ -32,16 +396,95 @@ def tanh() -> Layer:
     return elementwise_layer("tanh", np.tanh, _tanh_backward, saves="y")
 
 
-def _sigmoid_forward(x):
-    # Stable for large |x|: exp only of non-positive numbers.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-
-
 def _sigmoid_backward(x, y, dy):
-    return dy * y * (1 - y)
+    g = 1.0 - y
+    g *= y
+    g *= dy
+    return g
 
 
 def sigmoid() -> Layer:
-    """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``."""
+    """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``.  Any shape."""
     return elementwise_layer("sigmoid", _sigmoid_forward, _sigmoid_backward, saves="y")
+
+
+# --- softmax, log_softmax -----------------------------------------------------------
+
+def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
+    """A parameter-free layer acting along data axis ``axis`` (not the batch axis 0).
+
+    ``forward(x, ax) -> y``; ``backward(y, dy, ax) -> dx``; the vjp keeps only ``y``.
+    """
+    axis = int(axis)
+
+    def resolve(ndim: int) -> int:
+        ax = axis + ndim if axis < 0 else axis
+        if not 1 <= ax < ndim:
+            raise LayerError(f"axis {axis} is not a feature axis of an input of rank {ndim} "
+                             f"(axis 0 is the batch)")
+        return ax
+
+    def init(key, in_shape):
+        in_shape = as_shape(in_shape)
+        resolve(len(in_shape) + 1)
+        return {}, in_shape
+
+    def apply(params, x):
+        check_float_input(x)
+        return forward(x, resolve(x.ndim))
+
+    def vjp(params, x):
+        check_float_input(x)
+        ax = resolve(x.ndim)
+        y = forward(x, ax)
+        return y, lambda dy: ({}, backward(y, dy, ax))
+
+    return stateless_layer(name, init, apply, vjp)
+
+
+def _softmax_forward(x, ax):
+    e = x - x.max(axis=ax, keepdims=True)      # subtract the max: no overflow
+    np.exp(e, out=e)
+    e /= e.sum(axis=ax, keepdims=True)
+    return e
+
+
+def _softmax_backward(y, dy, ax):
+    if ax == y.ndim - 1:                       # no full-size temporary
+        s = np.einsum("...i,...i->...", dy, y)[..., None]
+    else:
+        s = np.sum(dy * y, axis=ax, keepdims=True)
+    dx = np.subtract(dy, s)
+    dx *= y                                    # y * (dy - sum(dy * y))
+    return dx
+
+
+def softmax(axis: int = -1) -> Layer:
+    """``exp(x) / sum(exp(x))`` along data ``axis`` (default the last; never the batch axis 0).
+
+    Stable for any logits (the max is subtracted first).  Backward
+    ``y * (dy - sum(dy * y))`` from ``y`` alone.
+    """
+    return _axis_layer("softmax", axis, _softmax_forward, _softmax_backward)
+
+
+def _log_softmax_forward(x, ax):
+    s = x - x.max(axis=ax, keepdims=True)
+    s -= np.log(np.exp(s).sum(axis=ax, keepdims=True))
+    return s
+
+
+def _log_softmax_backward(y, dy, ax):
+    total = dy.sum(axis=ax, keepdims=True)
+    dx = np.exp(y)
+    dx *= -total
+    dx += dy                                   # dy - softmax(x) * sum(dy)
+    return dx
+
+
+def log_softmax(axis: int = -1) -> Layer:
+    """``x - logsumexp(x)`` along data ``axis`` (default the last; never the batch axis 0).
+
+    Stable for any logits.  Backward ``dy - exp(y) * sum(dy)`` from ``y`` alone.
+    """
+    return _axis_layer("log_softmax", axis, _log_softmax_forward, _log_softmax_backward)

@@ -1,0 +1,188 @@
+import numpy as np
+import pytest
+
+from fundl import random
+from fundl.core import LayerError
+from fundl.gradcheck import check_vjp
+from fundl.layers.norm import batch_norm, layer_norm
+from fundl.testing import check_layer, read_only
+
+OPTIONS = [(True, True), (True, False), (False, True), (False, False)]
+
+
+def _params(layer, in_shape, seed=0, dtype=np.float64):
+    """Init, then random scale/bias (so the checks exercise them) in ``dtype``."""
+    params, state, _ = layer.init(random.key(seed), in_shape)
+    keys = random.split(random.key(seed + 100), 2)
+    params = {k: random.normal(kk, v.shape, dtype) for (k, v), kk in zip(params.items(), keys)}
+    state = {k: v.astype(dtype) for k, v in state.items()}
+    return params, state
+
+
+@pytest.mark.parametrize("shape", [(5,), (4, 3), (3, 4, 2)])
+@pytest.mark.parametrize("use_scale,use_bias", OPTIONS)
+def test_batch_norm_check_layer(shape, use_scale, use_bias):
+    layer = batch_norm(use_scale=use_scale, use_bias=use_bias)
+    assert check_layer(layer, shape, batch=4).max_error < 1e-6
+
+
+def test_batch_norm_check_layer_other_axis_and_random_params():
+    # feature axis 1 of (N, C, W) data, and non-trivial scale/bias in the gradient check
+    layer = batch_norm(axis=1)
+    assert check_layer(layer, (3, 5), batch=4).max_error < 1e-6
+    params, state = _params(batch_norm(), (2, 3, 4))
+    assert check_vjp(batch_norm(), (2, 3, 4), params=params, state=state, batch=3).max_error < 1e-6
+
+
+def _bn_loop_reference(x, scale, bias, eps):
+    """Per-channel loop; statistics over all other axes (written independently)."""
+    c = x.shape[-1]
+    flat = x.reshape(-1, c)
+    out = np.empty_like(flat)
+    for j in range(c):
+        col = flat[:, j]
+        mu = sum(col) / len(col)
+        var = sum((v - mu) ** 2 for v in col) / len(col)
+        out[:, j] = (col - mu) / np.sqrt(var + eps) * scale[j] + bias[j]
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 5, 3), (2, 3, 4, 3)])
+def test_batch_norm_training_values_and_running_stats(shape):
+    layer = batch_norm()
+    x = random.normal(random.key(1), shape, np.float64) * 3.0 + 2.0
+    params, state = _params(layer, shape[1:])
+    state = {"mean": np.array([0.5, -1.0, 2.0]), "var": np.array([1.0, 2.0, 0.5])}
+    y, new_state, _ = layer.vjp(read_only(params), read_only(state), read_only(x))
+    np.testing.assert_allclose(y, _bn_loop_reference(x, params["scale"], params["bias"], 1e-5),
+                               rtol=1e-12, atol=1e-12)
+    # with unit scale and zero bias: mean 0, variance 1 (up to eps) per channel
+    y0, _, _ = layer.vjp({"scale": np.ones(3), "bias": np.zeros(3)}, state, x)
+    flat = y0.reshape(-1, 3)
+    np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-12)
+    var = x.reshape(-1, 3).var(axis=0)
+    np.testing.assert_allclose(flat.var(axis=0), var / (var + 1e-5), rtol=1e-12)
+    # running stats: momentum * old + (1 - momentum) * batch, unbiased batch variance
+    cols = x.reshape(-1, 3)
+    np.testing.assert_allclose(new_state["mean"], 0.99 * state["mean"] + 0.01 * cols.mean(0),
+                               rtol=1e-13)
+    np.testing.assert_allclose(new_state["var"],
+                               0.99 * state["var"] + 0.01 * cols.var(axis=0, ddof=1), rtol=1e-13)
+    # apply(train=True) uses batch statistics too
+    np.testing.assert_array_equal(layer.apply(params, state, x, train=True), y)
+
+
+def test_batch_norm_eval_uses_running_stats():
+    layer = batch_norm(eps=1e-3)
+    x = random.normal(random.key(2), (5, 4, 3), np.float32)
+    params = {"scale": np.array([1.0, 2.0, -0.5], np.float32),
+              "bias": np.array([0.0, 0.1, 3.0], np.float32)}
+    state = read_only({"mean": np.array([0.2, -0.3, 1.0], np.float32),
+                       "var": np.array([4.0, 0.25, 1.0], np.float32)})
+    y = layer.apply(params, state, x)
+    want = (x - state["mean"]) / np.sqrt(state["var"] + np.float32(1e-3)) * params["scale"] \
+        + params["bias"]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+    # fresh state (mean 0, var 1) with default params is x / sqrt(1 + eps)
+    p0, s0, _ = layer.init(random.key(0), (4, 3))
+    np.testing.assert_allclose(layer.apply(p0, s0, x), x / np.sqrt(1.001), rtol=1e-6)
+
+
+def test_batch_norm_state_dtype_and_training_step_sequence():
+    layer = batch_norm(momentum=0.5)
+    params, state, _ = layer.init(random.key(0), (3,))
+    assert state["mean"].dtype == state["var"].dtype == np.float32
+    np.testing.assert_array_equal(state["mean"], 0.0)
+    np.testing.assert_array_equal(state["var"], 1.0)
+    x = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, -1.0]], np.float32)
+    _, s1, _ = layer.vjp(params, state, x)
+    assert s1["mean"].dtype == s1["var"].dtype == np.float32
+    np.testing.assert_allclose(s1["mean"], [1.0, 1.0, 0.5])          # 0.5*0 + 0.5*[2, 2, 1]
+    np.testing.assert_allclose(s1["var"], [1.5, 0.5, 4.5])           # 0.5*1 + 0.5*[2, 0, 8]
+    _, s2, _ = layer.vjp(params, s1, x)
+    np.testing.assert_allclose(s2["mean"], [1.5, 1.5, 0.75])
+
+
+def test_batch_norm_gradient_matches_explicit_jacobian():
+    x = random.normal(random.key(3), (5, 2), np.float64)
+    dy = random.normal(random.key(4), (5, 2), np.float64)
+    layer = batch_norm(eps=1e-3)
+    params, state = _params(layer, (2,))
+    _, _, pb = layer.vjp(params, state, x)
+    grads, dx = pb(dy)
+    m = 5
+    for j in range(2):
+        col = x[:, j]
+        xc = col - col.mean()
+        var = (xc ** 2).mean()
+        inv = 1 / np.sqrt(var + 1e-3)
+        xhat = xc * inv
+        # d xhat_i / d x_k = inv * (delta_ik - 1/m - xhat_i xhat_k / m)
+        jac = inv * (np.eye(m) - 1.0 / m - np.outer(xhat, xhat) / m)
+        np.testing.assert_allclose(dx[:, j], jac.T @ (dy[:, j] * params["scale"][j]), rtol=1e-12)
+        assert grads["scale"][j] == pytest.approx(np.dot(dy[:, j], xhat), rel=1e-12)
+        assert grads["bias"][j] == pytest.approx(dy[:, j].sum(), rel=1e-12)
+
+
+def test_batch_norm_errors():
+    layer = batch_norm()
+    params, state, _ = layer.init(random.key(0), (4, 3))
+    with pytest.raises(LayerError, match=r"layer 'batch_norm'.*\(batch, \?, 3\).*\(2, 4, 5\)"):
+        layer.apply(params, state, np.zeros((2, 4, 5), np.float32))
+    with pytest.raises(LayerError, match="float64 does not match.*float32"):
+        layer.vjp(params, state, np.zeros((2, 4, 3), np.float64))
+    with pytest.raises(LayerError, match="floating-point"):
+        layer.apply(params, state, np.zeros((2, 4, 3), np.int32))
+    with pytest.raises(LayerError, match="batch"):
+        batch_norm(axis=0).init(random.key(0), (3,))
+    with pytest.raises(ValueError):
+        batch_norm(momentum=1.5)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 8), (2, 3, 6)])
+@pytest.mark.parametrize("use_scale,use_bias", OPTIONS)
+def test_layer_norm_check_layer(shape, use_scale, use_bias):
+    layer = layer_norm(use_scale=use_scale, use_bias=use_bias)
+    assert check_layer(layer, shape).max_error < 1e-6
+
+
+def test_layer_norm_values_and_gradient():
+    layer = layer_norm(eps=1e-4)
+    x = random.normal(random.key(5), (3, 2, 6), np.float64) * 2.0 - 1.0
+    params, _ = _params(layer, (2, 6))
+    y, _, pb = layer.vjp(params, {}, x)
+    # reference: each row on its own
+    for idx in np.ndindex(3, 2):
+        row = x[idx]
+        mu = row.sum() / 6
+        sd = np.sqrt(((row - mu) ** 2).sum() / 6 + 1e-4)
+        np.testing.assert_allclose(y[idx], (row - mu) / sd * params["scale"] + params["bias"],
+                                   rtol=1e-12)
+    np.testing.assert_array_equal(layer.apply(params, {}, x), y)
+    y0 = layer.apply({"scale": np.ones(6), "bias": np.zeros(6)}, {}, x)
+    np.testing.assert_allclose(y0.mean(axis=-1), 0.0, atol=1e-12)
+    # gradient against the explicit per-row Jacobian
+    dy = random.normal(random.key(6), x.shape, np.float64)
+    grads, dx = pb(dy)
+    for idx in np.ndindex(3, 2):
+        row = x[idx]
+        xc = row - row.mean()
+        inv = 1 / np.sqrt((xc ** 2).mean() + 1e-4)
+        xhat = xc * inv
+        jac = inv * (np.eye(6) - 1.0 / 6 - np.outer(xhat, xhat) / 6)
+        np.testing.assert_allclose(dx[idx], jac.T @ (dy[idx] * params["scale"]), rtol=1e-11)
+    xhat_all = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-4)
+    np.testing.assert_allclose(grads["scale"], (dy * xhat_all).sum(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(grads["bias"], dy.sum(axis=(0, 1)), rtol=1e-12)
+
+
+def test_layer_norm_errors_and_dtype():
+    layer = layer_norm()
+    params, _, _ = layer.init(random.key(0), (4,))
+    x = random.normal(random.key(1), (2, 4), np.float32)
+    assert layer.apply(params, {}, x).dtype == np.float32
+    with pytest.raises(LayerError, match=r"layer 'layer_norm'.*\(batch, \.\.\., 4\).*\(2, 5\)"):
+        layer.apply(params, {}, np.zeros((2, 5), np.float32))
+    with pytest.raises(LayerError, match="does not match"):
+        layer.apply(params, {}, np.zeros((2, 4), np.float64))
