@@ -9,9 +9,10 @@ from . import data, datasets, initializers, io, losses, metrics, optim, random, 
 from .combinators import fan_in_concat, fan_in_sum, fan_out, identity, parallel, residual, serial
 from .core import Layer, LayerError, elementwise_layer, stateless_layer
 from .gradcheck import GradCheckError, GradCheckResult, check_vjp
-from .layers import (batch_norm, bidirectional, dense, dropout, elu, embedding, flatten, gelu, gru,
-                     layer_norm, leaky_relu, log_softmax, lstm, multi_head_attention, relu, reshape,
-                     rnn, sigmoid, silu, softmax, softplus, tanh)
+from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, conv2d, dense,
+                     dropout, elu, embedding, flatten, gelu, global_avg_pool, gru, layer_norm,
+                     leaky_relu, log_softmax, lstm, max_pool1d, max_pool2d, multi_head_attention,
+                     relu, reshape, rnn, sigmoid, silu, softmax, softplus, tanh)
 from .losses import Loss
 from .summary import summary
 from .train import NonFiniteLossError, TrainState, evaluate, fit, make_step
@@ -23,7 +24,8 @@ __all__ = [
     "serial", "identity", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
     "dense", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
     "softmax", "log_softmax", "flatten", "reshape", "batch_norm", "layer_norm", "dropout",
-    "embedding", "rnn", "gru", "lstm", "bidirectional", "multi_head_attention",
+    "embedding", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+    "global_avg_pool", "rnn", "gru", "lstm", "bidirectional", "multi_head_attention",
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
     "TrainState", "make_step", "fit", "evaluate", "NonFiniteLossError", "summary",

@@ -3,10 +3,12 @@
 from .activations import (elu, gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax,
                           softplus, tanh)
 from .attention import multi_head_attention
+from .conv import conv1d, conv2d
 from .dense import dense
 from .dropout import dropout
 from .embedding import embedding
 from .norm import batch_norm, layer_norm
+from .pool import avg_pool1d, avg_pool2d, global_avg_pool, max_pool1d, max_pool2d
 from .recurrent import bidirectional, gru, lstm, rnn
 from .reshape import flatten, reshape
 
@@ -15,6 +17,8 @@ __all__ = [
     "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",
     "log_softmax",
     "flatten", "reshape",
+    "conv1d", "conv2d",
+    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool",
     "batch_norm", "layer_norm",
     "dropout",
     "embedding",
