@@ -3,6 +3,7 @@ import re
 import runpy
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,3 +26,16 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^(python3 -m pip install \S+.*pytest.*)$", readme, re.M)
     assert commands, "README must show the test command"
     assert commands[0] in ci.splitlines()
+
+
+def test_mnist1d_short_run_beats_chance(tmp_path, monkeypatch):
+    """A short MNIST-1D run (the headline example's CNN, 400 steps) clearly beats chance (10%)."""
+    pytest.importorskip("mnist1d", reason="the optional mnist1d package is not installed")
+    monkeypatch.setenv("FUNDL_CACHE", str(tmp_path))
+    example = load_example("mnist1d.py")
+    data = example["fl"].datasets.mnist1d()
+    model, ts, history, seconds = example["train_one"]("cnn", 0, data, steps=400)
+    (_, _), (x_test, y_test) = data
+    acc = example["test_accuracy"](model, ts.params, ts.state, x_test, y_test)
+    assert acc > 60.0, acc
+    assert history["loss"][-1] < history["loss"][0]
