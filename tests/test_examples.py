@@ -1,6 +1,8 @@
 import pathlib
 import re
 import runpy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,3 +41,16 @@ def test_mnist1d_short_run_beats_chance(tmp_path, monkeypatch):
     acc = example["test_accuracy"](model, ts.params, ts.state, x_test, y_test)
     assert acc > 60.0, acc
     assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("script,expect", [
+    ("classify_spirals.py", r"test accuracy: (0\.9[5-9]\d|1\.000)"),
+    ("custom_layer.py", r"check_layer: contract checks passed"),
+    ("optimizers.py", r"adam\s+0\.01\s+0\.0\d+"),
+    ("linear_regression.py", r"recovered w_real and b_real"),
+])
+def test_small_examples_run(script, expect):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(expect, out.stdout), out.stdout[-2000:]
