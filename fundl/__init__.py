@@ -5,7 +5,7 @@ See README.md for a tour.  Every layer is a :class:`Layer` of pure functions
 :func:`serial`; training is a pure step function.
 """
 
-from . import data, datasets, initializers, io, losses, metrics, optim, random, tree
+from . import data, datasets, initializers, io, losses, metrics, optim, perf, random, tree
 from .combinators import fan_in_concat, fan_in_sum, fan_out, identity, parallel, residual, serial
 from .core import Layer, LayerError, elementwise_layer, stateless_layer
 from .gradcheck import GradCheckError, GradCheckResult, check_vjp
@@ -29,5 +29,5 @@ __all__ = [
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
     "TrainState", "make_step", "fit", "evaluate", "NonFiniteLossError", "summary",
-    "data", "datasets", "io", "metrics",
+    "data", "datasets", "io", "metrics", "perf",
 ]

@@ -123,20 +123,34 @@ def _sce_value(pred, target):
 
 def _sce_value_and_grad(pred, target):
     labels, onehot = _sce_check(pred, target)
-    log_probs = _log_softmax(pred)
-    value = np.asarray(_sce_nll(log_probs, labels, onehot), dtype=pred.dtype)
-    n = pred.size // pred.shape[-1]  # examples the loss averages over
-    grad = np.exp(log_probs, out=log_probs)  # softmax, reusing our own buffer
+    classes = pred.shape[-1]
+    z = pred.reshape(-1, classes)
+    n = z.shape[0]  # examples the loss averages over
+    # One exp pass and one (n, classes) buffer: e holds the shifted logits, then
+    # exp of them, then the gradient.  log softmax is never materialised.
+    e = z - z.max(axis=-1, keepdims=True)  # our own array from here on
     if labels is not None:
-        flat = grad.reshape(-1, pred.shape[-1])
-        flat[np.arange(flat.shape[0]), labels.reshape(-1)] -= 1
+        rows = np.arange(n)
+        flat_labels = labels.reshape(-1)
+        picked_sum = e[rows, flat_labels].sum()  # sum of the true classes' shifted logits
+    else:
+        t = onehot.reshape(-1, classes)
+        row_mass = t.sum(axis=-1, keepdims=True)
+        cross = np.vdot(t, e)  # sum_i sum_c t_ic shifted_ic
+    np.exp(e, out=e)
+    total = e.sum(axis=-1, keepdims=True)
+    log_total = np.log(total)
+    if labels is not None:
+        # -mean log softmax(z)[label] = mean(log sum exp(shifted) - shifted[label])
+        value = (log_total.sum() - picked_sum) / n
+        e *= (1.0 / n) / total  # softmax / n  (python float: keeps float32)
+        e[rows, flat_labels] -= pred.dtype.type(1.0 / n)
     else:
         # Exact also for soft targets: d/dz -sum t log softmax(z) = softmax(z) sum t - t.
-        row_mass = onehot.sum(axis=-1, keepdims=True)
-        grad *= row_mass
-        grad -= onehot
-    grad *= pred.dtype.type(1.0 / n)
-    return value, grad
+        value = (np.vdot(row_mass, log_total) - cross) / n
+        e *= row_mass / (total * n)
+        e -= t * pred.dtype.type(1.0 / n)
+    return np.asarray(value, dtype=pred.dtype), e.reshape(pred.shape)
 
 
 #: Cross-entropy of ``softmax(logits)`` against integer labels (shape
