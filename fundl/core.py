@@ -35,6 +35,7 @@ __all__ = [
     "stateless_layer",
     "elementwise_layer",
     "call_vjp",
+    "accepts_keyword",
     "check_float_input",
     "check_trailing_shape",
     "check_param_dtype",
@@ -103,15 +104,21 @@ def as_shape(shape: Any) -> Shape:
 
 
 @functools.lru_cache(maxsize=None)
-def _accepts_need_dx(fn: Callable) -> bool:
+def accepts_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` can be called with the keyword argument ``name`` (cached per function)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
     params = sig.parameters
-    if "need_dx" in params:
-        return True
+    if name in params:
+        return params[name].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                     inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _accepts_need_dx(fn: Callable) -> bool:
+    return accepts_keyword(fn, "need_dx")
 
 
 def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None,

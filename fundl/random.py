@@ -40,10 +40,14 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+_SALTS = tuple(_mix64(i) for i in range(256))
+
+
 def _derive(a: int, b: int, salt: int) -> Key:
-    s = _mix64(salt & _MASK64)
-    hi = _mix64(a ^ _mix64(b ^ s))
-    lo = _mix64(b ^ _mix64(hi ^ a ^ (s << 1 & _MASK64)))
+    """The child key number ``salt`` of the key ``(a, b)``: two SplitMix64 rounds."""
+    s = _SALTS[salt] if salt < 256 else _mix64(salt & _MASK64)
+    hi = _mix64(a ^ s)
+    lo = _mix64(b ^ hi)
     words = np.array((hi, lo), dtype=np.uint64)
     words.flags.writeable = False
     return words

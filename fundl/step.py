@@ -6,12 +6,12 @@ from typing import Any, Callable, Dict, NamedTuple, Tuple, Union
 
 import numpy as np
 
-from . import random
-from .core import Layer, call_vjp
+from . import random, tree
+from .core import Layer, accepts_keyword, call_vjp
 from .losses import Loss
 from .optim.base import Optimizer
 
-__all__ = ["TrainState", "make_step", "Schedule"]
+__all__ = ["TrainState", "make_step", "Schedule", "exclusive_grads"]
 
 Schedule = Callable[[int], float]
 
@@ -48,11 +48,17 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
     update.  ``lr`` is a number or a schedule ``lr(step) -> float``.
     ``metrics`` holds ``"loss"`` (a Python float).  The input gradient of the
     first layer is not computed.
+    Optimizers that accept ``donate_grads`` (``sgd``) get the gradients
+    donated: the step owns them, so the new params may reuse their memory
+    (:func:`exclusive_grads` first copies any gradient leaf that is not an
+    array of its own).  Nothing the caller passed in is ever written.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"make_step: model must be a fundl Layer, got {type(model).__name__}")
     if not isinstance(loss, Loss):
         raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
+
+    donate = accepts_keyword(optimizer.update, "donate_grads")
 
     def step(ts: TrainState, batch: Tuple[Any, Any], lr: Union[float, Schedule]):
         x, y = batch
@@ -61,7 +67,41 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
         value, dout = loss.value_and_grad(out, y)
         grads, _ = pullback(dout)
         rate = lr(ts.step) if callable(lr) else lr
-        params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate)
+        if donate:
+            grads = exclusive_grads(grads, (ts.params, ts.state, ts.opt_state, new_state, batch))
+            params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate,
+                                                 donate_grads=True)
+        else:
+            params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate)
         return TrainState(params, new_state, opt_state, key, ts.step + 1), {"loss": float(value)}
 
     return step
+
+
+def _owner(a: np.ndarray) -> Any:
+    return a if a.base is None else a.base
+
+
+def exclusive_grads(grads: Any, keep: Any) -> Any:
+    """``grads`` with every leaf an array nobody else holds, so it may be written.
+
+    A leaf is kept as it is when it is a writeable array that owns its memory,
+    that no other gradient leaf views, and whose memory is not that of an
+    array in ``keep`` (the params, state, optimizer state and batch that
+    outlive the step); any other leaf is replaced by a copy.  Pullbacks
+    normally return fresh arrays, so this copies nothing.
+    """
+    leaves = tree.leaves(grads)
+    seen: Dict[int, int] = {}
+    for g in leaves:
+        if isinstance(g, np.ndarray):
+            seen[id(_owner(g))] = seen.get(id(_owner(g)), 0) + 1
+    kept = {id(_owner(a)) for a in tree.leaves(keep) if isinstance(a, np.ndarray)}
+
+    def own(g: Any) -> Any:
+        if (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
+                and seen[id(g)] == 1 and id(g) not in kept):
+            return g
+        return np.array(g, copy=True)
+
+    return tree.map(own, grads)

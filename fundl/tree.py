@@ -99,20 +99,73 @@ def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     Returns a tree shaped like ``tree``.  Raises :class:`TreeError` naming the
     first path at which a tree in ``rest`` differs in structure.
     """
-    def go(path: str, node: Any, others: Tuple[Any, ...]) -> Any:
-        for other in others:
-            if not _same_node(node, other):
-                raise _mismatch(path, node, other)
-        if not _is_node(node):
-            return fn(node, *others)
-        if isinstance(node, dict):
-            return {k: go(_join(path, str(k)), v, tuple(o[k] for o in others))
-                    for k, v in node.items()}
-        values = [go(_join(path, name), child, tuple(o[i] for o in others))
-                  for i, (name, child) in enumerate(_children(node))]
-        return _rebuild(node, values)
+    if not rest:
+        return _map1(fn, tree)
+    result = _map_many(fn, tree, rest)
+    if result is _MISMATCH:  # differing structures, or containers the fast path does not take
+        return _map_checked(fn, "", tree, rest)
+    return result
 
-    return go("", tree, rest)
+
+class _Mismatch:
+    __slots__ = ()
+
+
+_MISMATCH = _Mismatch()
+
+
+def _map1(fn: Callable[..., Any], node: Any) -> Any:
+    if type(node) is dict:  # the common case first: params are nested dicts
+        return {k: _map1(fn, v) for k, v in node.items()}
+    if not _is_node(node):
+        return fn(node)
+    return _rebuild(node, [_map1(fn, child) for _, child in _children(node)])
+
+
+def _map_many(fn: Callable[..., Any], node: Any, others: Tuple[Any, ...]) -> Any:
+    """Like :func:`map`, or ``_MISMATCH`` as soon as the structures differ (fast path)."""
+    if type(node) is dict:  # the common case first: params are nested dicts
+        n = len(node)
+        for o in others:
+            if type(o) is not dict or len(o) != n:
+                return _MISMATCH
+        out = {}
+        try:
+            for k, v in node.items():
+                value = _map_many(fn, v, tuple(o[k] for o in others))
+                if value is _MISMATCH:
+                    return _MISMATCH
+                out[k] = value
+        except KeyError:
+            return _MISMATCH
+        return out
+    for other in others:
+        if not _same_node(node, other):
+            return _MISMATCH
+    if not _is_node(node):
+        return fn(node, *others)
+    values = []
+    for i, (_, child) in enumerate(_children(node)):
+        value = _map_many(fn, child, tuple(o[i] for o in others))
+        if value is _MISMATCH:
+            return _MISMATCH
+        values.append(value)
+    return _rebuild(node, values)
+
+
+def _map_checked(fn: Callable[..., Any], path: str, node: Any, others: Tuple[Any, ...]) -> Any:
+    """:func:`map` with a structure check at every node that names the path of a mismatch."""
+    for other in others:
+        if not _same_node(node, other):
+            raise _mismatch(path, node, other)
+    if not _is_node(node):
+        return fn(node, *others)
+    if isinstance(node, dict):
+        return {k: _map_checked(fn, _join(path, str(k)), v, tuple(o[k] for o in others))
+                for k, v in node.items()}
+    values = [_map_checked(fn, _join(path, name), child, tuple(o[i] for o in others))
+              for i, (name, child) in enumerate(_children(node))]
+    return _rebuild(node, values)
 
 
 def _walk(path: str, node: Any) -> Iterator[Tuple[str, Any]]:

@@ -91,3 +91,9 @@ def test_all_equal_distinguishes_dtype_and_values():
     assert not tree.all_equal(a, {"w": np.array([1.0, np.nan], np.float32)})
     assert not tree.all_equal(a, {"w": np.array([2.0, np.nan])})
     assert not tree.all_equal(a, {"v": np.array([1.0, np.nan])})
+
+
+def test_map_accepts_dict_subclasses_alongside_dicts():
+    from collections import OrderedDict
+    out = tree.map(lambda a, b: a + b, {"x": 1, "y": 2}, OrderedDict(y=20, x=10))
+    assert out == {"x": 11, "y": 22}

@@ -6,7 +6,12 @@ An **optimizer** is a pair of pure functions::
     params, opt_state = optimizer.update(params, grads, opt_state, lr)
 
 ``lr`` is given at every step, so a schedule is just a function of the step.
-No update mutates ``params``, ``grads`` or ``opt_state``.
+No update mutates ``params``, ``grads`` or ``opt_state``, with one opt-in
+exception: an update may accept the keyword ``donate_grads=True``, by which its
+caller hands over gradient arrays it owns exclusively and never uses again;
+the update may then reuse their memory for the new params.  Only
+:func:`fundl.make_step` does this, after checking that every gradient leaf is
+an array of its own (see :func:`fundl.step.exclusive_grads`).
 
 A **gradient transform** (as in optax) rewrites the gradients before they are
 applied::

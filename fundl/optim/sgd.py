@@ -32,15 +32,30 @@ def _sgd_leaf(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
     return new
 
 
+def _sgd_leaf_donated(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
+    if g.dtype != p.dtype or g.shape != p.shape:
+        return _sgd_leaf(p, g, lr)
+    g *= -lr  # the caller gave us g to reuse: the new params live in its memory
+    g += p
+    return g
+
+
 def sgd() -> Optimizer:
-    """Plain SGD with an empty state (``{}``): ``p <- p - lr * g`` for every leaf."""
+    """Plain SGD with an empty state (``{}``): ``p <- p - lr * g`` for every leaf.
+
+    ``update(..., donate_grads=True)`` (what :func:`fundl.make_step` passes,
+    for gradients it owns exclusively) writes the new params into the gradient
+    arrays instead of new memory, which saves a third of the update's memory
+    traffic; params and state are never written either way.
+    """
 
     def init(params):
         return {}
 
-    def update(params, grads, opt_state, lr):
+    def update(params, grads, opt_state, lr, *, donate_grads=False):
         lr = as_lr(lr)
-        return tree.map(lambda p, g: _sgd_leaf(p, g, lr), params, grads), opt_state
+        leaf = _sgd_leaf_donated if donate_grads else _sgd_leaf
+        return tree.map(lambda p, g: leaf(p, g, lr), params, grads), opt_state
 
     return Optimizer(init, update, "sgd")
 
