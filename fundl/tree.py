@@ -188,7 +188,20 @@ def paths(tree: Any) -> List[str]:
 
 def leaves(tree: Any) -> List[Any]:
     """The leaves, in a fixed order (dict insertion order)."""
-    return [leaf for _, leaf in _walk("", tree)]
+    out: List[Any] = []
+    _collect(tree, out)
+    return out
+
+
+def _collect(node: Any, out: List[Any]) -> None:
+    if type(node) is dict:  # the common case first: params are nested dicts
+        for child in node.values():
+            _collect(child, out)
+    elif _is_node(node):
+        for _, child in _children(node):
+            _collect(child, out)
+    else:
+        out.append(node)
 
 
 class TreeDef(NamedTuple):
