@@ -80,6 +80,15 @@ def test_relu_gradient_is_mask():
     np.testing.assert_array_equal(pb(dy)[1], [[0, 0, 30, 40]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_dtype_and_nan(dtype):
+    x = np.array([[-1.0, 0.0, np.nan, 2.0, np.inf]], dtype)
+    y, _, pb = relu().vjp({}, {}, x)
+    dx = pb(np.array([[1.0, 2.0, 3.0, 4.0, 5.0]], dtype))[1]
+    assert y.dtype == dtype and dx.dtype == dtype
+    np.testing.assert_array_equal(dx, [[0.0, 0.0, 0.0, 4.0, 5.0]])  # NaN input: no gradient
+
+
 @pytest.mark.parametrize("layer,slope", [(relu(), 0.0), (leaky_relu(0.01), 0.01),
                                          (leaky_relu(0.3), 0.3), (leaky_relu(-0.5), -0.5)])
 def test_piecewise_linear_gradients_are_exact(layer, slope):

@@ -158,31 +158,49 @@ def test_conv1d_check_layer_and_matches_conv2d(in_shape, kw):
     np.testing.assert_allclose(y, ref[:, 0], rtol=0, atol=1e-12)
 
 
-def test_naive_input_gradient_reference():
-    """dx and dW against the adjoint computed by loops (independent of check_vjp)."""
-    layer = conv2d(3, (3, 2), stride=(2, 1), padding="same", dilation=(1, 2), dtype=np.float64)
-    params, state, out_shape = _init64(layer, (5, 6, 2))
-    x = random.normal(random.key(1), (2, 5, 6, 2), np.float64)
+@pytest.mark.parametrize("in_shape,kw", [
+    ((5, 6, 2), dict(features=3, kernel_size=(3, 2), stride=(2, 1), padding="same",
+                     dilation=(1, 2))),
+    # 3x3 "same", stride 1: the centre offset is multiplied straight into dx
+    ((5, 6, 2), dict(features=3, kernel_size=3, padding="same")),
+    # output larger than the input: no offset maps outputs one-to-one onto inputs
+    ((4, 5, 2), dict(features=3, kernel_size=3, padding=2)),
+    ((6, 5, 3), dict(features=2, kernel_size=2, padding=[(1, 0), (2, 1)], use_bias=False)),
+])
+def test_naive_input_gradient_reference(in_shape, kw):
+    """dx, dW and db against the adjoint computed by loops (independent of check_vjp)."""
+    layer = conv2d(dtype=np.float64, **kw)
+    params, state, out_shape = _init64(layer, in_shape)
+    if "b" in params:
+        params["b"] = random.normal(random.key(5), params["b"].shape, np.float64)
+    h, w, _ = in_shape
+    x = random.normal(random.key(1), (2,) + in_shape, np.float64)
     _, _, pb = layer.vjp(params, state, x)
     dy = random.normal(random.key(2), (2,) + out_shape, np.float64)
     dparams, dx = pb(dy)
-    s, pads, d = _pads2d((5, 6, 2), dict(kernel_size=(3, 2), stride=(2, 1), padding="same",
-                                         dilation=(1, 2)))
+    s, pads, d = _pads2d(in_shape, kw)
+    kh, kw_ = params["w"].shape[:2]
     # dx[n, ih, iw, c] = sum over (r, s, i, j) with r*sh - pt + i*dh = ih ... of dy * w
     ref_dx = np.zeros_like(x)
     ref_dw = np.zeros_like(params["w"])
     for n in range(2):
         for r in range(out_shape[0]):
             for q in range(out_shape[1]):
-                for i in range(3):
-                    for j in range(2):
+                for i in range(kh):
+                    for j in range(kw_):
                         ih, iw = r * s[0] - pads[0][0] + i * d[0], q * s[1] - pads[1][0] + j * d[1]
-                        if 0 <= ih < 5 and 0 <= iw < 6:
+                        if 0 <= ih < h and 0 <= iw < w:
                             ref_dx[n, ih, iw] += params["w"][i, j] @ dy[n, r, q]
                             ref_dw[i, j] += np.outer(x[n, ih, iw], dy[n, r, q])
     np.testing.assert_allclose(dx, ref_dx, rtol=0, atol=1e-12)
     np.testing.assert_allclose(dparams["w"], ref_dw, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(dparams["b"], dy.sum(axis=(0, 1, 2)), rtol=0, atol=1e-12)
+    assert dparams["w"].shape == params["w"].shape
+    if "b" in params:  # db comes out of the dW matmul (the ones column of cols)
+        np.testing.assert_allclose(dparams["b"], dy.sum(axis=(0, 1, 2)), rtol=0, atol=1e-12)
+        assert dparams["b"].shape == params["b"].shape
+        assert not np.shares_memory(dparams["b"], dparams["w"])
+    else:
+        assert set(dparams) == {"w"}
 
 
 def test_need_dx_false_skips_dx_only():

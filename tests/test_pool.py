@@ -153,6 +153,67 @@ def test_max_pool_tie_2x2_exact():
     np.testing.assert_array_equal(dx[0, :, :, 0], [[0.0, 7.0], [0.0, 0.0]])
 
 
+@pytest.mark.parametrize("in_shape,window,stride,padding", [
+    ((6, 8, 3), 2, None, "valid"),        # tiled: one broadcast compare
+    ((6, 6, 2), (2, 3), None, "valid"),   # tiled, non-square window
+    ((5, 7, 2), 2, None, "valid"),        # cropped remainder: per-offset path
+    ((7, 6, 2), 3, 2, "same"),            # overlapping, padded
+    ((6, 6, 2), 3, 1, "valid"),           # heavily overlapping
+])
+def test_max_pool_many_partial_ties_match_first_max_rule(in_shape, window, stride, padding):
+    # small integers: most windows have 2-4 tied maxima, in every position
+    x = np.floor(random.uniform(random.key(7), (3,) + in_shape, np.float64) * 3.0)
+    layer = max_pool2d(window, stride, padding)
+    y, _, pb = layer.vjp({}, {}, x)
+    dy = random.normal(random.key(8), y.shape, np.float64)
+    win = (window, window) if isinstance(window, int) else window
+    st = win if stride is None else (stride, stride)
+    pads = tuple(_pads(in_shape[a], win[a], st[a], padding) for a in range(2))
+    ref_y, ref_dx_of = naive_pool2d(x, win, st, pads, True)
+    np.testing.assert_array_equal(y, ref_y)
+    np.testing.assert_allclose(pb(dy)[1], ref_dx_of(dy), rtol=0, atol=1e-12)  # sum order
+
+
+def test_max_pool_signed_zero_tie_goes_to_the_first_cell():
+    x = np.array([[-0.0, 0.0], [0.0, -0.0]], np.float32).reshape(1, 2, 2, 1)
+    for first in (x, -x):
+        _, _, pb = max_pool2d(2).vjp({}, {}, first)
+        _, dx = pb(np.full((1, 1, 1, 1), 3.0, np.float32))
+        np.testing.assert_array_equal(dx[0, :, :, 0], [[3.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("window,stride,padding", [(2, None, "valid"), (3, 1, "same")])
+def test_max_pool_nan_window_sends_gradient_to_its_first_nan(window, stride, padding):
+    # argmax semantics: NaN is the maximum of its window (np.maximum propagates it)
+    x = np.array([[1.0, 7.0, 2.0, 0.0],
+                  [np.nan, np.nan, 3.0, 9.0],
+                  [4.0, 5.0, 6.0, 8.0],
+                  [0.0, 1.0, 2.0, 3.0]], np.float32).reshape(1, 4, 4, 1)
+    layer = max_pool2d(window, stride, padding)
+    y, _, pb = layer.vjp({}, {}, x)
+    dy = random.normal(random.key(9), y.shape, np.float32)
+    _, dx = pb(dy)
+    s = (window, window) if stride is None else (stride, stride)
+    pads = tuple(_pads(4, window, s[a], padding) for a in range(2))
+    with np.errstate(invalid="ignore"):
+        ref_y, _ = naive_pool2d(x.astype(np.float64), (window, window), s, pads, True)
+    # the naive loop's ``v > best`` never picks a NaN; build the reference by argmax
+    (pt, _), (pl, _) = pads
+    xp = np.pad(x[0, :, :, 0].astype(np.float64), ((pt, pt + 2), (pl, pl + 2)),
+                constant_values=-np.inf)
+    ref_dx = np.zeros((4 + 2 * pt + 2, 4 + 2 * pl + 2))
+    for r in range(y.shape[1]):
+        for q in range(y.shape[2]):
+            cells = xp[r * s[0]:r * s[0] + window, q * s[1]:q * s[1] + window]
+            a = np.argmax(cells)  # first NaN if any, else first maximum
+            ref_dx[r * s[0] + a // window, q * s[1] + a % window] += dy[0, r, q, 0]
+            assert np.isnan(y[0, r, q, 0]) == np.isnan(cells).any()
+            if not np.isnan(cells).any():
+                assert y[0, r, q, 0] == cells.max()
+    np.testing.assert_allclose(dx[0, :, :, 0], ref_dx[pt:pt + 4, pl:pl + 4], rtol=1e-6)
+    assert np.isnan(y).any() and not np.isnan(dx).any()
+
+
 def test_max_pool_padding_is_minus_inf():
     x = -np.ones((1, 3, 3, 1))
     y = max_pool2d(3, 1, "same").apply({}, {}, x)

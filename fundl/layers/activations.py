@@ -64,12 +64,11 @@ def _relu_forward(x):
 
 
 def _relu_backward(x, y, dy):
-    # y > 0 exactly where x > 0; the gradient at 0 is taken as 0.  Writing the
-    # comparison straight into a float buffer and multiplying in place is the
-    # cheapest form measured (about 10x faster than np.where).
-    dx = np.empty_like(dy)
-    np.greater(y, 0, out=dx)
-    return np.multiply(dx, dy, out=dx)
+    # y > 0 exactly where x > 0; the gradient at 0 is taken as 0.  ``dy * (y > 0)``
+    # with a bool mask (1 byte per element) moves the least memory: inside a CNN
+    # training step it beat writing the mask into the float output and multiplying
+    # in place (faster on a hot cache, in isolation), and np.where is ~10x slower.
+    return np.multiply(dy, np.greater(y, 0))
 
 
 def relu() -> Layer:

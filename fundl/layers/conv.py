@@ -3,11 +3,14 @@
 Both layers share one 2-D core; ``conv1d`` is ``conv2d`` with a unit height.
 The forward pads the input once, copies its windows (a strided
 ``sliding_window_view``, never a loop over examples or positions) into an im2col
-matrix ``cols`` of shape ``(N*OH*OW, kh*kw*c_in)`` and multiplies it by the
-kernel reshaped to ``(kh*kw*c_in, c_out)``.  The backward is ``dW = cols.T @ dy``
-(one matmul), ``db = sum(dy)`` and ``dcols = dy @ W.T`` (one matmul), whose
-columns for each kernel offset (a Python loop over the ``kh*kw`` offsets) are
-added into ``dx`` through a strided slice.
+matrix ``cols`` of shape ``(N*OH*OW, kh*kw*c_in [+ 1])`` and multiplies it by the
+kernel reshaped to ``(kh*kw*c_in, c_out)``.  With a bias, ``cols`` has a last
+column of ones and the kernel matrix a last row ``b``: the matmul adds the bias,
+and the backward's ``cols.T @ dy`` gives ``dW`` and, in its last row, ``db``
+(this saved a pass over ``y`` and one over ``dy``: ~1 ms per step of the
+benchmark CNN).  The input gradient is one matmul ``dy @ W[i, j].T`` per kernel
+offset (a Python loop over the ``kh*kw`` offsets), added into ``dx`` through a
+strided slice.
 
 The window helpers at the top (:func:`parse_padding`, :func:`resolve_padding`,
 :func:`offset_view`, ...) are shared with :mod:`fundl.layers.pool`.
@@ -127,8 +130,10 @@ def offsets(kernel: Tuple[int, int], dilation: Tuple[int, int] = (1, 1)):
 
 # --- the 2-D core --------------------------------------------------------------------
 
-def _im2col(xp: np.ndarray, kernel, dilation, out_hw, strides) -> np.ndarray:
-    """``cols`` of shape (N*OH*OW, kh*kw*C), row-major over (n, oh, ow) x (i, j, c).
+def _im2col(xp: np.ndarray, kernel, dilation, out_hw, strides,
+            ones_column: bool = False) -> np.ndarray:
+    """``cols`` of shape (N*OH*OW, kh*kw*C), row-major over (n, oh, ow) x (i, j, c);
+    with ``ones_column`` one more last column of ones (the bias's input).
 
     One strided copy of a window view: ``cols`` is written once, front to back
     (a copy per kernel offset was measured 2-3x slower: it sweeps ``cols`` kh*kw times).
@@ -138,9 +143,14 @@ def _im2col(xp: np.ndarray, kernel, dilation, out_hw, strides) -> np.ndarray:
     extent = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
     win = sliding_window_view(xp, extent, axis=(1, 2))  # (N, ., ., C, eh, ew)
     win = win[:, ::sh, ::sw, :, ::dh, ::dw][:, :out_hw[0], :out_hw[1]]
-    cols = np.empty((n, out_hw[0], out_hw[1], kh, kw, c), xp.dtype)
-    cols[...] = win.transpose(0, 1, 2, 4, 5, 3)
-    return cols.reshape(-1, kh * kw * c)
+    width = kh * kw * c
+    total = width + int(ones_column)
+    cols = np.empty((n, out_hw[0], out_hw[1], total), xp.dtype)
+    patches = cols[..., :width].reshape(n, out_hw[0], out_hw[1], kh, kw, c)  # a view
+    patches[...] = win.transpose(0, 1, 2, 4, 5, 3)
+    if ones_column:
+        cols[..., width] = 1.0
+    return cols.reshape(-1, total)
 
 
 def _in_bounds(size: int, pad_lo: int, offset: int, stride: int, out: int):
@@ -158,33 +168,35 @@ def _input_grad(dy2: np.ndarray, w: np.ndarray, x_shape, pads: Pads, kernel, dil
                 out_hw, strides) -> np.ndarray:
     """dx (N, H, W, C) from dy2 (N*OH*OW, c_out): the adjoint of pad + im2col + matmul.
 
-    ``dcols = dy2 @ W.T`` (one matmul), then each kernel offset's slice of ``dcols``
-    is added into ``dx`` over the outputs whose input cell is real, so no padded
-    buffer is needed.  An offset that reaches every input cell (the centre of an
-    odd kernel with stride 1 and "same" padding) is copied first, so ``dx`` needs
-    no zeroing.  (One matmul per offset into a buffer, which makes the adds contiguous,
-    was as fast on an idle machine but several times slower on a busy one: many
-    small multi-threaded BLAS calls suffer most from CPU contention.)
+    One matmul per kernel offset, ``dy2 @ W[i, j].T`` (N*OH*OW, C), into a small
+    reused buffer whose outputs with a real input cell are added into ``dx`` through
+    a strided slice (no padded buffer).  An offset that reaches every input cell
+    from every output (the centre of an odd kernel with stride 1 and "same"
+    padding) is multiplied straight into ``dx``, so ``dx`` needs no zeroing.  One
+    big ``dcols = dy2 @ W.T`` of shape (N*OH*OW, kh*kw*C) instead was ~1.5 ms
+    slower per step of the benchmark CNN: it is 9x the size of ``dx``, so every
+    read of it for the adds misses the cache.
     """
     n, h, wd, c = x_shape
     (oh, ow), (sh, sw) = out_hw, strides
-    kk = kernel[0] * kernel[1]
+    wk = w.reshape(kernel[0] * kernel[1], c, -1)           # (kh*kw, C, c_out)
     parts = []
     for k, di, dj in offsets(kernel, dilation):
         rows, cols = _in_bounds(h, pads[0][0], di, sh, oh), _in_bounds(wd, pads[1][0], dj, sw, ow)
         if rows is not None and cols is not None:
             parts.append((k, rows, cols))
-    dcols = (dy2 @ w.reshape(kk * c, -1).T).reshape(n, oh, ow, kk, c)
-    whole = (slice(0, h, 1), slice(0, wd, 1))
-    first = next((p for p in parts if (p[1][1], p[2][1]) == whole), None)
+    every = ((slice(0, oh), slice(0, h, 1)), (slice(0, ow), slice(0, wd, 1)))
+    first = next((p for p in parts if (oh, ow) == (h, wd) and p[1:] == every), None)
     if first is None:
         dx = np.zeros(x_shape, dy2.dtype)
-    else:  # this offset reaches every input cell: start from a copy, no zeroing
+    else:  # this offset maps the outputs one-to-one onto the input cells
         parts.remove(first)
-        k, (o_r, _), (o_c, _) = first
-        dx = dcols[:, o_r, o_c, k].copy()
+        dx = np.empty(x_shape, dy2.dtype)
+        np.matmul(dy2, wk[first[0]].T, out=dx.reshape(-1, c))
+    buf = np.empty((n, oh, ow, c), dy2.dtype)
     for k, (o_r, i_r), (o_c, i_c) in parts:
-        dx[:, i_r, i_c] += dcols[:, o_r, o_c, k]
+        np.matmul(dy2, wk[k].T, out=buf.reshape(-1, c))
+        dx[:, i_r, i_c] += buf[:, o_r, o_c]
     return dx
 
 
@@ -232,10 +244,11 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
         pads, out_hw, out_d = geometry(x.shape[1:-1])
         x4 = x[:, None] if d == 1 else x
         xp = pad_nhwc(x4, pads)
-        cols = _im2col(xp, kernel, dil, out_hw, strides)
-        y = cols @ w.reshape(-1, features)
+        cols = _im2col(xp, kernel, dil, out_hw, strides, ones_column=use_bias)
+        w2 = w.reshape(-1, features)
         if use_bias:
-            y += params["b"]  # y is our own fresh array
+            w2 = np.concatenate([w2, params["b"].reshape(1, features)], dtype=w2.dtype)
+        y = cols @ w2
         return y.reshape((x.shape[0],) + out_d + (features,)), cols, (x4.shape, pads, out_hw)
 
     def apply(params, x):
@@ -248,9 +261,10 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
 
         def pullback(dy):
             dy2 = dy.reshape(-1, features)
-            grads = {"w": (cols.T @ dy2).reshape(k_d + (x_shape[-1], features))}
+            g = cols.T @ dy2  # (kh*kw*c_in [+ 1 bias row], features)
+            grads = {"w": (g[:-1] if use_bias else g).reshape(k_d + (x_shape[-1], features))}
             if use_bias:
-                grads["b"] = np.einsum("pf->f", dy2)  # 3x faster than dy2.sum(axis=0)
+                grads["b"] = g[-1].copy()  # its own array, not a view into dW's buffer
             if not need_dx:
                 return grads, None
             dx = _input_grad(dy2, w, x4_shape, pads, kernel, dil, out_hw, strides)
@@ -302,7 +316,8 @@ def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
     an int (every side) or ``[(top, bottom), (left, right)]``.
 
     Memory: ``vjp`` keeps the im2col matrix for dW, ``kh * kw`` times the size of
-    the (padded) input (14 MB for 64 x 14 x 14 x 32 and a 3x3 kernel, float32);
+    the (padded) input, plus a column of ones with a bias (14 MB for
+    64 x 14 x 14 x 32 and a 3x3 kernel, float32);
     recomputing it in the backward instead was measured ~8% slower per training
     step of a small CNN.
     """

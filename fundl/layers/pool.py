@@ -10,7 +10,12 @@ same as reducing ``x.reshape(N, H/2, 2, W/2, 2, C)`` over the window axes.
 
 Ties in max pooling: the whole gradient of a window goes to exactly one cell,
 the first maximum in row-major window order (the one ``argmax`` of the
-flattened window would pick).  Padded cells of a max pool are ``-inf``.
+flattened window would pick; a window with a NaN has output NaN and its first
+NaN gets the gradient, as ``argmax`` does).  Padded cells of a max pool are
+``-inf``.  The forward is only the maxima of the offset views; the pullback
+finds the winners from the kept input and output (compare, then keep the first
+True per window: a few bool ops on output-sized arrays), which was faster per
+training step than tracking the winning offset in the forward.
 Average pooling counts only real cells: with padding, a window near the border
 is averaged over the cells it covers inside the input (PyTorch's
 ``count_include_pad=False``, TensorFlow's ``"SAME"`` average pool).
@@ -28,6 +33,35 @@ from .conv import Padding, int_tuple, offsets, offset_view, output_sizes, pad_nh
     parse_padding, resolve_padding
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool"]
+
+
+def _equal_or_both_nan(v: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bool ``v == y`` (broadcast), where NaN counts as equal to NaN.
+
+    ``y`` is the window maximum; ``np.maximum`` propagates NaN, so a window with a
+    NaN has ``y = NaN`` and its maxima are its NaN cells (as ``argmax`` sees it).
+    """
+    hit = np.equal(v, y)
+    if np.isnan(np.max(y, initial=-np.inf)):  # rare: one cheap reduction to know
+        hit |= np.isnan(v) & np.isnan(y)
+    return hit
+
+
+def _first_true(masks) -> None:
+    """In place: keep each True of ``masks[k]`` only where no earlier mask is True.
+
+    With ``masks[k] = (window cell k is a maximum)`` in row-major window order, this
+    leaves exactly the first maximum of each window.  ``np.greater`` on bools is
+    ``a and not b``.
+    """
+    if len(masks) < 2:
+        return
+    seen = np.logical_or(masks[0], masks[1])
+    np.greater(masks[1], masks[0], out=masks[1])
+    for k in range(2, len(masks)):
+        np.greater(masks[k], seen, out=masks[k])
+        if k + 1 < len(masks):
+            np.logical_or(seen, masks[k], out=seen)
 
 
 def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
@@ -91,43 +125,53 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
         return dxp[:, t:t + h, l:l + w]
 
     if is_max:
+        def max_forward(x):
+            """``(y, x4, xp, pads, out_hw, y_shape)``: the max of the offset views."""
+            x4, xp, pads, out_hw, y_shape = prepare(x)
+            views = [offset_view(xp, di, dj, out_hw, strides) for _, di, dj in offs]
+            y = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+            for v in views[2:]:
+                np.maximum(y, v, out=y)
+            return y, x4, xp, pads, out_hw, y_shape
+
         def apply(params, x):
-            _, xp, _, out_hw, y_shape = prepare(x)
-            y = offset_view(xp, 0, 0, out_hw, strides).copy()
-            for _, di, dj in offs[1:]:
-                np.maximum(y, offset_view(xp, di, dj, out_hw, strides), out=y)
+            y, *_, y_shape = max_forward(x)
             return y.reshape(y_shape)
 
         def vjp(params, x, need_dx=True):
             if not need_dx:
                 return apply(params, x), lambda dy: ({}, None)
-            x4, xp, pads, out_hw, y_shape = prepare(x)
-            y = offset_view(xp, 0, 0, out_hw, strides).copy()
-            # winner[o] = index of the first maximum of window o.  A strict ``>`` moves
-            # the winner to offset k, and k only grows, so winner = max_k k * [v_k > y].
-            # (np.copyto(..., where=) would say it directly but is ~6x slower.)
-            idx_type = np.min_scalar_type(len(offs) - 1).type
-            winner = np.zeros(y.shape, idx_type)
-            gt = np.empty(y.shape, idx_type)
-            for k, di, dj in offs[1:]:
-                v = offset_view(xp, di, dj, out_hw, strides)
-                np.greater(v, y, out=gt)
-                np.maximum(y, v, out=y)
-                gt *= idx_type(k)
-                np.maximum(winner, gt, out=winner)
-            del gt
-            x4_shape, x_shape, y4_shape = x4.shape, x.shape, y.shape
+            # No winner bookkeeping in the forward: the pullback finds each window's
+            # first maximum from (xp, y), which are kept anyway (xp is x when unpadded).
+            y, x4, xp, pads, out_hw, y_shape = max_forward(x)
+            x4_shape, x_shape = x4.shape, x.shape
+            n, h, w, c = x4_shape
+            (kh, kw), (oh, ow) = window2, out_hw
+            # Non-overlapping windows that tile the whole unpadded input (max_pool2d(2)
+            # on even sizes): x is (N, OH, kh, OW, kw, C) and one broadcast compare /
+            # multiply covers every offset (the per-offset form was ~15% slower).
+            tiled = (strides == window2 and not any(lo or hi for lo, hi in pads)
+                     and oh * kh == h and ow * kw == w)
 
             def pullback(dy):
-                dy4 = dy.reshape(y4_shape)
-                hit = np.empty(y4_shape, bool)
+                dy4 = dy.reshape(y.shape)
+                if tiled:
+                    x6 = xp.reshape(n, oh, kh, ow, kw, c)
+                    hit = _equal_or_both_nan(x6, y[:, :, None, :, None, :])
+                    _first_true([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])
+                    dx = np.empty(x4_shape, dy.dtype)
+                    np.multiply(hit, dy4[:, :, None, :, None, :],
+                                out=dx.reshape(n, oh, kh, ow, kw, c))
+                    return {}, dx.reshape(x_shape)
+                hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y)
+                        for _, di, dj in offs]
+                _first_true(hits)
 
                 def write(k, view, accumulate):
-                    np.equal(winner, k, out=hit)
                     if accumulate:
-                        view += dy4 * hit
+                        view += dy4 * hits[k]
                     else:
-                        np.multiply(dy4, hit, out=view)
+                        np.multiply(dy4, hits[k], out=view)
 
                 dx = scatter(x4_shape, pads, out_hw, dy.dtype, write)
                 return {}, dx.reshape(x_shape)
