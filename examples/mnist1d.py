@@ -19,7 +19,8 @@ repository):
 - MLP: dense 40 -> 100, ReLU, a residual block ``h + relu(dense 100 -> 100)(h)``,
   dense 100 -> 10 (the paper's "40-100-100-10");
 - CNN: three conv1d layers with 25 channels (kernel 5, then 3 and 3; stride 2;
-  padding 1), ReLU after each, flatten (5 x 25 = 125), dense 125 -> 10;
+  padding 1), ReLU after each, flatten (5 x 25 = 125), dense 125 -> 10
+  (LeCun-normal kernels, near PyTorch's default initialisation);
 - GRU: a bidirectional GRU with 6 hidden units per direction over the 40
   steps, every step's output flattened (40 x 12 = 480), dense 480 -> 10.
 
@@ -59,10 +60,14 @@ def mlp() -> fl.Layer:
 
 
 def cnn() -> fl.Layer:
+    # LeCun-normal kernels, N(0, 1/fan_in): close to PyTorch's default U(+-1/sqrt(fan_in))
+    # that the paper trained with.  fundl's conv default (He-normal, twice the variance)
+    # reached 91.4% here (3 seeds), LeCun-normal 93.6%, PyTorch's default 93.1%.
+    init = fl.initializers.lecun_normal
     return fl.serial(fl.reshape((40, 1)),
-                     fl.conv1d(25, 5, stride=2, padding=1), fl.relu(),
-                     fl.conv1d(25, 3, stride=2, padding=1), fl.relu(),
-                     fl.conv1d(25, 3, stride=2, padding=1), fl.relu(),
+                     fl.conv1d(25, 5, stride=2, padding=1, w_init=init), fl.relu(),
+                     fl.conv1d(25, 3, stride=2, padding=1, w_init=init), fl.relu(),
+                     fl.conv1d(25, 3, stride=2, padding=1, w_init=init), fl.relu(),
                      fl.flatten(), fl.dense(10))
 
 

@@ -19,7 +19,7 @@ Initializer = Callable[[Any, Tuple[int, ...], Any], np.ndarray]
 __all__ = [
     "Initializer", "fans", "zeros", "ones", "constant", "uniform", "normal",
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal",
-    "orthogonal",
+    "orthogonal", "variance_scaling", "lecun_uniform", "torch_default",
 ]
 
 
@@ -60,6 +60,37 @@ def normal(std: float = 0.01) -> Initializer:
     def init(key, shape, dtype=np.float32):
         return random.normal(key, shape, dtype, 0.0, std)
     return init
+
+
+def variance_scaling(scale: float, mode: str = "fan_in",
+                     distribution: str = "normal") -> Initializer:
+    """Zero-mean weights of variance ``scale / n``, ``n`` the fan-in, fan-out or their mean.
+
+    ``mode`` is ``"fan_in"``, ``"fan_out"`` or ``"fan_avg"``; ``distribution`` is
+    ``"normal"`` or ``"uniform"`` (on ``[-a, a)`` with ``a = sqrt(3 scale / n)``).
+    Glorot, He and LeCun initialisers are special cases.
+    """
+    if mode not in ("fan_in", "fan_out", "fan_avg"):
+        raise ValueError(f"mode must be 'fan_in', 'fan_out' or 'fan_avg', got {mode!r}")
+    if distribution not in ("normal", "uniform"):
+        raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
+
+    def init(key, shape, dtype=np.float32):
+        fan_in, fan_out = fans(shape)
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        if distribution == "normal":
+            return random.normal(key, shape, dtype, 0.0, math.sqrt(scale / n))
+        limit = math.sqrt(3.0 * scale / n)
+        return random.uniform(key, shape, dtype, -limit, limit)
+    return init
+
+
+#: LeCun uniform: U(-a, a) with a = sqrt(3 / fan_in).
+lecun_uniform = variance_scaling(1.0, "fan_in", "uniform")
+
+#: PyTorch's default for ``nn.Linear``/``nn.Conv*`` weights: U(-a, a) with
+#: a = 1 / sqrt(fan_in) (its ``kaiming_uniform_(a=sqrt(5))``).
+torch_default = variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def glorot_uniform(key: Any, shape: Tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:

@@ -28,3 +28,15 @@ def test_orthogonal_and_constants():
     np.testing.assert_allclose(q @ q.T, np.eye(4), atol=1e-12)
     assert (init.constant(0.5)(None, (2,), np.float32) == 0.5).all()
     assert init.zeros(None, (2, 2)).dtype == np.float32
+
+
+def test_variance_scaling_special_cases():
+    k = fl.random.key(1)
+    w = init.torch_default(k, (300, 500), np.float32)
+    assert np.abs(w).max() <= 1 / np.sqrt(300) and np.abs(w).max() > 0.99 / np.sqrt(300)
+    w = init.lecun_uniform(k, (3, 3, 40, 8), np.float32)   # fan_in = 360
+    assert abs(w.var() * 360 - 1) < 0.05
+    w = init.variance_scaling(2.0, "fan_out", "normal")(k, (200, 400), np.float64)
+    assert abs(w.var() * 400 / 2 - 1) < 0.02
+    with pytest.raises(ValueError):
+        init.variance_scaling(1.0, "fan_sum")
