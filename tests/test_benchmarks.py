@@ -158,3 +158,12 @@ def test_harness_produces_rows_and_a_table():
             assert w["check"]["param_max_abs_diff"] < 1e-5
     table = run.format_table([res])
     assert "mlp" in table and "numpy" in table and "vs numpy" in table
+
+
+def test_plain_cnn_reference_matches_fundl_first_step():
+    from benchmarks import plain_cnn
+    fundl_step, ts, P, x, y = plain_cnn.setup(batch=4)
+    ts1, metrics = fundl_step(ts, (x, y), 0.01)
+    P1, loss = plain_cnn.step(P, x, y, 0.01)
+    assert abs(metrics["loss"] - loss) < 1e-5
+    assert np.abs(ts1.params["conv2d_3"]["w"] - P1["c2w"]).max() < 1e-6
