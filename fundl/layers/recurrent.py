@@ -507,4 +507,4 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name)
+    return Layer(init, apply, vjp, name, children)
