@@ -78,10 +78,6 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
     return step
 
 
-def _owner(a: np.ndarray) -> Any:
-    return a if a.base is None else a.base
-
-
 def exclusive_grads(grads: Any, keep: Any) -> Any:
     """``grads`` with every leaf an array nobody else holds, so it may be written.
 
@@ -92,16 +88,18 @@ def exclusive_grads(grads: Any, keep: Any) -> Any:
     normally return fresh arrays, so this copies nothing.
     """
     leaves = tree.leaves(grads)
-    seen: Dict[int, int] = {}
+    owners: Dict[int, int] = {}
     for g in leaves:
         if isinstance(g, np.ndarray):
-            seen[id(_owner(g))] = seen.get(id(_owner(g)), 0) + 1
-    kept = {id(_owner(a)) for a in tree.leaves(keep) if isinstance(a, np.ndarray)}
+            owner = id(g if g.base is None else g.base)
+            owners[owner] = owners.get(owner, 0) + 1
+    kept = {id(a if a.base is None else a.base)
+            for a in tree.leaves(keep) if isinstance(a, np.ndarray)}
 
-    def own(g: Any) -> Any:
-        if (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
-                and seen[id(g)] == 1 and id(g) not in kept):
-            return g
-        return np.array(g, copy=True)
+    def owned(g: Any) -> bool:
+        return (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
+                and owners[id(g)] == 1 and id(g) not in kept)
 
-    return tree.map(own, grads)
+    if all(owned(g) for g in leaves):
+        return grads  # the common case: nothing to copy, nothing to rebuild
+    return tree.map(lambda g: g if owned(g) else np.array(g, copy=True), grads)
