@@ -8,6 +8,7 @@ layer honours the contract of :mod:`fundl.core`:
 - no function mutates its inputs (they are set read-only and compared after);
 - the same key gives bit-identical params, outputs and gradients;
 - ``apply(train=True)`` equals ``vjp``'s output for the same key;
+- ``vjp(..., need_dx=False)``, where accepted, gives the same output and dparams;
 - the pullback passes :func:`fundl.check_vjp` in float64.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import random, tree
-from .core import Layer
+from .core import Layer, accepts_keyword
 from .gradcheck import GradCheckResult, _is_shape, _random_input, check_vjp
 
 __all__ = ["check_layer", "read_only", "ContractError"]
@@ -114,6 +115,13 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
     dparams2, dx2 = pullback(dy)
     if not (tree.all_equal(dparams, dparams2) and tree.all_equal(dx, dx2)):
         raise ContractError(f"{layer.name}: pullback gives different results on a second call")
+    if accepts_keyword(layer.vjp, "need_dx"):
+        y_n, _, pullback_n = layer.vjp(params, state, x, key=k_fwd, need_dx=False)
+        dparams_n, dx_n = pullback_n(dy)
+        if not (tree.all_equal(y_n, y_t) and tree.all_equal(dparams_n, dparams)):
+            raise ContractError(f"{layer.name}: vjp(need_dx=False) changes the output or dparams")
+        if dx_n is not None and not tree.all_equal(dx_n, dx):
+            raise ContractError(f"{layer.name}: vjp(need_dx=False) returns a different dx")
     try:
         tree.map(lambda a, b: None, params, dparams)
     except tree.TreeError as err:

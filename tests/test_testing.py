@@ -50,3 +50,22 @@ def test_check_layer_catches_nondeterminism():
 
 def test_check_layer_passes_builtins():
     assert check_layer(fl.serial(fl.dense(4), fl.relu(), fl.dense(2), fl.sigmoid()), (3,)).passed
+
+
+def test_check_layer_catches_a_need_dx_path_that_changes_dparams():
+    def init(key, in_shape):
+        return {"a": np.ones(in_shape, np.float32)}, in_shape
+
+    def apply(p, x):
+        return x * p["a"]
+
+    def vjp(p, x, need_dx=True):
+        def pullback(dy):
+            da = (dy * x).sum(0)
+            if not need_dx:
+                da = da * 2  # the skip path forgot something
+            return {"a": da}, (dy * p["a"] if need_dx else None)
+        return apply(p, x), pullback
+
+    with pytest.raises(ContractError, match="need_dx=False"):
+        check_layer(stateless_layer("skip", init, apply, vjp), (3,))
