@@ -10,7 +10,7 @@ Each comparison gives a relative error; the worst one, and its path
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 import numpy as np
 

@@ -16,7 +16,7 @@ layer), so a key's children are unrelated to the numbers it draws itself.
 
 from __future__ import annotations
 
-from typing import Any, Tuple, Union
+from typing import Any, Tuple
 
 import numpy as np
 

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import reference as ref
 from benchmarks import run
-from benchmarks.workloads import (LR, Workload, cnn_flops, cnn_missing_reason, mlp_flops,
+from benchmarks.workloads import (LR, cnn_flops, cnn_missing_reason, mlp_flops,
                                   workloads)
 
 CNN_SKIP = cnn_missing_reason()

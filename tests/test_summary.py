@@ -1,6 +1,5 @@
 """fundl.summary: the model table and its totals."""
 
-import pytest
 
 import fundl as fl
 from fundl import random, tree

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fundl as fl
-from fundl.core import Layer, stateless_layer
+from fundl.core import stateless_layer
 from fundl.testing import ContractError, check_layer, read_only
 
 
