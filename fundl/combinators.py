@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from . import random
-from .core import Layer, LayerError, Shape, as_shape, call_vjp, check_float_input, stateless_layer
+from .core import (Layer, LayerError, Shape, apply_child, as_shape, check_float_input, init_child,
+                   split_key, stateless_layer, vjp_child)
 
 __all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_concat",
            "identity", "child_keys"]
@@ -30,12 +31,6 @@ __all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_co
 def child_keys(layers: Sequence[Layer]) -> List[str]:
     """Readable, unique dict keys for children: ``f"{layer.name}_{index}"``."""
     return [f"{layer.name}_{i}" for i, layer in enumerate(layers)]
-
-
-def _split_or_none(key: Any, n: int) -> Tuple[Any, ...]:
-    if key is None:
-        return (None,) * n
-    return random.split(key, n)
 
 
 def _check_layers(who: str, layers: Sequence[Any]) -> None:
@@ -127,29 +122,20 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         state: Dict[str, Any] = {}
         shape = in_shape
         for (k, layer), sub in zip(pairs, random.split(key, n)):
-            try:
-                params[k], state[k], shape = layer.init(sub, shape)
-            except LayerError as err:
-                raise err.within(k) from None
+            params[k], state[k], shape = init_child(k, layer, sub, shape)
         return params, state, shape
 
     def apply(params, state, x, *, key=None, train=False):
-        for (k, layer), sub in zip(pairs, _split_or_none(key, n)):
-            try:
-                x = layer.apply(params[k], state[k], x, key=sub, train=train)
-            except LayerError as err:
-                raise err.within(k) from None
+        for (k, layer), sub in zip(pairs, split_key(key, n)):
+            x = apply_child(k, layer, params[k], state[k], x, sub, train)
         return x
 
     def vjp(params, state, x, *, key=None, need_dx=True):
         pullbacks = []
         new_state: Dict[str, Any] = {}
-        for i, ((k, layer), sub) in enumerate(zip(pairs, _split_or_none(key, n))):
-            try:
-                x, new_state[k], pb = call_vjp(layer, params[k], state[k], x, sub,
-                                               need_dx=need_dx or i > 0)
-            except LayerError as err:
-                raise err.within(k) from None
+        for i, ((k, layer), sub) in enumerate(zip(pairs, split_key(key, n))):
+            x, new_state[k], pb = vjp_child(k, layer, params[k], state[k], x, sub,
+                                            need_dx=need_dx or i > 0)
             pullbacks.append(pb)
 
         def pullback(dy):
@@ -191,10 +177,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
         state: Dict[str, Any] = {}
         out_shapes = []
         for (k, layer), sub, shape in zip(pairs, random.split(key, n), shapes):
-            try:
-                params[k], state[k], out = layer.init(sub, shape)
-            except LayerError as err:
-                raise err.within(k) from None
+            params[k], state[k], out = init_child(k, layer, sub, shape)
             out_shapes.append(out)
         return params, state, tuple(out_shapes)
 
@@ -207,23 +190,17 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         xs = split_inputs(x)
         ys = []
-        for (k, layer), sub, xi in zip(pairs, _split_or_none(key, n), xs):
-            try:
-                ys.append(layer.apply(params[k], state[k], xi, key=sub, train=train))
-            except LayerError as err:
-                raise err.within(k) from None
+        for (k, layer), sub, xi in zip(pairs, split_key(key, n), xs):
+            ys.append(apply_child(k, layer, params[k], state[k], xi, sub, train))
         return tuple(ys)
 
     def vjp(params, state, x, *, key=None, need_dx=True):
         xs = split_inputs(x)
         ys, pullbacks = [], []
         new_state: Dict[str, Any] = {}
-        for (k, layer), sub, xi in zip(pairs, _split_or_none(key, n), xs):
-            try:
-                yi, new_state[k], pb = call_vjp(layer, params[k], state[k], xi, sub,
-                                                need_dx=need_dx)
-            except LayerError as err:
-                raise err.within(k) from None
+        for (k, layer), sub, xi in zip(pairs, split_key(key, n), xs):
+            yi, new_state[k], pb = vjp_child(k, layer, params[k], state[k], xi, sub,
+                                             need_dx=need_dx)
             ys.append(yi)
             pullbacks.append(pb)
 
@@ -407,10 +384,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
     (k,) = child_keys([layer])
 
     def init(key, in_shape):
-        try:
-            params, state, out_shape = layer.init(random.split(key, 1)[0], in_shape)
-        except LayerError as err:
-            raise err.within(k) from None
+        params, state, out_shape = init_child(k, layer, random.split(key, 1)[0], in_shape)
         if not (_is_shape(in_shape) and _is_shape(out_shape)
                 and as_shape(in_shape) == as_shape(out_shape)):
             raise LayerError(f"the branch '{k}' maps shape {in_shape} to {out_shape}; "
@@ -427,21 +401,15 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
         return np.add(x, b)  # a new array: never write into the branch's output
 
     def apply(params, state, x, *, key=None, train=False):
-        try:
-            b = layer.apply(params[k], state[k], x, key=_split_or_none(key, 1)[0], train=train)
-        except LayerError as err:
-            raise err.within(k) from None
+        b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1)[0], train)
         try:
             return add(x, b)
         except LayerError as err:
             raise err.named(name) from None
 
     def vjp(params, state, x, *, key=None, need_dx=True):
-        try:
-            b, new_state, pb = call_vjp(layer, params[k], state[k], x,
-                                        _split_or_none(key, 1)[0], need_dx=need_dx)
-        except LayerError as err:
-            raise err.within(k) from None
+        b, new_state, pb = vjp_child(k, layer, params[k], state[k], x, split_key(key, 1)[0],
+                                     need_dx=need_dx)
         try:
             y = add(x, b)
         except LayerError as err:

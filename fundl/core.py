@@ -23,6 +23,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import random
+
 Array = np.ndarray
 Shape = Tuple[int, ...]
 Params = Any  # a pytree of nested dicts/lists/tuples with arrays at the leaves
@@ -36,6 +38,10 @@ __all__ = [
     "elementwise_layer",
     "call_vjp",
     "accepts_keyword",
+    "split_key",
+    "init_child",
+    "apply_child",
+    "vjp_child",
     "check_float_input",
     "check_trailing_shape",
     "check_param_dtype",
@@ -127,6 +133,39 @@ def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None
     if not need_dx and _accepts_need_dx(layer.vjp):
         return layer.vjp(params, state, x, key=key, need_dx=False)
     return layer.vjp(params, state, x, key=key)
+
+
+# --- running children (for combinators) ------------------------------------------
+
+def split_key(key: Any, n: int) -> Tuple[Any, ...]:
+    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference)."""
+    return (None,) * n if key is None else random.split(key, n)
+
+
+def init_child(child_key: str, layer: Layer, key: Any, in_shape: Any) -> Tuple[Params, State, Any]:
+    """``layer.init``; a :class:`LayerError` gets ``child_key`` prepended to its path."""
+    try:
+        return layer.init(key, in_shape)
+    except LayerError as err:
+        raise err.within(child_key) from None
+
+
+def apply_child(child_key: str, layer: Layer, params: Params, state: State, x: Any,
+                key: Any = None, train: bool = False) -> Any:
+    """``layer.apply``; a :class:`LayerError` gets ``child_key`` prepended to its path."""
+    try:
+        return layer.apply(params, state, x, key=key, train=train)
+    except LayerError as err:
+        raise err.within(child_key) from None
+
+
+def vjp_child(child_key: str, layer: Layer, params: Params, state: State, x: Any,
+              key: Any = None, need_dx: bool = True) -> Tuple[Any, State, Pullback]:
+    """:func:`call_vjp`; a :class:`LayerError` gets ``child_key`` prepended to its path."""
+    try:
+        return call_vjp(layer, params, state, x, key, need_dx=need_dx)
+    except LayerError as err:
+        raise err.within(child_key) from None
 
 
 # --- input checks shared by layers -------------------------------------------------

@@ -25,8 +25,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .. import random
-from ..core import (Layer, LayerError, as_shape, call_vjp, check_float_input,
-                    check_param_dtype, check_trailing_shape, stateless_layer)
+from ..core import (Layer, LayerError, apply_child, as_shape, check_float_input,
+                    check_param_dtype, check_trailing_shape, init_child, split_key,
+                    stateless_layer, vjp_child)
 from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
 
 __all__ = ["rnn", "gru", "lstm", "bidirectional"]
@@ -435,10 +436,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
                              name)
         params, state, shapes = {}, {}, {}
         for (k, layer), sub in zip(children, random.split(key, 2)):
-            try:
-                params[k], state[k], shapes[k] = layer.init(sub, in_shape)
-            except LayerError as err:
-                raise err.within(k) from None
+            params[k], state[k], shapes[k] = init_child(k, layer, sub, in_shape)
         try:
             return params, state, merged_shape(shapes["forward"], shapes["backward"])
         except LayerError as err:
@@ -450,9 +448,6 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
             check_trailing_shape(x, (None, None))
         except LayerError as err:
             raise err.named(name) from None
-
-    def keys(key):
-        return (None, None) if key is None else random.split(key, 2)
 
     def reversed_input(x):
         return np.ascontiguousarray(x[:, ::-1])  # one compact copy, reused by the child
@@ -471,22 +466,16 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     def apply(params, state, x, *, key=None, train=False):
         check(x)
         outs = []
-        for (k, layer), sub, inp in zip(children, keys(key), (x, reversed_input(x))):
-            try:
-                outs.append(layer.apply(params[k], state[k], inp, key=sub, train=train))
-            except LayerError as err:
-                raise err.within(k) from None
+        for (k, layer), sub, inp in zip(children, split_key(key, 2), (x, reversed_input(x))):
+            outs.append(apply_child(k, layer, params[k], state[k], inp, sub, train))
         return combine(outs[0], reverse_time(outs[1]))
 
     def vjp(params, state, x, *, key=None, need_dx=True):
         check(x)
         outs, new_state, pullbacks = [], {}, []
-        for (k, layer), sub, inp in zip(children, keys(key), (x, reversed_input(x))):
-            try:
-                y, new_state[k], pb = call_vjp(layer, params[k], state[k], inp, sub,
-                                               need_dx=need_dx)
-            except LayerError as err:
-                raise err.within(k) from None
+        for (k, layer), sub, inp in zip(children, split_key(key, 2), (x, reversed_input(x))):
+            y, new_state[k], pb = vjp_child(k, layer, params[k], state[k], inp, sub,
+                                            need_dx=need_dx)
             outs.append(y)
             pullbacks.append(pb)
         y_f, y_b = outs[0], reverse_time(outs[1])
