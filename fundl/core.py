@@ -123,14 +123,10 @@ def accepts_keyword(fn: Callable, name: str) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _accepts_need_dx(fn: Callable) -> bool:
-    return accepts_keyword(fn, "need_dx")
-
-
 def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None,
              need_dx: bool = True) -> Tuple[Any, State, Pullback]:
     """Run ``layer.vjp``, passing ``need_dx=False`` only to layers that accept it."""
-    if not need_dx and _accepts_need_dx(layer.vjp):
+    if not need_dx and accepts_keyword(layer.vjp, "need_dx"):
         return layer.vjp(params, state, x, key=key, need_dx=False)
     return layer.vjp(params, state, x, key=key)
 
@@ -222,7 +218,7 @@ def stateless_layer(
 
     Any :class:`LayerError` they raise is attributed to ``name``.
     """
-    takes_need_dx = _accepts_need_dx(vjp)
+    takes_need_dx = accepts_keyword(vjp, "need_dx")
 
     def layer_init(key, in_shape):
         try:

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import tree
 
-__all__ = ["Optimizer", "GradientTransform", "chain", "descend", "map_with_paths",
+__all__ = ["Optimizer", "GradientTransform", "chain", "descend", "descend_leaf", "map_with_paths",
            "map_n", "count_array", "as_lr", "check_decay"]
 
 
@@ -106,7 +106,8 @@ def map_n(fn: Callable[..., Tuple[Any, ...]], n: int, first: Any, *rest: Any) ->
     return tuple(tree.map(lambda pack: pack.items[i], packed) for i in range(n))
 
 
-def _descend_leaf(p: np.ndarray, u: np.ndarray, lr: float) -> np.ndarray:
+def descend_leaf(p: np.ndarray, u: np.ndarray, lr: float) -> np.ndarray:
+    """``p - lr * u`` as one fresh array in ``p``'s dtype (``p`` and ``u`` are not written)."""
     new = np.multiply(u, -lr, dtype=p.dtype)  # the one fresh array, in p's dtype
     new += p
     return new
@@ -121,7 +122,7 @@ def descend(transform: GradientTransform, name: str = "") -> Optimizer:
     def update(params, grads, state, lr):
         lr = as_lr(lr)
         updates, state = transform.update(grads, state, params)
-        return tree.map(lambda p, u: _descend_leaf(p, u, lr), params, updates), state
+        return tree.map(lambda p, u: descend_leaf(p, u, lr), params, updates), state
 
     return Optimizer(transform.init, update, name or transform.name)
 

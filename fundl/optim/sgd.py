@@ -21,20 +21,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, as_lr, check_decay, descend, map_n
+from .base import GradientTransform, Optimizer, as_lr, check_decay, descend, descend_leaf, map_n
 
 __all__ = ["sgd", "momentum", "nesterov", "trace", "TraceState"]
 
 
-def _sgd_leaf(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
-    new = np.multiply(g, -lr, dtype=p.dtype)  # one fresh array in p's dtype
-    new += p
-    return new
-
-
 def _sgd_leaf_donated(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
     if g.dtype != p.dtype or g.shape != p.shape:
-        return _sgd_leaf(p, g, lr)
+        return descend_leaf(p, g, lr)
     g *= -lr  # the caller gave us g to reuse: the new params live in its memory
     g += p
     return g
@@ -54,7 +48,7 @@ def sgd() -> Optimizer:
 
     def update(params, grads, opt_state, lr, *, donate_grads=False):
         lr = as_lr(lr)
-        leaf = _sgd_leaf_donated if donate_grads else _sgd_leaf
+        leaf = _sgd_leaf_donated if donate_grads else descend_leaf
         return tree.map(lambda p, g: leaf(p, g, lr), params, grads), opt_state
 
     return Optimizer(init, update, "sgd")
