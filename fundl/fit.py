@@ -15,7 +15,7 @@ import numpy as np
 
 from . import io, random
 from .core import Layer
-from .data.batching import as_arrays, num_batches
+from .data.batching import iter_batches, as_arrays, num_batches
 from .losses import Loss
 from .metrics import MetricSpec, loss_metric, resolve
 from .optim.base import Optimizer
@@ -220,15 +220,9 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
             epoch, first = divmod(ts.step, per_epoch)
             order = random.permutation(random.fold_in(k_data, epoch), n) if shuffle else None
             loss_sum, seen = 0.0, 0
-            for b in range(first, per_epoch):
+            for batch in iter_batches((x, y), False, order, batch_size, per_epoch, start=first):
                 if ts.step >= target:
                     break
-                lo = b * batch_size
-                if order is None:
-                    batch = (x[lo:lo + batch_size], y[lo:lo + batch_size])
-                else:
-                    idx = order[lo:lo + batch_size]
-                    batch = (x[idx], y[idx])
                 new_ts, out = step_fn(ts, batch, lr)
                 value = out["loss"]
                 if not math.isfinite(value):

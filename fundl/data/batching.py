@@ -66,12 +66,13 @@ def batches(key: Any, arrays: Arrays, batch_size: int, shuffle: bool = True,
                          "pass shuffle=False for the stored order")
     order = random.permutation(key, n) if shuffle else None
     count = num_batches(n, batch_size, drop_last)
-    return _iterate(seq, single, order, batch_size, count)
+    return iter_batches(seq, single, order, batch_size, count)
 
 
-def _iterate(seq: Tuple[np.ndarray, ...], single: bool, order: Any, batch_size: int,
-             count: int) -> Iterator[Any]:
-    for b in range(count):
+def iter_batches(seq: Tuple[np.ndarray, ...], single: bool, order: Any, batch_size: int,
+             count: int, start: int = 0) -> Iterator[Any]:
+    """Batches ``start, ..., count - 1`` of ``seq`` in ``order`` (``None``: data order)."""
+    for b in range(start, count):
         lo = b * batch_size
         if order is None:
             part = tuple(a[lo:lo + batch_size] for a in seq)
