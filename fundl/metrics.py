@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 
-from .losses import Loss
+from .losses import Loss, softmax_cross_entropy
 
 __all__ = [
     "accuracy", "top_k_accuracy", "confusion_matrix", "mse", "mae", "cross_entropy",
@@ -123,10 +123,7 @@ def cross_entropy(logits: np.ndarray, labels: Any) -> float:
     """Mean softmax cross-entropy of ``logits`` against labels (computed in float64)."""
     logits64 = np.asarray(logits, dtype=np.float64)
     lab = _labels(logits64, labels, "cross_entropy")
-    shifted = logits64 - logits64.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=-1))
-    picked = np.take_along_axis(shifted, lab[..., None].astype(np.intp), axis=-1)[..., 0]
-    return float(np.mean(log_norm - picked))
+    return float(softmax_cross_entropy(logits64, lab.astype(np.int64, copy=False)))
 
 
 def loss_metric(loss: Loss) -> Metric:
