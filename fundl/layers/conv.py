@@ -24,7 +24,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import random
-from ..core import (Layer, LayerError, as_shape, check_float_input, check_param_dtype,
+from ..core import (Layer, LayerError, Shape, as_shape, check_float_input, check_param_dtype,
                     check_trailing_shape, stateless_layer)
 from ..initializers import Initializer, he_normal, zeros
 
@@ -99,6 +99,30 @@ def output_sizes(sizes: Sequence[int], extents: Sequence[int], strides: Sequence
                              f"(input spatial shape {tuple(sizes)}, padding {tuple(pads)})")
         out.append((n + lo + hi - k) // s + 1)
     return tuple(out)
+
+
+def window_geometry(pad_spec: Union[str, Pads], spatial: Sequence[int], extents: Sequence[int],
+                    strides: Sequence[int], what: str):
+    """``(pads, out_hw, out_d)`` of a window sliding over ``spatial`` (1 or 2 axes).
+
+    ``pads`` and ``out_hw`` are lifted to 2-D (a unit height for 1-D data), as the
+    2-D core uses them; ``out_d`` are the output sizes of the data's own axes.
+    """
+    pads_d = resolve_padding(pad_spec, spatial, extents, strides)
+    out_d = output_sizes(spatial, extents, strides, pads_d, what)
+    if len(spatial) == 1:
+        return ((0, 0),) + pads_d, (1,) + out_d, out_d
+    return pads_d, out_d, out_d
+
+
+def check_spatial_in_shape(in_shape: Any, d: int) -> Shape:
+    """``in_shape`` as a tuple, or :class:`LayerError` unless it is (width, channels) for
+    ``d == 1`` or (height, width, channels) for ``d == 2``, every size >= 1."""
+    in_shape = as_shape(in_shape)
+    if len(in_shape) != d + 1 or min(in_shape) < 1:
+        layout = "(width, channels)" if d == 1 else "(height, width, channels)"
+        raise LayerError(f"expected a per-example input shape {layout}, got {in_shape}")
+    return in_shape
 
 
 def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
@@ -215,19 +239,12 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
     lift = (lambda t: (1,) + t) if d == 1 else (lambda t: t)
     kernel, strides, dil = lift(k_d), lift(s_d), lift(dil_d)
     extents_d = tuple((k - 1) * q + 1 for k, q in zip(k_d, dil_d))
-    layout = "(width, channels)" if d == 1 else "(height, width, channels)"
 
     def geometry(spatial: Tuple[int, ...]):
-        pads_d = resolve_padding(pad_spec, spatial, extents_d, s_d)
-        out_d = output_sizes(spatial, extents_d, s_d, pads_d, "kernel (with dilation)")
-        pads = (((0, 0),) + pads_d) if d == 1 else pads_d
-        return pads, lift(out_d), out_d
+        return window_geometry(pad_spec, spatial, extents_d, s_d, "kernel (with dilation)")
 
     def init(key, in_shape):
-        in_shape = as_shape(in_shape)
-        if len(in_shape) != d + 1 or min(in_shape) < 1:
-            raise LayerError(f"expected a per-example input shape {layout}, "
-                             f"got {in_shape}")
+        in_shape = check_spatial_in_shape(in_shape, d)
         _, _, out_d = geometry(in_shape[:-1])
         k_w, k_b = random.split(key)
         params = {"w": w_init(k_w, k_d + (in_shape[-1], features), dtype)}

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..core import (Layer, LayerError, as_shape, check_float_input, check_trailing_shape,
                     stateless_layer)
-from .conv import Padding, int_tuple, offsets, offset_view, output_sizes, pad_nhwc, \
-    parse_padding, resolve_padding
+from .conv import (Padding, check_spatial_in_shape, int_tuple, offset_view, offsets, pad_nhwc,
+                   parse_padding, window_geometry)
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool"]
 
@@ -76,18 +76,12 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
     window2, strides = lift(win_d), lift(str_d)
     offs = offsets(window2)
     overlap = any(s < w for s, w in zip(str_d, win_d))
-    layout = "(width, channels)" if d == 1 else "(height, width, channels)"
 
     def geometry(spatial):
-        pads_d = resolve_padding(pad_spec, spatial, win_d, str_d)
-        out_d = output_sizes(spatial, win_d, str_d, pads_d, "window")
-        pads = (((0, 0),) + pads_d) if d == 1 else pads_d
-        return pads, lift(out_d), out_d
+        return window_geometry(pad_spec, spatial, win_d, str_d, "window")
 
     def init(key, in_shape):
-        in_shape = as_shape(in_shape)
-        if len(in_shape) != d + 1 or min(in_shape) < 1:
-            raise LayerError(f"expected a per-example input shape {layout}, got {in_shape}")
+        in_shape = check_spatial_in_shape(in_shape, d)
         return {}, geometry(in_shape[:-1])[2] + in_shape[-1:]
 
     def prepare(x):
