@@ -22,6 +22,7 @@ import numpy as np
 
 from . import random
 from .core import (Layer, LayerError, Shape, apply_child, as_shape, check_float_input, init_child,
+                   is_shape,
                    split_key, stateless_layer, vjp_child)
 
 __all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_concat",
@@ -40,19 +41,14 @@ def _check_layers(who: str, layers: Sequence[Any]) -> None:
                             "(did you forget to call it, e.g. relu() rather than relu?)")
 
 
-def _is_shape(s: Any) -> bool:
-    return isinstance(s, (int, np.integer)) or (
-        isinstance(s, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in s))
-
-
 def _shape_list(in_shape: Any, n: Any = None) -> Tuple[Shape, ...]:
     """``in_shape`` as a tuple of per-example shapes (a multi-input layer's init)."""
-    if _is_shape(in_shape) or not isinstance(in_shape, (tuple, list)):
+    if is_shape(in_shape) or not isinstance(in_shape, (tuple, list)):
         raise LayerError(f"expected a tuple of input shapes, got the single shape {in_shape!r}")
     if n is not None and len(in_shape) != n:
         raise LayerError(f"expected a tuple of {n} input shapes, got {len(in_shape)}: "
                          f"{tuple(in_shape)!r}")
-    if not all(_is_shape(s) for s in in_shape):
+    if not all(is_shape(s) for s in in_shape):
         raise LayerError(f"expected a tuple of input shapes, got {in_shape!r}")
     return tuple(as_shape(s) for s in in_shape)
 
@@ -385,7 +381,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
 
     def init(key, in_shape):
         params, state, out_shape = init_child(k, layer, random.split(key, 1)[0], in_shape)
-        if not (_is_shape(in_shape) and _is_shape(out_shape)
+        if not (is_shape(in_shape) and is_shape(out_shape)
                 and as_shape(in_shape) == as_shape(out_shape)):
             raise LayerError(f"the branch '{k}' maps shape {in_shape} to {out_shape}; "
                              "x + branch(x) needs them equal", name)

@@ -46,6 +46,8 @@ __all__ = [
     "check_trailing_shape",
     "check_param_dtype",
     "as_shape",
+    "is_shape",
+    "normalize_shapes",
 ]
 
 
@@ -107,6 +109,19 @@ def as_shape(shape: Any) -> Shape:
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
     return tuple(int(d) for d in shape)
+
+
+def is_shape(s: Any) -> bool:
+    """Whether ``s`` is one shape (an int or a sequence of ints), not a tuple of shapes."""
+    return isinstance(s, (int, np.integer)) or (
+        isinstance(s, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in s))
+
+
+def normalize_shapes(s: Any) -> Any:
+    """A shape, or a nested tuple of shapes (multi-input layers), as tuples of ints."""
+    if is_shape(s):
+        return as_shape(s)
+    return tuple(normalize_shapes(a) for a in s)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ from typing import Any, Dict, NamedTuple, Optional, Union
 import numpy as np
 
 from . import random, tree
-from .core import Layer, as_shape
+from .core import Layer, as_shape, is_shape
 from .losses import Loss
 
 __all__ = ["check_vjp", "GradCheckResult", "GradCheckError"]
@@ -50,14 +50,9 @@ class GradCheckResult(NamedTuple):
         return "\n".join(lines)
 
 
-def _is_shape(s: Any) -> bool:
-    return isinstance(s, (int, np.integer)) or (
-        isinstance(s, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in s))
-
-
 def _random_input(key: Any, in_shape: Any, batch: int) -> Any:
     """Float64 normal input of shape ``(batch, *in_shape)``; a tuple of shapes gives a tuple."""
-    if _is_shape(in_shape):
+    if is_shape(in_shape):
         return random.normal(key, (batch,) + as_shape(in_shape), np.float64)
     keys = random.split(key, len(in_shape))
     return tuple(_random_input(k, s, batch) for k, s in zip(keys, in_shape))

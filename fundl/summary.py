@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import random, tree
-from .core import Layer, as_shape
+from .core import Layer, normalize_shapes
 
 __all__ = ["summary", "SummaryRow", "summary_rows"]
 
@@ -53,7 +53,7 @@ def _chain_shapes(kids: Sequence[Tuple[str, Layer]], key: Any, in_shape: Any, pa
             return None
         out.append((sub, shape, c_out))
         shape = c_out
-    return out if _norm(shape) == _norm(out_shape) else None
+    return out if normalize_shapes(shape) == normalize_shapes(out_shape) else None
 
 
 def _rows(layer: Layer, key: Any, in_shape: Any, prefix: str,
@@ -78,13 +78,6 @@ def _rows(layer: Layer, key: Any, in_shape: Any, prefix: str,
         return [SummaryRow(k, "?", None, tree.size(v), sizes_of(state, k))
                 for k, v in params.items()]
     return []
-
-
-def _norm(shape: Any) -> Any:
-    try:
-        return as_shape(shape)
-    except TypeError:
-        return tuple(_norm(s) for s in shape)
 
 
 def summary_rows(model: Layer, in_shape: Any, key: Any = None

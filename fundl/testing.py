@@ -20,8 +20,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import random, tree
-from .core import Layer, accepts_keyword
-from .gradcheck import GradCheckResult, _is_shape, _random_input, check_vjp
+from .core import Layer, accepts_keyword, normalize_shapes
+from .gradcheck import GradCheckResult, _random_input, check_vjp
 
 __all__ = ["check_layer", "read_only", "ContractError"]
 
@@ -45,12 +45,6 @@ def _shapes(t: Any) -> Any:
     if isinstance(t, np.ndarray):
         return tuple(t.shape[1:])
     return tuple(_shapes(a) for a in t)
-
-
-def _norm_shape(s: Any) -> Any:
-    if _is_shape(s):
-        return tuple(int(d) for d in ((s,) if isinstance(s, (int, np.integer)) else s))
-    return tuple(_norm_shape(a) for a in s)
 
 
 def _dtypes(t: Any) -> set:
@@ -85,7 +79,7 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
     p_before, s_before = copy.deepcopy(params), copy.deepcopy(state)
 
     y = layer.apply(params, state, x)
-    if _norm_shape(_shapes(y)) != _norm_shape(out_shape):
+    if normalize_shapes(_shapes(y)) != normalize_shapes(out_shape):
         raise ContractError(f"{layer.name}: init says out_shape {out_shape}, "
                             f"apply gives per-example shape {_shapes(y)}")
     x_float = any(np.asarray(a).dtype.kind == "f" for a in tree.leaves(x))
@@ -98,7 +92,7 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
     y_t2, new_state2, _ = layer.vjp(params, state, x, key=k_fwd)
     if not (tree.all_equal(y_t, y_t2) and tree.all_equal(new_state, new_state2)):
         raise ContractError(f"{layer.name}: vjp is not deterministic for a fixed key")
-    if _norm_shape(_shapes(y_t)) != _norm_shape(out_shape):
+    if normalize_shapes(_shapes(y_t)) != normalize_shapes(out_shape):
         raise ContractError(f"{layer.name}: init says out_shape {out_shape}, "
                             f"vjp gives per-example shape {_shapes(y_t)}")
     y_train = layer.apply(params, state, x, key=k_fwd, train=True)
