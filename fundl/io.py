@@ -28,6 +28,8 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
+from .tree import is_namedtuple, join_path
+
 __all__ = ["save", "load", "CheckpointError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -43,14 +45,6 @@ class CheckpointError(ValueError):
 
     The message names the file and, where it applies, the tree path.
     """
-
-
-def _is_namedtuple(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, "_fields")
-
-
-def _join(prefix: str, part: str) -> str:
-    return f"{prefix}/{part}" if prefix else part
 
 
 # --- encoding ---------------------------------------------------------------------
@@ -81,15 +75,15 @@ class _Encoder:
                 raise CheckpointError(f"{self.file}: dict keys must be strings, got {bad[0]!r} "
                                       f"at '{path or _ROOT_NAME}'")
             return {"t": "dict", "keys": list(node),
-                    "items": [self.encode(v, _join(path, k)) for k, v in node.items()]}
-        if _is_namedtuple(node):
+                    "items": [self.encode(v, join_path(path, k)) for k, v in node.items()]}
+        if is_namedtuple(node):
             cls = type(node)
             return {"t": "namedtuple", "type": f"{cls.__module__}:{cls.__qualname__}",
                     "fields": list(node._fields),
-                    "items": [self.encode(v, _join(path, f)) for f, v in zip(node._fields, node)]}
+                    "items": [self.encode(v, join_path(path, f)) for f, v in zip(node._fields, node)]}
         if isinstance(node, (tuple, list)):
             return {"t": "tuple" if isinstance(node, tuple) else "list",
-                    "items": [self.encode(v, _join(path, str(i))) for i, v in enumerate(node)]}
+                    "items": [self.encode(v, join_path(path, str(i))) for i, v in enumerate(node)]}
         if isinstance(node, np.ndarray):
             return {"t": "array", "name": self.entry(path, node)}
         if isinstance(node, np.generic):
@@ -175,7 +169,7 @@ def _kind_of(node: Any) -> str:
         return "none"
     if isinstance(node, dict):
         return "dict"
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         return "namedtuple"
     if isinstance(node, tuple):
         return "tuple"
@@ -259,8 +253,8 @@ class _Decoder:
                     raise self.fail(path, f"dict keys differ from `like`: missing in the file "
                                           f"{missing}, not in `like` {extra}")
                 table = dict(zip(keys, items))
-                return {k: self.decode(table[k], _join(path, k), like[k], True) for k in like}
-            return {k: self.decode(v, _join(path, k), None, False) for k, v in zip(keys, items)}
+                return {k: self.decode(table[k], join_path(path, k), like[k], True) for k in like}
+            return {k: self.decode(v, join_path(path, k), None, False) for k, v in zip(keys, items)}
         if kind in ("tuple", "list", "namedtuple"):
             items = spec["items"]
             names = spec["fields"] if kind == "namedtuple" else [str(i) for i in range(len(items))]
@@ -270,7 +264,7 @@ class _Decoder:
                 if like_names != names:
                     raise self.fail(path, f"the file has {_describe_spec(spec)}, "
                                           f"`like` has {_describe_like(like)}")
-            values = [self.decode(s, _join(path, n), like[i] if use_like else None, use_like)
+            values = [self.decode(s, join_path(path, n), like[i] if use_like else None, use_like)
                       for i, (n, s) in enumerate(zip(names, items))]
             if kind == "tuple":
                 return tuple(values)

@@ -19,7 +19,7 @@ import numpy as np
 __all__ = [
     "TreeError", "TreeDef", "map", "leaves", "flatten", "unflatten", "structure",
     "flatten_with_paths", "unflatten_from_paths", "paths", "zeros_like",
-    "global_norm", "cast", "size", "all_equal",
+    "global_norm", "cast", "size", "all_equal", "is_namedtuple", "join_path",
 ]
 
 _builtin_map = map
@@ -29,7 +29,8 @@ class TreeError(ValueError):
     """Trees whose structures differ; the message names the first differing path."""
 
 
-def _is_namedtuple(x: Any) -> bool:
+def is_namedtuple(x: Any) -> bool:
+    """Whether ``x`` is a named tuple (a tuple with ``_fields``)."""
     return isinstance(x, tuple) and hasattr(x, "_fields")
 
 
@@ -43,7 +44,7 @@ def _children(node: Any) -> List[Tuple[str, Any]]:
         return []
     if isinstance(node, dict):
         return [(str(k), v) for k, v in node.items()]
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         return list(zip(node._fields, node))
     return [(str(i), v) for i, v in enumerate(node)]
 
@@ -54,14 +55,15 @@ def _rebuild(node: Any, values: Sequence[Any]) -> Any:
         return None
     if isinstance(node, dict):
         return dict(zip(node.keys(), values))
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         return type(node)(*values)
     if isinstance(node, tuple):
         return tuple(values)
     return list(values)
 
 
-def _join(prefix: str, part: str) -> str:
+def join_path(prefix: str, part: str) -> str:
+    """``prefix/part``, or ``part`` at the root: how leaf paths are spelled."""
     return f"{prefix}/{part}" if prefix else part
 
 
@@ -70,7 +72,7 @@ def _describe(x: Any) -> str:
         return "None"
     if isinstance(x, dict):
         return f"dict with keys {sorted(_builtin_map(str, x.keys()))}"
-    if _is_namedtuple(x):
+    if is_namedtuple(x):
         return f"{type(x).__name__} with fields {list(x._fields)}"
     if isinstance(x, (list, tuple)):
         return f"{type(x).__name__} of length {len(x)}"
@@ -89,7 +91,7 @@ def _same_node(a: Any, b: Any) -> bool:
         return isinstance(b, dict) and len(a) == len(b) and all(k in b for k in a)
     if isinstance(a, (list, tuple)):
         return (isinstance(b, (list, tuple)) and len(a) == len(b)
-                and _is_namedtuple(a) == _is_namedtuple(b))
+                and is_namedtuple(a) == is_namedtuple(b))
     return not _is_node(b)
 
 
@@ -161,9 +163,9 @@ def _map_checked(fn: Callable[..., Any], path: str, node: Any, others: Tuple[Any
     if not _is_node(node):
         return fn(node, *others)
     if isinstance(node, dict):
-        return {k: _map_checked(fn, _join(path, str(k)), v, tuple(o[k] for o in others))
+        return {k: _map_checked(fn, join_path(path, str(k)), v, tuple(o[k] for o in others))
                 for k, v in node.items()}
-    values = [_map_checked(fn, _join(path, name), child, tuple(o[i] for o in others))
+    values = [_map_checked(fn, join_path(path, name), child, tuple(o[i] for o in others))
               for i, (name, child) in enumerate(_children(node))]
     return _rebuild(node, values)
 
@@ -171,7 +173,7 @@ def _map_checked(fn: Callable[..., Any], path: str, node: Any, others: Tuple[Any
 def _walk(path: str, node: Any) -> Iterator[Tuple[str, Any]]:
     if _is_node(node):
         for name, child in _children(node):
-            yield from _walk(_join(path, name), child)
+            yield from _walk(join_path(path, name), child)
     else:
         yield path, node
 
