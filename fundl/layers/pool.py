@@ -14,8 +14,9 @@ flattened window would pick; a window with a NaN has output NaN and its first
 NaN gets the gradient, as ``argmax`` does).  Padded cells of a max pool are
 ``-inf``.  The forward is only the maxima of the offset views; the pullback
 finds the winners from the kept input and output (compare, then keep the first
-True per window: a few bool ops on output-sized arrays), which was faster per
-training step than tracking the winning offset in the forward.
+True per window: a few bool ops on output-sized arrays, skipped when one count
+shows that no window has a tie), which was faster per training step than
+tracking the winning offset in the forward.
 Average pooling counts only real cells: with padding, a window near the border
 is averaged over the cells it covers inside the input (PyTorch's
 ``count_include_pad=False``, TensorFlow's ``"SAME"`` average pool).
@@ -35,14 +36,15 @@ from .conv import (Padding, check_spatial_in_shape, int_tuple, offset_view, offs
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool"]
 
 
-def _equal_or_both_nan(v: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _equal_or_both_nan(v: np.ndarray, y: np.ndarray, y_has_nan: bool) -> np.ndarray:
     """Bool ``v == y`` (broadcast), where NaN counts as equal to NaN.
 
     ``y`` is the window maximum; ``np.maximum`` propagates NaN, so a window with a
     NaN has ``y = NaN`` and its maxima are its NaN cells (as ``argmax`` sees it).
+    ``y_has_nan`` says whether any window is NaN (one cheap reduction, done once).
     """
     hit = np.equal(v, y)
-    if np.isnan(np.max(y, initial=-np.inf)):  # rare: one cheap reduction to know
+    if y_has_nan:  # rare
         hit |= np.isnan(v) & np.isnan(y)
     return hit
 
@@ -149,17 +151,20 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
 
             def pullback(dy):
                 dy4 = dy.reshape(y.shape)
+                y_has_nan = bool(np.isnan(np.max(y, initial=-np.inf)))
                 if tiled:
                     x6 = xp.reshape(n, oh, kh, ow, kw, c)
-                    hit = _equal_or_both_nan(x6, y[:, :, None, :, None, :])
-                    _first_true([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])
+                    hit = _equal_or_both_nan(x6, y[:, :, None, :, None, :], y_has_nan)
+                    if np.count_nonzero(hit) > y.size:  # some window has tied maxima
+                        _first_true([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])
                     dx = np.empty(x4_shape, dy.dtype)
                     np.multiply(hit, dy4[:, :, None, :, None, :],
                                 out=dx.reshape(n, oh, kh, ow, kw, c))
                     return {}, dx.reshape(x_shape)
-                hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y)
+                hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y, y_has_nan)
                         for _, di, dj in offs]
-                _first_true(hits)
+                if sum(np.count_nonzero(hit) for hit in hits) > y.size:
+                    _first_true(hits)
 
                 def write(k, view, accumulate):
                     if accumulate:
