@@ -167,3 +167,23 @@ def test_plain_cnn_reference_matches_fundl_first_step():
     P1, loss = plain_cnn.step(P, x, y, 0.01)
     assert abs(metrics["loss"] - loss) < 1e-5
     assert np.abs(ts1.params["conv2d_3"]["w"] - P1["c2w"]).max() < 1e-6
+
+
+def test_gap_variants_train_the_same_network_as_the_reference():
+    # benchmarks.gap swaps the reference's shortcuts into fundl's models; on this data
+    # (no positive ties) they must give the reference's loss and params after one step.
+    from benchmarks import gap
+    for label, variants in gap.cases(mlp_batches=[4]):
+        variants.batch = 3
+        impls = variants.implementations()
+        assert "fundl" in impls and "numpy" in impls and len(impls) >= 2
+        losses = {k: v.step() for k, v in impls.items()}
+        variants_only = [name for name in impls if name != "numpy"]
+        for name in variants_only:
+            pair = {"fundl": impls[name], "numpy": impls["numpy"]}
+            _assert_same_after_one_step(pair, {"fundl": losses[name], "numpy": losses["numpy"]})
+        # a second step from the trained state, to catch a variant that corrupts its
+        # own residuals in place
+        second = {k: v.step() for k, v in impls.items()}
+        for name in variants_only:
+            assert second[name] == pytest.approx(second["numpy"], rel=1e-5), (label, name)

@@ -1,0 +1,149 @@
+"""Where fundl's step loses to the hand-written numpy reference, measured.
+
+The reference (``benchmarks/reference.py``) knows the whole network, so it takes
+two shortcuts that fundl's independent, pure layers cannot:
+
+- **in-place ReLU**: it overwrites the previous layer's output with the ReLU,
+  and the incoming gradient with the masked gradient.  A fundl layer never
+  writes into its input or into ``dy`` (the contract; tests set them read-only).
+- **all-ties max-pool backward**: it sends the gradient to every tied maximum
+  of a window.  That is right there only because a ReLU precedes the pool and
+  zeroes tied (all-zero) windows; a general max pool must give each window's
+  gradient to exactly one cell, and finding that cell costs a few extra passes.
+
+This script times fundl's step against fundl with those shortcuts swapped in
+(layers defined below, which break fundl's contract: never use them) and the
+reference, interleaved, so the gap can be read off cause by cause; and, for the
+per-step Python overhead, a tiny 8-8-8-10 MLP at batch 2 where the arithmetic is
+negligible.  From the repository root::
+
+    python3 -m benchmarks.gap            # about 1 minute
+    python3 -m benchmarks.gap --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+import fundl
+from fundl.core import Layer, elementwise_layer, stateless_layer
+from fundl.layers.activations import relu
+from fundl.layers.dense import dense
+
+from .reference import CNNReference, MLPReference, _maxpool2, _maxpool2_backward
+from .run import measure_workload
+from .workloads import FundlImpl, RefImpl, cnn_model, make_batch, mlp_model
+
+
+# --- the reference's shortcuts as fundl layers (impure: measurement only) ----------
+
+def relu_in_place() -> Layer:
+    """ReLU that overwrites its input and ``dy``, as the reference does (breaks purity)."""
+
+    def forward(x):
+        return np.maximum(x, 0, out=x)
+
+    def backward(x, y, dy):
+        return np.multiply(dy, y > 0, out=dy)
+
+    return elementwise_layer("relu", forward, backward, saves="y")
+
+
+def max_pool2_all_ties() -> Layer:
+    """2x2 max pool with the reference's all-tied-maxima backward (wrong on positive ties)."""
+
+    def init(key, in_shape):
+        h, w, c = in_shape
+        return {}, (h // 2, w // 2, c)
+
+    def apply(params, x):
+        return _maxpool2(x)
+
+    def vjp(params, x, need_dx=True):
+        y = _maxpool2(x)
+        return y, lambda dy: ({}, _maxpool2_backward(x, y, dy))
+
+    return stateless_layer("max_pool2d", init, apply, vjp)
+
+
+def cnn_with(relu_layer=relu, pool=lambda: fundl.max_pool2d(2)) -> Layer:
+    """The benchmark CNN with the given ReLU and pool layers."""
+    return fundl.serial(fundl.conv2d(32, 3, padding="same"), relu_layer(), pool(),
+                        fundl.conv2d(64, 3, padding="same"), relu_layer(), pool(),
+                        fundl.flatten(), dense(10))
+
+
+def mlp_with(relu_layer=relu, sizes=(512, 512, 10)) -> Layer:
+    """An MLP of ``sizes`` with ReLU between the dense layers."""
+    layers: List[Layer] = []
+    for i, size in enumerate(sizes):
+        layers += [dense(size)] + ([relu_layer()] if i < len(sizes) - 1 else [])
+    return fundl.serial(*layers)
+
+
+# --- variants ----------------------------------------------------------------------
+
+class Variants:
+    """A ``measure_workload``-compatible set of implementations on one batch."""
+
+    def __init__(self, in_shape, batch: int, models: Dict[str, Any], reference) -> None:
+        self.in_shape, self.batch = in_shape, batch
+        self.models, self.reference = models, reference
+
+    def implementations(self, which=None) -> Dict[str, Any]:
+        x, y = make_batch(1, self.batch, self.in_shape)
+        impls: Dict[str, Any] = {}
+        for name, build in self.models.items():
+            impls[name] = FundlImpl(build(), self.in_shape, x, y)
+        params = impls["fundl"].ts.params  # every variant starts from the same weights
+        impls["numpy"] = RefImpl(self.reference(params), x, y)
+        return impls
+
+
+def cases(mlp_batches) -> List[Any]:
+    out = [("cnn 64", Variants((28, 28, 1), 64, {
+        "fundl": cnn_model,
+        "+ in-place relu": lambda: cnn_with(relu_layer=relu_in_place),
+        "+ all-ties pool": lambda: cnn_with(pool=max_pool2_all_ties),
+        "+ both": lambda: cnn_with(relu_in_place, max_pool2_all_ties),
+    }, CNNReference))]
+    for b in mlp_batches:
+        out.append((f"mlp {b}", Variants((784,), b, {
+            "fundl": mlp_model,
+            "+ in-place relu": lambda: mlp_with(relu_in_place),
+        }, MLPReference)))
+    out.append(("tiny mlp 2", Variants((8,), 2, {"fundl": lambda: mlp_with(sizes=(8, 8, 10))},
+                                       MLPReference)))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 repeats of ~20 ms")
+    parser.add_argument("--mlp-batches", type=int, nargs="+", default=[32, 512])
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="do not call fundl.perf.keep_freed_memory() first")
+    args = parser.parse_args(argv)
+    if not args.default_allocator:
+        fundl.perf.keep_freed_memory()
+    repeats, target = (5, 0.02) if args.quick else (15, 0.06)
+    print(f"allocator: {'default' if args.default_allocator else 'keep_freed_memory'}; "
+          f"{repeats} interleaved repeats of ~{target * 1e3:.0f} ms; median step time")
+    for label, variants in cases(args.mlp_batches):
+        rows = measure_workload(variants, None, repeats, target, settle_s=0.0)
+        ref = rows["numpy"]["step_s"]
+        print(f"\n{label}")
+        for name, row in rows.items():
+            t = row["step_s"]
+            unit, scale = ("us", 1e6) if ref < 1e-3 else ("ms", 1e3)
+            print(f"  {name:18s} {t * scale:9.3f} {unit}  {ref / t:5.2f}x the reference's speed"
+                  f"  ({(t - ref) * scale:+.3f} {unit})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
