@@ -105,6 +105,12 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     pullbacks in reverse.  Params and state are dicts keyed ``{name}_{index}``
     (``params["dense_0"]["w"]``).  ``x`` and ``y`` are whatever the first layer
     takes and the last one returns.
+
+    In ``vjp`` an intermediate array that its producer declares in
+    :attr:`Layer.fresh` is donated to the layer that consumes it (so
+    ``serial(dense(n), relu())`` runs its ReLU in place; see :mod:`fundl.core`).
+    The input ``x`` and the pullback's ``dy`` are donated to the first and last
+    child only when the caller donates them to the serial.
     """
     if not layers:
         raise ValueError("serial needs at least one layer")
@@ -112,6 +118,11 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     names = child_keys(layers)
     pairs = list(zip(names, layers))
     n = len(layers)
+    # x_gift[i]: layer i-1's output is donated to layer i;  dy_gift[i]: layer i+1's
+    # input gradient is donated to layer i's pullback.
+    x_gift = [i > 0 and "y" in layers[i - 1].fresh for i in range(n)]
+    dy_gift = [i < n - 1 and "dx" in layers[i + 1].fresh for i in range(n)]
+    fresh = tuple(f for f, child in (("y", layers[-1]), ("dx", layers[0])) if f in child.fresh)
 
     def init(key, in_shape):
         params: Dict[str, Any] = {}
@@ -126,12 +137,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             x = apply_child(k, layer, params[k], state[k], x, sub, train)
         return x
 
-    def vjp(params, state, x, *, key=None, need_dx=True):
+    def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
         pullbacks = []
         new_state: Dict[str, Any] = {}
         for i, ((k, layer), sub) in enumerate(zip(pairs, split_key(key, n))):
-            x, new_state[k], pb = vjp_child(k, layer, params[k], state[k], x, sub,
-                                            need_dx=need_dx or i > 0)
+            x, new_state[k], pb = vjp_child(
+                k, layer, params[k], state[k], x, sub, need_dx=need_dx or i > 0,
+                x_donated=x_gift[i] or (i == 0 and x_donated),
+                dy_donated=dy_gift[i] or (i == n - 1 and dy_donated))
             pullbacks.append(pb)
 
         def pullback(dy):
@@ -142,7 +155,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
         return x, new_state, pullback
 
-    return Layer(init, apply, vjp, name, tuple(pairs))
+    return Layer(init, apply, vjp, name, tuple(pairs), fresh)
 
 
 # --- parallel ----------------------------------------------------------------------

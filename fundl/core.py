@@ -13,6 +13,16 @@ keyword ``need_dx=False``, a hint that the caller does not need the input
 gradient (the first layer of a model); the pullback may then return ``None``
 for ``dx``.  Layers written without that keyword still compose: combinators only
 pass it to layers whose ``vjp`` accepts it (see :func:`call_vjp`).
+
+Donation (an optimisation; nothing changes for layers that ignore it).  A layer
+may declare in ``Layer.fresh`` that its ``vjp`` output (``"y"``) or its
+pullback's input gradient (``"dx"``) is an array nobody else holds: a new one,
+never kept by the layer itself.  :func:`fundl.serial` then hands it over to the
+neighbour that consumes it, with the keyword ``x_donated=True`` (the next
+layer's ``vjp`` may overwrite its input ``x``) or ``dy_donated=True`` (the
+previous layer's pullback may overwrite the ``dy`` it receives).  So a ReLU
+after a dense layer works in place, as hand-written numpy would, while every
+array a caller passes in is still never written.
 """
 
 from __future__ import annotations
@@ -94,7 +104,10 @@ class Layer(NamedTuple):
 
     Models built by combinators are layers too.  ``children`` lists a
     combinator's ``(key, layer)`` pairs, keyed as in its params, for inspection
-    (``fundl.summary``); running a layer never needs it.
+    (``fundl.summary``); running a layer never needs it.  ``fresh`` names the
+    results that are arrays nobody else holds, which :func:`fundl.serial` may
+    donate to the neighbouring layer (see the module docstring): ``"y"`` (the
+    output of ``vjp``) and ``"dx"`` (the input gradient of its pullback).
     """
 
     init: Callable[..., Tuple[Params, State, Any]]
@@ -102,6 +115,7 @@ class Layer(NamedTuple):
     vjp: Callable[..., Tuple[Any, State, Pullback]]
     name: str
     children: Tuple[Tuple[str, "Layer"], ...] = ()
+    fresh: Tuple[str, ...] = ()
 
 
 def as_shape(shape: Any) -> Shape:
@@ -139,11 +153,21 @@ def accepts_keyword(fn: Callable, name: str) -> bool:
 
 
 def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None,
-             need_dx: bool = True) -> Tuple[Any, State, Pullback]:
-    """Run ``layer.vjp``, passing ``need_dx=False`` only to layers that accept it."""
+             need_dx: bool = True, x_donated: bool = False,
+             dy_donated: bool = False) -> Tuple[Any, State, Pullback]:
+    """Run ``layer.vjp``, passing each hint that differs from its default
+    (``need_dx=False``, ``x_donated=True``, ``dy_donated=True``) only to layers
+    that accept it."""
+    if need_dx and not x_donated and not dy_donated:  # the common case
+        return layer.vjp(params, state, x, key=key)
+    hints = {}
     if not need_dx and accepts_keyword(layer.vjp, "need_dx"):
-        return layer.vjp(params, state, x, key=key, need_dx=False)
-    return layer.vjp(params, state, x, key=key)
+        hints["need_dx"] = False
+    if x_donated and accepts_keyword(layer.vjp, "x_donated"):
+        hints["x_donated"] = True
+    if dy_donated and accepts_keyword(layer.vjp, "dy_donated"):
+        hints["dy_donated"] = True
+    return layer.vjp(params, state, x, key=key, **hints)
 
 
 # --- running children (for combinators) ------------------------------------------
@@ -171,10 +195,11 @@ def apply_child(child_key: str, layer: Layer, params: Params, state: State, x: A
 
 
 def vjp_child(child_key: str, layer: Layer, params: Params, state: State, x: Any,
-              key: Any = None, need_dx: bool = True) -> Tuple[Any, State, Pullback]:
+              key: Any = None, need_dx: bool = True, x_donated: bool = False,
+              dy_donated: bool = False) -> Tuple[Any, State, Pullback]:
     """:func:`call_vjp`; a :class:`LayerError` gets ``child_key`` prepended to its path."""
     try:
-        return call_vjp(layer, params, state, x, key, need_dx=need_dx)
+        return call_vjp(layer, params, state, x, key, need_dx, x_donated, dy_donated)
     except LayerError as err:
         raise err.within(child_key) from None
 
@@ -223,17 +248,22 @@ def stateless_layer(
     init: Callable[[Any, Shape], Tuple[Params, Shape]],
     apply: Callable[[Params, Any], Any],
     vjp: Callable[..., Tuple[Any, Pullback]],
+    fresh: Tuple[str, ...] = (),
 ) -> Layer:
     """Build a Layer with no state and no randomness from three plain functions.
 
     - ``init(key, in_shape) -> (params, out_shape)``
     - ``apply(params, x) -> y``
     - ``vjp(params, x) -> (y, pullback)`` with ``pullback(dy) -> (dparams, dx)``;
-      it may take a keyword ``need_dx`` (see :mod:`fundl.core`).
+      it may take the keywords ``need_dx``, ``x_donated`` and ``dy_donated``
+      (see :mod:`fundl.core`).
 
-    Any :class:`LayerError` they raise is attributed to ``name``.
+    ``fresh`` is the layer's :attr:`Layer.fresh`.  Any :class:`LayerError` they
+    raise is attributed to ``name``.
     """
     takes_need_dx = accepts_keyword(vjp, "need_dx")
+    takes_x_donated = accepts_keyword(vjp, "x_donated")
+    takes_dy_donated = accepts_keyword(vjp, "dy_donated")
 
     def layer_init(key, in_shape):
         try:
@@ -248,24 +278,30 @@ def stateless_layer(
         except LayerError as err:
             raise err.named(name) from None
 
-    def layer_vjp(params, state, x, *, key=None, need_dx=True):
+    def layer_vjp(params, state, x, *, key=None, need_dx=True, x_donated=False,
+                  dy_donated=False):
+        hints = {}
+        if takes_need_dx:
+            hints["need_dx"] = need_dx
+        if x_donated and takes_x_donated:
+            hints["x_donated"] = True
+        if dy_donated and takes_dy_donated:
+            hints["dy_donated"] = True
         try:
-            if takes_need_dx:
-                y, pullback = vjp(params, x, need_dx=need_dx)
-            else:
-                y, pullback = vjp(params, x)
+            y, pullback = vjp(params, x, **hints)
         except LayerError as err:
             raise err.named(name) from None
         return y, state, pullback
 
-    return Layer(layer_init, layer_apply, layer_vjp, name)
+    return Layer(layer_init, layer_apply, layer_vjp, name, (), tuple(fresh))
 
 
 def elementwise_layer(
     name: str,
-    forward: Callable[[Array], Array],
-    backward: Callable[[Optional[Array], Optional[Array], Array], Array],
+    forward: Callable[..., Array],
+    backward: Callable[..., Array],
     saves: str = "xy",
+    fresh: Tuple[str, ...] = (),
 ) -> Layer:
     """Build a parameter-free, shape-preserving layer from two functions.
 
@@ -276,10 +312,18 @@ def elementwise_layer(
     ``saves`` names the residuals the backward pass needs: ``"x"``, ``"y"`` or
     ``"xy"``; the other one is passed as ``None`` and is not kept alive (relu,
     tanh and sigmoid need only ``y``).
+
+    Donation: if ``forward`` takes a keyword ``out``, a donated input is
+    overwritten with the output (``forward(x, out=x)``; not when ``saves``
+    keeps ``x``); if ``backward`` takes ``out``, a donated ``dy`` is
+    overwritten with the input gradient (``backward(x, y, dy, out=dy)``).  Give
+    ``fresh=("dx",)`` only if ``backward`` always returns a new array or ``out``.
     """
     if saves not in ("x", "y", "xy"):
         raise ValueError(f"saves must be 'x', 'y' or 'xy', got {saves!r}")
     keep_x, keep_y = "x" in saves, "y" in saves
+    forward_in_place = accepts_keyword(forward, "out") and not keep_x
+    backward_in_place = accepts_keyword(backward, "out")
 
     def init(key, in_shape):
         return {}, as_shape(in_shape)
@@ -288,15 +332,13 @@ def elementwise_layer(
         check_float_input(x)
         return forward(x)
 
-    def vjp(params, x):
+    def vjp(params, x, x_donated=False, dy_donated=False):
         check_float_input(x)
-        y = forward(x)
+        y = forward(x, out=x) if x_donated and forward_in_place else forward(x)
         x_saved = x if keep_x else None
         y_saved = y if keep_y else None
+        if dy_donated and backward_in_place:
+            return y, lambda dy: ({}, backward(x_saved, y_saved, dy, out=dy))
+        return y, lambda dy: ({}, backward(x_saved, y_saved, dy))
 
-        def pullback(dy):
-            return {}, backward(x_saved, y_saved, dy)
-
-        return y, pullback
-
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, fresh)

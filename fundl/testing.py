@@ -9,6 +9,9 @@ layer honours the contract of :mod:`fundl.core`:
 - the same key gives bit-identical params, outputs and gradients;
 - ``apply(train=True)`` equals ``vjp``'s output for the same key;
 - ``vjp(..., need_dx=False)``, where accepted, gives the same output and dparams;
+- donation (:mod:`fundl.core`): what ``Layer.fresh`` declares really is held by
+  nobody (scribbling over it changes no later result), and ``x_donated`` /
+  ``dy_donated``, where accepted, change no result;
 - the pullback passes :func:`fundl.check_vjp` in float64.
 """
 
@@ -20,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import random, tree
-from .core import Layer, accepts_keyword, normalize_shapes
+from .core import Layer, accepts_keyword, call_vjp, normalize_shapes
 from .gradcheck import GradCheckResult, _random_input, check_vjp
 
 __all__ = ["check_layer", "read_only", "ContractError"]
@@ -116,6 +119,7 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
             raise ContractError(f"{layer.name}: vjp(need_dx=False) changes the output or dparams")
         if dx_n is not None and not tree.all_equal(dx_n, dx):
             raise ContractError(f"{layer.name}: vjp(need_dx=False) returns a different dx")
+    _check_donation(layer, params, state, x, k_fwd, dy, y_t, dparams, dx)
     try:
         tree.map(lambda a, b: None, params, dparams)
     except tree.TreeError as err:
@@ -134,3 +138,50 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
         return None
     x64 = None if x is None else x
     return check_vjp(layer, in_shape, x=x64, key=key, tol=tol, **check_vjp_kwargs)
+
+
+def _writeable_copy(t: Any) -> Any:
+    return tree.map(lambda a: np.array(a, copy=True) if isinstance(a, np.ndarray) else a, t)
+
+
+def _scribble(layer: Layer, what: str, t: Any, others: Any) -> None:
+    """Overwrite every array of ``t`` (declared fresh as ``what``) with NaN, after
+    checking it is writeable and shares no memory with ``others``."""
+    for a in tree.leaves(t):
+        if not isinstance(a, np.ndarray):
+            continue
+        if not a.flags.writeable or any(np.shares_memory(a, b) for b in tree.leaves(others)
+                                        if isinstance(b, np.ndarray)):
+            raise ContractError(f"{layer.name}: declares {what!r} fresh, but it is read-only or "
+                                f"shares memory with the layer's inputs, params or an "
+                                f"earlier call's result")
+        a[...] = np.nan if a.dtype.kind == "f" else 0
+
+
+def _check_donation(layer: Layer, params, state, x, key, dy, y, dparams, dx) -> None:
+    """The donation rules of :mod:`fundl.core` (see :func:`check_layer`)."""
+    def same(result, what):
+        got_dparams, got_dx = result
+        if not (tree.all_equal(got_dparams, dparams) and tree.all_equal(got_dx, dx)):
+            raise ContractError(f"{layer.name}: {what} changes the pullback's results")
+
+    inputs = (params, state, x, dy)
+    if "y" in layer.fresh:  # nobody else holds it: not the inputs, not an earlier call's y
+        y_f, _, pullback_f = layer.vjp(params, state, x, key=key)
+        _scribble(layer, "y", y_f, (inputs, y))
+        same(pullback_f(dy), "overwriting the output it declares fresh")
+    if "dx" in layer.fresh:
+        _, _, pullback_f = layer.vjp(params, state, x, key=key)
+        _, dx_first = pullback_f(dy)
+        _, dx_f = pullback_f(dy)
+        _scribble(layer, "dx", dx_f, (inputs, dx_first))
+        same(pullback_f(dy), "overwriting the input gradient it declares fresh")
+    if accepts_keyword(layer.vjp, "x_donated"):
+        y_d, _, pullback_d = call_vjp(layer, params, state, _writeable_copy(x), key,
+                                      x_donated=True)
+        if not tree.all_equal(y_d, y):
+            raise ContractError(f"{layer.name}: vjp(x_donated=True) changes the output")
+        same(pullback_d(dy), "vjp(x_donated=True)")
+    if accepts_keyword(layer.vjp, "dy_donated"):
+        _, _, pullback_d = call_vjp(layer, params, state, x, key, dy_donated=True)
+        same(pullback_d(_writeable_copy(dy)), "vjp(dy_donated=True)")

@@ -591,3 +591,63 @@ def test_combinators_never_write_into_child_outputs():
             assert not out.flags.writeable
             np.testing.assert_array_equal(out, snapshot)  # unchanged after the combinator ran
             assert not np.shares_memory(out, y2) and not np.shares_memory(out, dx)
+
+
+# --- donation inside serial -----------------------------------------------------------
+
+def _recorder(fresh, log):
+    """y = x + 1 (a new array); records its output and its pullback's dx in ``log``."""
+    def init(key, in_shape):
+        return {}, in_shape
+
+    def vjp(params, x):
+        y = x + 1.0
+        log["y"] = y
+
+        def pullback(dy):
+            log["dx"] = dy * 1.0
+            return {}, log["dx"]
+        return y, pullback
+
+    return stateless_layer("rec", init, lambda p, x: x + 1.0, vjp, fresh=fresh)
+
+
+@pytest.mark.parametrize("fresh", [("y", "dx"), ()])
+def test_serial_donates_only_what_a_layer_declares_fresh(fresh):
+    log = {}
+    x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
+    dy = read_only(np.array([[1.0, 2.0, 3.0]], np.float32))
+    # forward: rec's output goes to relu; backward: rec's dx goes to relu's pullback
+    model = serial(_recorder(fresh, log), relu(), _recorder(fresh, {}), relu(), _recorder(fresh, log))
+    params, state, _ = model.init(KEY, (3,))
+    y, _, pullback = model.vjp(params, state, x, key=KEY)
+    grads, dx = pullback(dy)
+    np.testing.assert_array_equal(y, [[2.0, 3.5, 6.0]])
+    np.testing.assert_array_equal(dx, [[0.0, 2.0, 3.0]])
+    assert model.fresh == fresh
+    # the caller's arrays were never written (they are read-only: a write would raise)
+    np.testing.assert_array_equal(x, [[-2.0, 0.5, 3.0]])
+
+
+def test_serial_runs_relu_in_place_on_a_fresh_output():
+    log = {}
+    model = serial(_recorder(("y", "dx"), log), relu())
+    params, state, _ = model.init(KEY, (3,))
+    x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
+    y, _, pullback = model.vjp(params, state, x, key=KEY)
+    assert y is log["y"]                          # relu wrote into rec's own output
+    dy = read_only(np.ones((1, 3), np.float32))
+    _, dx = pullback(dy)                          # relu's pullback gets the caller's dy: new dx
+    assert not np.shares_memory(dx, dy)
+    np.testing.assert_array_equal(dx, [[0.0, 1.0, 1.0]])
+
+    log2 = {}
+    model2 = serial(relu(), _recorder(("y", "dx"), log2))
+    params2, state2, _ = model2.init(KEY, (3,))
+    y2, _, pullback2 = model2.vjp(params2, state2, x, key=KEY)
+    _, dx2 = pullback2(dy)
+    assert dx2 is log2["dx"]                      # relu's pullback wrote into rec's fresh dx
+    np.testing.assert_array_equal(dx2, [[0.0, 1.0, 1.0]])
+    no_gift = serial(_recorder((), {}), relu())
+    y3, _, _ = no_gift.vjp(*no_gift.init(KEY, (3,))[:2], x, key=KEY)
+    np.testing.assert_array_equal(y3, [[0.0, 1.5, 4.0]])

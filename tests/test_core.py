@@ -108,8 +108,57 @@ def test_layers_are_immutable_named_tuples():
     layer = fl.dense(3)
     with pytest.raises(AttributeError):
         layer.name = "other"
-    assert layer._fields == ("init", "apply", "vjp", "name", "children")
+    assert layer._fields == ("init", "apply", "vjp", "name", "children", "fresh")
     assert layer.children == ()
     model = fl.serial(fl.dense(3), fl.relu())
     assert [k for k, _ in model.children] == ["dense_0", "relu_1"]
     assert model.children[0][1].name == "dense"
+
+
+# --- donation -------------------------------------------------------------------------
+
+def test_elementwise_layer_works_in_place_only_on_donated_arrays():
+    layer = fl.relu()
+    assert layer.fresh == ("dx",)
+    x = np.array([[-1.0, 2.0, -3.0]], np.float32)
+    dy = np.array([[5.0, 6.0, 7.0]], np.float32)
+    y, _, pb = call_vjp(layer, {}, {}, x, None)          # nothing donated: x and dy untouched
+    _, dx = pb(dy)
+    assert not np.shares_memory(y, x) and not np.shares_memory(dx, dy)
+    np.testing.assert_array_equal(x, [[-1.0, 2.0, -3.0]])
+    np.testing.assert_array_equal(dx, [[0.0, 6.0, 0.0]])
+    y, _, pb = call_vjp(layer, {}, {}, x, None, x_donated=True, dy_donated=True)
+    _, dx = pb(dy)
+    assert y is x and dx is dy                            # in place, as allowed
+    np.testing.assert_array_equal(y, [[0.0, 2.0, 0.0]])
+    np.testing.assert_array_equal(dx, [[0.0, 6.0, 0.0]])
+
+
+def test_elementwise_layer_that_keeps_x_never_overwrites_it():
+    def forward(x, out=None):
+        return np.multiply(x, 2.0, out=out)
+
+    def backward(x, y, dy, out=None):
+        return np.multiply(dy, 2.0 * np.sign(x) * np.sign(x), out=out)
+
+    layer = elementwise_layer("double", forward, backward, saves="x")
+    x = np.array([[1.0, -2.0]], np.float32)
+    y, _, pb = call_vjp(layer, {}, {}, x, None, x_donated=True)
+    assert not np.shares_memory(y, x)
+    np.testing.assert_array_equal(x, [[1.0, -2.0]])
+    np.testing.assert_array_equal(pb(np.ones_like(x))[1], [[2.0, 2.0]])
+
+
+def test_stateless_layer_passes_only_the_hints_its_vjp_takes():
+    seen = []
+
+    def vjp(params, x, dy_donated=False):
+        seen.append(dy_donated)
+        return x + 1.0, lambda dy: ({}, dy)
+
+    layer = stateless_layer("plus", lambda k, s: ({}, s), lambda p, x: x + 1.0, vjp, fresh=("y",))
+    assert layer.fresh == ("y",)
+    x = np.zeros((1, 2), np.float32)
+    call_vjp(layer, {}, {}, x, None, need_dx=False, x_donated=True, dy_donated=True)
+    call_vjp(layer, {}, {}, x, None)
+    assert seen == [True, False]

@@ -69,3 +69,63 @@ def test_check_layer_catches_a_need_dx_path_that_changes_dparams():
 
     with pytest.raises(ContractError, match="need_dx=False"):
         check_layer(stateless_layer("skip", init, apply, vjp), (3,))
+
+
+def _square(fresh, keep_y_view=False, cached_dx=None):
+    """y = x * x with a vjp that may lie about what it declares fresh."""
+    def init(key, in_shape):
+        return {}, in_shape
+
+    def apply(p, x):
+        return x * x
+
+    def vjp(p, x):
+        y = x * x
+        saved = y if keep_y_view else None
+
+        def pullback(dy):
+            if saved is not None:          # uses its own output: y must not be donated
+                return {}, 2 * np.sqrt(saved) * np.sign(x) * dy
+            if cached_dx is not None:      # returns the same array at every call
+                cached_dx[...] = 2 * x * dy
+                return {}, cached_dx
+            return {}, 2 * x * dy
+        return y, pullback
+
+    return stateless_layer("square", init, apply, vjp, fresh=fresh)
+
+
+def test_check_layer_accepts_honest_fresh_declarations():
+    check_layer(_square(fresh=("y", "dx")), (4,))
+
+
+def test_check_layer_catches_a_fresh_output_the_pullback_still_uses():
+    with pytest.raises(ContractError, match="overwriting the output it declares fresh"):
+        check_layer(_square(fresh=("y",), keep_y_view=True), (4,), gradcheck=False)
+
+
+def test_check_layer_catches_a_fresh_dx_that_is_a_cached_array():
+    with pytest.raises(ContractError, match="declares '(y|dx)' fresh"):
+        check_layer(_square(fresh=("dx",), cached_dx=np.zeros((3, 4), np.float32)), (4,),
+                    gradcheck=False)
+
+
+def test_check_layer_catches_a_fresh_output_that_is_the_input():
+    # y = x itself declared fresh: check_layer's x is read-only, caught before any write
+    ident = stateless_layer("ident", lambda k, s: ({}, s), lambda p, x: x,
+                            lambda p, x: (x, lambda dy: ({}, dy * 1.0)), fresh=("y",))
+    with pytest.raises(ContractError, match="read-only or shares memory"):
+        check_layer(ident, (4,), gradcheck=False)
+
+
+def test_check_layer_catches_a_donation_path_that_changes_results():
+    def init(key, in_shape):
+        return {}, in_shape
+
+    def vjp(p, x, dy_donated=False):
+        def pullback(dy):
+            return {}, (dy * 3.0 if dy_donated else dy * 2.0)  # the donated path is wrong
+        return 2.0 * x, pullback
+
+    with pytest.raises(ContractError, match="dy_donated"):
+        check_layer(stateless_layer("bad", init, lambda p, x: 2.0 * x, vjp), (3,), gradcheck=False)

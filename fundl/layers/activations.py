@@ -59,21 +59,27 @@ def _mask(cond_fn, a, b):
 
 # --- relu ---------------------------------------------------------------------------
 
-def _relu_forward(x):
-    return np.maximum(x, 0)
+def _relu_forward(x, out=None):
+    return np.maximum(x, 0, out=out)
 
 
-def _relu_backward(x, y, dy):
+def _relu_backward(x, y, dy, out=None):
     # y > 0 exactly where x > 0; the gradient at 0 is taken as 0.  ``dy * (y > 0)``
     # with a bool mask (1 byte per element) moves the least memory: inside a CNN
     # training step it beat writing the mask into the float output and multiplying
     # in place (faster on a hot cache, in isolation), and np.where is ~10x slower.
-    return np.multiply(dy, np.greater(y, 0))
+    return np.multiply(dy, np.greater(y, 0), out=out)
 
 
 def relu() -> Layer:
-    """``max(x, 0)``; gradient 1 where ``x > 0``, else 0.  Any shape."""
-    return elementwise_layer("relu", _relu_forward, _relu_backward, saves="y")
+    """``max(x, 0)``; gradient 1 where ``x > 0``, else 0.  Any shape.
+
+    Inside :func:`fundl.serial`, after a layer that donates its output (dense,
+    conv) it works in place on that output, and its pullback in place on a
+    donated ``dy`` (see :mod:`fundl.core`): about 1 ms per step of the benchmark
+    CNN and 0.3 ms of the MLP at batch 512.
+    """
+    return elementwise_layer("relu", _relu_forward, _relu_backward, saves="y", fresh=("dx",))
 
 
 # --- leaky relu ---------------------------------------------------------------------

@@ -77,4 +77,5 @@ def dense(features: int, *, use_bias: bool = True,
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    # y and dx are new arrays the pullback does not keep: serial may donate them.
+    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx"))

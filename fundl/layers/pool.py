@@ -209,7 +209,9 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
 
             return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    # Both pullbacks return a new dx; the average pool's output is its own too (a max
+    # pool's pullback keeps its output to find the winners).
+    return stateless_layer(name, init, apply, vjp, fresh=("dx",) if is_max else ("y", "dx"))
 
 
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
@@ -304,4 +306,4 @@ def global_avg_pool() -> Layer:
 
         return y, pullback
 
-    return stateless_layer("global_avg_pool", init, apply, vjp)
+    return stateless_layer("global_avg_pool", init, apply, vjp, fresh=("y", "dx"))
