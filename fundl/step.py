@@ -88,6 +88,16 @@ def exclusive_grads(grads: Any, keep: Any) -> Any:
     normally return fresh arrays, so this copies nothing.
     """
     leaves = tree.leaves(grads)
+    mine = set()
+    for g in leaves:  # the common case, checked first: distinct writeable arrays of their own
+        if type(g) is not np.ndarray or g.base is not None or not g.flags.writeable \
+                or id(g) in mine:
+            break
+        mine.add(id(g))
+    else:
+        if not any(type(a) is np.ndarray and (id(a) in mine or id(a.base) in mine)
+                   for a in tree.leaves(keep)):
+            return grads  # nothing to copy, nothing to rebuild
     owners: Dict[int, int] = {}
     for g in leaves:
         if isinstance(g, np.ndarray):
@@ -100,6 +110,4 @@ def exclusive_grads(grads: Any, keep: Any) -> Any:
         return (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
                 and owners[id(g)] == 1 and id(g) not in kept)
 
-    if all(owned(g) for g in leaves):
-        return grads  # the common case: nothing to copy, nothing to rebuild
     return tree.map(lambda g: g if owned(g) else np.array(g, copy=True), grads)

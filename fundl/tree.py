@@ -103,7 +103,7 @@ def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """
     if not rest:
         return _map1(fn, tree)
-    result = _map_many(fn, tree, rest)
+    result = _map2(fn, tree, rest[0]) if len(rest) == 1 else _map_many(fn, tree, rest)
     if result is _MISMATCH:  # differing structures, or containers the fast path does not take
         return _map_checked(fn, "", tree, rest)
     return result
@@ -122,6 +122,23 @@ def _map1(fn: Callable[..., Any], node: Any) -> Any:
     if not _is_node(node):
         return fn(node)
     return _rebuild(node, [_map1(fn, child) for _, child in _children(node)])
+
+
+def _map2(fn: Callable[..., Any], node: Any, other: Any) -> Any:
+    """:func:`_map_many` with one other tree (an optimizer's params and grads): dicts
+    without building a tuple per node."""
+    if type(node) is dict:
+        if type(other) is not dict or len(other) != len(node):
+            return _MISMATCH
+        out = {}
+        for k, v in node.items():
+            w = other.get(k, _MISMATCH)
+            value = _MISMATCH if w is _MISMATCH else _map2(fn, v, w)
+            if value is _MISMATCH:
+                return _MISMATCH
+            out[k] = value
+        return out
+    return _map_many(fn, node, (other,))
 
 
 def _map_many(fn: Callable[..., Any], node: Any, others: Tuple[Any, ...]) -> Any:
