@@ -123,6 +123,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     x_gift = [i > 0 and "y" in layers[i - 1].fresh for i in range(n)]
     dy_gift = [i < n - 1 and "dx" in layers[i + 1].fresh for i in range(n)]
     fresh = tuple(f for f, child in (("y", layers[-1]), ("dx", layers[0])) if f in child.fresh)
+    keyless = all(layer.keyless for layer in layers)  # then no key is split at each step
 
     def init(key, in_shape):
         params: Dict[str, Any] = {}
@@ -133,14 +134,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         return params, state, shape
 
     def apply(params, state, x, *, key=None, train=False):
-        for (k, layer), sub in zip(pairs, split_key(key, n)):
+        for (k, layer), sub in zip(pairs, split_key(None if keyless else key, n)):
             x = apply_child(k, layer, params[k], state[k], x, sub, train)
         return x
 
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
         pullbacks = []
         new_state: Dict[str, Any] = {}
-        for i, ((k, layer), sub) in enumerate(zip(pairs, split_key(key, n))):
+        for i, ((k, layer), sub) in enumerate(zip(pairs, split_key(None if keyless else key, n))):
             x, new_state[k], pb = vjp_child(
                 k, layer, params[k], state[k], x, sub, need_dx=need_dx or i > 0,
                 x_donated=x_gift[i] or (i == 0 and x_donated),
@@ -155,7 +156,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
         return x, new_state, pullback
 
-    return Layer(init, apply, vjp, name, tuple(pairs), fresh)
+    return Layer(init, apply, vjp, name, tuple(pairs), fresh, keyless)
 
 
 # --- parallel ----------------------------------------------------------------------
@@ -176,6 +177,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     names = child_keys(layers)
     pairs = list(zip(names, layers))
     n = len(layers)
+    keyless = all(layer.keyless for layer in layers)
 
     def init(key, in_shape):
         try:
@@ -199,7 +201,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         xs = split_inputs(x)
         ys = []
-        for (k, layer), sub, xi in zip(pairs, split_key(key, n), xs):
+        for (k, layer), sub, xi in zip(pairs, split_key(None if keyless else key, n), xs):
             ys.append(apply_child(k, layer, params[k], state[k], xi, sub, train))
         return tuple(ys)
 
@@ -207,7 +209,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
         xs = split_inputs(x)
         ys, pullbacks = [], []
         new_state: Dict[str, Any] = {}
-        for (k, layer), sub, xi in zip(pairs, split_key(key, n), xs):
+        for (k, layer), sub, xi in zip(pairs, split_key(None if keyless else key, n), xs):
             yi, new_state[k], pb = vjp_child(k, layer, params[k], state[k], xi, sub,
                                              need_dx=need_dx)
             ys.append(yi)
@@ -224,7 +226,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
 
         return tuple(ys), new_state, pullback
 
-    return Layer(init, apply, vjp, name, tuple(pairs))
+    return Layer(init, apply, vjp, name, tuple(pairs), keyless=keyless)
 
 
 # --- fan out / fan in --------------------------------------------------------------
@@ -410,14 +412,16 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
         return np.add(x, b)  # a new array: never write into the branch's output
 
     def apply(params, state, x, *, key=None, train=False):
-        b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1)[0], train)
+        b = apply_child(k, layer, params[k], state[k], x,
+                        None if layer.keyless else split_key(key, 1)[0], train)
         try:
             return add(x, b)
         except LayerError as err:
             raise err.named(name) from None
 
     def vjp(params, state, x, *, key=None, need_dx=True):
-        b, new_state, pb = vjp_child(k, layer, params[k], state[k], x, split_key(key, 1)[0],
+        b, new_state, pb = vjp_child(k, layer, params[k], state[k], x,
+                                     None if layer.keyless else split_key(key, 1)[0],
                                      need_dx=need_dx)
         try:
             y = add(x, b)
@@ -432,7 +436,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
 
         return y, {k: new_state}, pullback
 
-    return Layer(init, apply, vjp, name, ((k, layer),))
+    return Layer(init, apply, vjp, name, ((k, layer),), keyless=layer.keyless)
 
 
 def identity() -> Layer:

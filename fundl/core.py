@@ -108,6 +108,9 @@ class Layer(NamedTuple):
     results that are arrays nobody else holds, which :func:`fundl.serial` may
     donate to the neighbouring layer (see the module docstring): ``"y"`` (the
     output of ``vjp``) and ``"dx"`` (the input gradient of its pullback).
+    ``keyless`` says the layer never uses its ``key`` (every layer built with
+    :func:`stateless_layer`); combinators whose children are all keyless give
+    them ``key=None`` instead of splitting keys at every step.
     """
 
     init: Callable[..., Tuple[Params, State, Any]]
@@ -116,6 +119,7 @@ class Layer(NamedTuple):
     name: str
     children: Tuple[Tuple[str, "Layer"], ...] = ()
     fresh: Tuple[str, ...] = ()
+    keyless: bool = False
 
 
 def as_shape(shape: Any) -> Shape:
@@ -173,7 +177,8 @@ def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None
 # --- running children (for combinators) ------------------------------------------
 
 def split_key(key: Any, n: int) -> Tuple[Any, ...]:
-    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference)."""
+    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference,
+    or children that are all :attr:`Layer.keyless`)."""
     return (None,) * n if key is None else random.split(key, n)
 
 
@@ -293,7 +298,7 @@ def stateless_layer(
             raise err.named(name) from None
         return y, state, pullback
 
-    return Layer(layer_init, layer_apply, layer_vjp, name, (), tuple(fresh))
+    return Layer(layer_init, layer_apply, layer_vjp, name, (), tuple(fresh), keyless=True)
 
 
 def elementwise_layer(

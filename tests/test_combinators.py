@@ -651,3 +651,26 @@ def test_serial_runs_relu_in_place_on_a_fresh_output():
     no_gift = serial(_recorder((), {}), relu())
     y3, _, _ = no_gift.vjp(*no_gift.init(KEY, (3,))[:2], x, key=KEY)
     np.testing.assert_array_equal(y3, [[0.0, 1.5, 4.0]])
+
+
+def test_keyless_children_get_no_key_and_stochastic_ones_do():
+    from fundl.layers.dropout import dropout
+    seen = []
+
+    def spy(keyless):
+        def vjp(params, state, x, *, key=None):
+            seen.append(key)
+            return x, state, lambda dy: ({}, dy)
+        return Layer(lambda k, s: ({}, {}, s), lambda p, s, x, **kw: x, vjp, "spy", keyless=keyless)
+
+    assert dense(2).keyless and relu().keyless and not dropout(0.5).keyless
+    det = serial(dense(3), spy(True), relu())
+    assert det.keyless and parallel(det, relu()).keyless and residual(det).keyless
+    params, state, _ = det.init(KEY, (3,))
+    det.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
+    assert seen == [None]                                  # nothing split for keyless children
+    mixed = serial(dense(3), spy(False), dropout(0.5))
+    assert not mixed.keyless and not parallel(mixed).keyless
+    params, state, _ = mixed.init(KEY, (3,))
+    mixed.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
+    np.testing.assert_array_equal(seen[1], random.split(KEY, 3)[1])   # the same child keys as always

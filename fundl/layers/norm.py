@@ -171,7 +171,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name)
+    return Layer(init, apply, vjp, name, keyless=True)  # deterministic: never reads its key
 
 
 def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,

@@ -416,6 +416,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
         if not isinstance(layer, Layer):
             raise TypeError(f"bidirectional: {what} is a {type(layer).__name__}, not a fundl Layer")
     children = (("forward", layer_fwd), ("backward", layer_bwd))
+    keyless = layer_fwd.keyless and layer_bwd.keyless
 
     def merged_shape(fwd_shape, bwd_shape):
         fwd_shape, bwd_shape = as_shape(fwd_shape), as_shape(bwd_shape)
@@ -466,14 +467,16 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     def apply(params, state, x, *, key=None, train=False):
         check(x)
         outs = []
-        for (k, layer), sub, inp in zip(children, split_key(key, 2), (x, reversed_input(x))):
+        for (k, layer), sub, inp in zip(children, split_key(None if keyless else key, 2),
+                                        (x, reversed_input(x))):
             outs.append(apply_child(k, layer, params[k], state[k], inp, sub, train))
         return combine(outs[0], reverse_time(outs[1]))
 
     def vjp(params, state, x, *, key=None, need_dx=True):
         check(x)
         outs, new_state, pullbacks = [], {}, []
-        for (k, layer), sub, inp in zip(children, split_key(key, 2), (x, reversed_input(x))):
+        for (k, layer), sub, inp in zip(children, split_key(None if keyless else key, 2),
+                                        (x, reversed_input(x))):
             y, new_state[k], pb = vjp_child(k, layer, params[k], state[k], inp, sub,
                                             need_dx=need_dx)
             outs.append(y)
@@ -496,4 +499,4 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name, children)
+    return Layer(init, apply, vjp, name, children, keyless=keyless)
