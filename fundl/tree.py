@@ -133,6 +133,9 @@ def _map2(fn: Callable[..., Any], node: Any, other: Any) -> Any:
         out = {}
         for k, v in node.items():
             w = other.get(k, _MISMATCH)
+            if type(v) is np.ndarray and type(w) is np.ndarray:  # two leaves
+                out[k] = fn(v, w)
+                continue
             value = _MISMATCH if w is _MISMATCH else _map2(fn, v, w)
             if value is _MISMATCH:
                 return _MISMATCH
@@ -213,9 +216,12 @@ def leaves(tree: Any) -> List[Any]:
 
 
 def _collect(node: Any, out: List[Any]) -> None:
-    if type(node) is dict:  # the common case first: params are nested dicts
+    if type(node) is dict:  # the common case first: params are nested dicts of arrays
         for child in node.values():
-            _collect(child, out)
+            if type(child) is np.ndarray:
+                out.append(child)
+            else:
+                _collect(child, out)
     elif _is_node(node):
         for _, child in _children(node):
             _collect(child, out)
