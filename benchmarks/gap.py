@@ -1,21 +1,23 @@
 """Where fundl's step loses to the hand-written numpy reference, measured.
 
-The reference (``benchmarks/reference.py``) knows the whole network, so it takes
-two shortcuts that fundl's independent, pure layers cannot:
+The reference (``benchmarks/reference.py``) knows the whole network, so it can
+take shortcuts that fundl's independent, pure layers cannot or need help for:
 
 - **in-place ReLU**: it overwrites the previous layer's output with the ReLU,
   and the incoming gradient with the masked gradient.  A fundl layer never
-  writes into its input or into ``dy`` (the contract; tests set them read-only).
+  writes into an array it is given, except one that ``serial`` donates to it
+  (``Layer.fresh``, see :mod:`fundl.core`); the row "without donation" shows
+  what that buys.
 - **all-ties max-pool backward**: it sends the gradient to every tied maximum
   of a window.  That is right there only because a ReLU precedes the pool and
   zeroes tied (all-zero) windows; a general max pool must give each window's
   gradient to exactly one cell, and finding that cell costs a few extra passes.
+  The row "+ all-ties pool" swaps the reference's pool into fundl's model (a
+  layer defined below that is wrong for a standalone pool: never use it).
 
-This script times fundl's step against fundl with those shortcuts swapped in
-(layers defined below, which break fundl's contract: never use them) and the
-reference, interleaved, so the gap can be read off cause by cause; and, for the
-per-step Python overhead, a tiny 8-8-8-10 MLP at batch 2 where the arithmetic is
-negligible.  From the repository root::
+The rows are timed interleaved, with the reference; the last case, a tiny
+8-8-8-10 MLP at batch 2, where the arithmetic is negligible, shows the per-step
+Python overhead.  From the repository root::
 
     python3 -m benchmarks.gap            # about 1 minute
     python3 -m benchmarks.gap --quick
@@ -39,18 +41,12 @@ from .run import measure_workload
 from .workloads import FundlImpl, RefImpl, cnn_model, make_batch, mlp_model
 
 
-# --- the reference's shortcuts as fundl layers (impure: measurement only) ----------
+# --- the variants' layers ------------------------------------------------------------
 
-def relu_in_place() -> Layer:
-    """ReLU that overwrites its input and ``dy``, as the reference does (breaks purity)."""
-
-    def forward(x):
-        return np.maximum(x, 0, out=x)
-
-    def backward(x, y, dy):
-        return np.multiply(dy, y > 0, out=dy)
-
-    return elementwise_layer("relu", forward, backward, saves="y")
+def relu_not_donated() -> Layer:
+    """fundl's ReLU without the ``out=`` support that lets ``serial`` donate to it."""
+    return elementwise_layer("relu", lambda x: np.maximum(x, 0),
+                             lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",))
 
 
 def max_pool2_all_ties() -> Layer:
@@ -67,7 +63,7 @@ def max_pool2_all_ties() -> Layer:
         y = _maxpool2(x)
         return y, lambda dy: ({}, _maxpool2_backward(x, y, dy))
 
-    return stateless_layer("max_pool2d", init, apply, vjp)
+    return stateless_layer("max_pool2d", init, apply, vjp, fresh=("dx",))  # as fundl's pool
 
 
 def cnn_with(relu_layer=relu, pool=lambda: fundl.max_pool2d(2)) -> Layer:
@@ -107,14 +103,13 @@ class Variants:
 def cases(mlp_batches) -> List[Any]:
     out = [("cnn 64", Variants((28, 28, 1), 64, {
         "fundl": cnn_model,
-        "+ in-place relu": lambda: cnn_with(relu_layer=relu_in_place),
+        "without donation": lambda: cnn_with(relu_layer=relu_not_donated),
         "+ all-ties pool": lambda: cnn_with(pool=max_pool2_all_ties),
-        "+ both": lambda: cnn_with(relu_in_place, max_pool2_all_ties),
     }, CNNReference))]
     for b in mlp_batches:
         out.append((f"mlp {b}", Variants((784,), b, {
             "fundl": mlp_model,
-            "+ in-place relu": lambda: mlp_with(relu_in_place),
+            "without donation": lambda: mlp_with(relu_not_donated),
         }, MLPReference)))
     out.append(("tiny mlp 2", Variants((8,), 2, {"fundl": lambda: mlp_with(sizes=(8, 8, 10))},
                                        MLPReference)))
