@@ -285,9 +285,7 @@ def stateless_layer(
 
     def layer_vjp(params, state, x, *, key=None, need_dx=True, x_donated=False,
                   dy_donated=False):
-        hints = {}
-        if takes_need_dx:
-            hints["need_dx"] = need_dx
+        hints = {"need_dx": need_dx} if takes_need_dx else {}
         if x_donated and takes_x_donated:
             hints["x_donated"] = True
         if dy_donated and takes_dy_donated:

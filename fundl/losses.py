@@ -81,7 +81,9 @@ def _labels_and_onehot(pred, target):
             raise LossError(
                 f"softmax_cross_entropy: integer labels must have shape {pred.shape[:-1]} "
                 f"for logits of shape {pred.shape}, got {target.shape}")
-        if target.size and (target.min() < 0 or target.max() >= classes):
+        # One reduction: negative labels wrap to huge values as unsigned integers.
+        unsigned = target.view(target.dtype.str.replace("i", "u"))
+        if target.size and unsigned.max() >= classes:
             raise LossError(f"softmax_cross_entropy: labels must lie in [0, {classes}), "
                             f"got values in [{target.min()}, {target.max()}]")
         return target, None
