@@ -266,6 +266,8 @@ def stateless_layer(
     ``fresh`` is the layer's :attr:`Layer.fresh`.  Any :class:`LayerError` they
     raise is attributed to ``name``.
     """
+    if not set(fresh) <= {"y", "dx"}:
+        raise ValueError(f"{name}: fresh may name only 'y' and 'dx', got {tuple(fresh)!r}")
     takes_need_dx = accepts_keyword(vjp, "need_dx")
     takes_x_donated = accepts_keyword(vjp, "x_donated")
     takes_dy_donated = accepts_keyword(vjp, "dy_donated")

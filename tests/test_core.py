@@ -162,3 +162,9 @@ def test_stateless_layer_passes_only_the_hints_its_vjp_takes():
     call_vjp(layer, {}, {}, x, None, need_dx=False, x_donated=True, dy_donated=True)
     call_vjp(layer, {}, {}, x, None)
     assert seen == [True, False]
+
+
+def test_fresh_names_only_y_and_dx():
+    with pytest.raises(ValueError, match="fresh may name only"):
+        stateless_layer("bad", lambda k, s: ({}, s), lambda p, x: x,
+                        lambda p, x: (x, lambda dy: ({}, dy)), fresh=("out",))
