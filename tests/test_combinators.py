@@ -674,3 +674,16 @@ def test_keyless_children_get_no_key_and_stochastic_ones_do():
     params, state, _ = mixed.init(KEY, (3,))
     mixed.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
     np.testing.assert_array_equal(seen[1], random.split(KEY, 3)[1])   # the same child keys as always
+
+
+@pytest.mark.parametrize("act", [relu, tanh, sigmoid])
+def test_activations_work_in_place_on_a_dense_output_and_keep_exact_gradients(act):
+    log = {}
+    model = serial(_recorder(("y", "dx"), log), act(), dense(4))
+    params, state, _ = model.init(KEY, (3,))
+    x = read_only(np.array([[-2.0, 0.5, 3.0], [1.0, -1.0, 0.0]], np.float32))
+    model.vjp(params, state, x, key=KEY)
+    want = act().apply({}, {}, x + 1.0)
+    assert model.children[1][1].fresh == ("dx",)
+    np.testing.assert_allclose(log["y"], want, rtol=1e-6)   # the recorder's output, overwritten
+    check_layer(serial(dense(5), act(), dense(3), act(), dense(2)), (4,))

@@ -330,13 +330,13 @@ def gelu(approximate: bool = False) -> Layer:
 
 # --- silu, softplus, sigmoid, tanh --------------------------------------------------
 
-def _sigmoid_forward(x):
+def _sigmoid_forward(x, out=None):
     # exp(min(x, 0)) / (1 + exp(-|x|)): exp only of non-positive numbers, no branch.
     den = np.abs(x)
     np.negative(den, out=den)
     np.exp(den, out=den)
     den += 1.0
-    num = np.minimum(x, 0)
+    num = np.minimum(x, 0, out=out)  # x is not read after this: ``out`` may be x
     np.exp(num, out=num)
     num /= den
     return num
@@ -396,9 +396,14 @@ def _tanh_backward(x, y, dy):
     return g
 
 
+def _tanh_forward(x, out=None):
+    return np.tanh(x, out=out)
+
+
 def tanh() -> Layer:
-    """``tanh(x)``; gradient ``1 - tanh(x)**2``.  Any shape."""
-    return elementwise_layer("tanh", np.tanh, _tanh_backward, saves="y")
+    """``tanh(x)``; gradient ``1 - tanh(x)**2``.  Any shape.  Works in place on a
+    donated input (see :func:`relu`)."""
+    return elementwise_layer("tanh", _tanh_forward, _tanh_backward, saves="y", fresh=("dx",))
 
 
 def _sigmoid_backward(x, y, dy):
@@ -409,8 +414,10 @@ def _sigmoid_backward(x, y, dy):
 
 
 def sigmoid() -> Layer:
-    """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``.  Any shape."""
-    return elementwise_layer("sigmoid", _sigmoid_forward, _sigmoid_backward, saves="y")
+    """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``.  Any shape.
+    Works in place on a donated input (see :func:`relu`)."""
+    return elementwise_layer("sigmoid", _sigmoid_forward, _sigmoid_backward, saves="y",
+                             fresh=("dx",))
 
 
 # --- softmax, log_softmax -----------------------------------------------------------
