@@ -287,3 +287,16 @@ def test_errors():
     _raises(lambda: avg_pool2d(2, padding=2), "avg_pool2d", "padding", "smaller than the window")
     _raises(lambda: max_pool1d(0), "max_pool1d", "window")
     _raises(lambda: avg_pool2d(2, stride=(1, 0)), "avg_pool2d", "stride")
+
+
+@pytest.mark.parametrize("window, stride, padding", [(3, 1, "same"), (2, 2, 1), (3, 2, ((1, 0), (0, 1)))])
+def test_max_pool_all_minus_inf_window_sends_its_gradient_to_a_real_cell(window, stride, padding):
+    x = np.full((1, 4, 4, 2), -np.inf)
+    x[0, 0, 0, 0] = 1.0  # one finite cell: other windows are all -inf (ties with the padding)
+    layer = max_pool2d(window, stride, padding)
+    y, _, pullback = layer.vjp({}, {}, x)
+    dy = np.arange(1, y.size + 1, dtype=np.float64).reshape(y.shape)
+    _, dx = pullback(dy)
+    # every window's gradient lands inside the input: nothing is lost to the padding
+    assert dx.sum() == pytest.approx(dy.sum())
+    assert dx[..., 1].sum() == pytest.approx(dy[..., 1].sum())   # the all -inf channel

@@ -12,7 +12,7 @@ Ties in max pooling: the whole gradient of a window goes to exactly one cell,
 the first maximum in row-major window order (the one ``argmax`` of the
 flattened window would pick; a window with a NaN has output NaN and its first
 NaN gets the gradient, as ``argmax`` does).  Padded cells of a max pool are
-``-inf``.  The forward is only the maxima of the offset views; the pullback
+``-inf`` and never win, even against real cells that are ``-inf`` too.  The forward is only the maxima of the offset views; the pullback
 finds the winners from the kept input and output (compare, then keep the first
 True per window: a few bool ops on output-sized arrays, skipped when one count
 shows that no window has a tie), which was faster per training step than
@@ -163,6 +163,12 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
                     return {}, dx.reshape(x_shape)
                 hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y, y_has_nan)
                         for _, di, dj in offs]
+                if xp is not x4 and np.min(y, initial=np.inf) == -np.inf:
+                    # A window whose real cells are all -inf ties with its (-inf) padding:
+                    # only real cells may win, or the gradient would go to the padding.
+                    real = pad_nhwc(np.ones((1, h, w, 1), bool), pads, False)
+                    for hit, (_, di, dj) in zip(hits, offs):
+                        hit &= offset_view(real, di, dj, out_hw, strides)
                 if sum(np.count_nonzero(hit) for hit in hits) > y.size:
                     _first_true(hits)
 
