@@ -123,6 +123,8 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     x_gift = [i > 0 and "y" in layers[i - 1].fresh for i in range(n)]
     dy_gift = [i < n - 1 and "dx" in layers[i + 1].fresh for i in range(n)]
     fresh = tuple(f for f, child in (("y", layers[-1]), ("dx", layers[0])) if f in child.fresh)
+    if all("dparams" in layer.fresh for layer in layers):
+        fresh += ("dparams",)
     keyless = all(layer.keyless for layer in layers)  # then no key is split at each step
 
     def init(key, in_shape):

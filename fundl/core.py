@@ -22,7 +22,9 @@ neighbour that consumes it, with the keyword ``x_donated=True`` (the next
 layer's ``vjp`` may overwrite its input ``x``) or ``dy_donated=True`` (the
 previous layer's pullback may overwrite the ``dy`` it receives).  So a ReLU
 after a dense layer works in place, as hand-written numpy would, while every
-array a caller passes in is still never written.
+array a caller passes in is still never written.  A model whose pullback's
+parameter gradients are all fresh (``"dparams"``) lets :func:`fundl.make_step`
+hand them to the optimizer without checking them first.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class Layer(NamedTuple):
     (``fundl.summary``); running a layer never needs it.  ``fresh`` names the
     results that are arrays nobody else holds, which :func:`fundl.serial` may
     donate to the neighbouring layer (see the module docstring): ``"y"`` (the
-    output of ``vjp``) and ``"dx"`` (the input gradient of its pullback).
+    output of ``vjp``), ``"dx"`` (the input gradient of its pullback) and
+    ``"dparams"`` (every array of the pullback's parameter gradients).
     ``keyless`` says the layer never uses its ``key`` (every layer built with
     :func:`stateless_layer`); combinators whose children are all keyless give
     them ``key=None`` instead of splitting keys at every step.
@@ -266,8 +269,9 @@ def stateless_layer(
     ``fresh`` is the layer's :attr:`Layer.fresh`.  Any :class:`LayerError` they
     raise is attributed to ``name``.
     """
-    if not set(fresh) <= {"y", "dx"}:
-        raise ValueError(f"{name}: fresh may name only 'y' and 'dx', got {tuple(fresh)!r}")
+    if not set(fresh) <= {"y", "dx", "dparams"}:
+        raise ValueError(f"{name}: fresh may name only 'y', 'dx' and 'dparams', "
+                         f"got {tuple(fresh)!r}")
     takes_need_dx = accepts_keyword(vjp, "need_dx")
     takes_x_donated = accepts_keyword(vjp, "x_donated")
     takes_dy_donated = accepts_keyword(vjp, "dy_donated")
@@ -322,7 +326,8 @@ def elementwise_layer(
     overwritten with the output (``forward(x, out=x)``; not when ``saves``
     keeps ``x``); if ``backward`` takes ``out``, a donated ``dy`` is
     overwritten with the input gradient (``backward(x, y, dy, out=dy)``).  Give
-    ``fresh=("dx",)`` only if ``backward`` always returns a new array or ``out``.
+    ``fresh=("dx",)`` only if ``backward`` always returns a new array or ``out``
+    (``"dparams"`` is always declared: there are no params).
     """
     if saves not in ("x", "y", "xy"):
         raise ValueError(f"saves must be 'x', 'y' or 'xy', got {saves!r}")
@@ -346,4 +351,4 @@ def elementwise_layer(
             return y, lambda dy: ({}, backward(x_saved, y_saved, dy, out=dy))
         return y, lambda dy: ({}, backward(x_saved, y_saved, dy))
 
-    return stateless_layer(name, init, apply, vjp, fresh)
+    return stateless_layer(name, init, apply, vjp, tuple(fresh) + ("dparams",))

@@ -50,7 +50,8 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
     first layer is not computed.
     Optimizers that accept ``donate_grads`` (``sgd``) get the gradients
     donated: the step owns them, so the new params may reuse their memory
-    (:func:`exclusive_grads` first copies any gradient leaf that is not an
+    (unless the model declares them fresh, ``"dparams" in model.fresh``,
+    :func:`exclusive_grads` first copies any gradient leaf that is not an
     array of its own).  Nothing the caller passed in is ever written.
     """
     if not isinstance(model, Layer):
@@ -59,6 +60,7 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
         raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
 
     donate = accepts_keyword(optimizer.update, "donate_grads")
+    trusted = "dparams" in model.fresh  # every gradient array is new and nobody else's
 
     def step(ts: TrainState, batch: Tuple[Any, Any], lr: Union[float, Schedule]):
         x, y = batch
@@ -68,7 +70,9 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
         grads, _ = pullback(dout)
         rate = lr(ts.step) if callable(lr) else lr
         if donate:
-            grads = exclusive_grads(grads, (ts.params, ts.state, ts.opt_state, new_state, batch))
+            if not trusted:  # the model does not declare its gradients fresh: check them
+                grads = exclusive_grads(grads, (ts.params, ts.state, ts.opt_state, new_state,
+                                                batch))
             params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate,
                                                  donate_grads=True)
         else:

@@ -146,15 +146,18 @@ def _writeable_copy(t: Any) -> Any:
 
 def _scribble(layer: Layer, what: str, t: Any, others: Any) -> None:
     """Overwrite every array of ``t`` (declared fresh as ``what``) with NaN, after
-    checking it is writeable and shares no memory with ``others``."""
+    checking it is writeable and shares no memory with ``others`` or another array of ``t``."""
+    seen = []
     for a in tree.leaves(t):
         if not isinstance(a, np.ndarray):
             continue
-        if not a.flags.writeable or any(np.shares_memory(a, b) for b in tree.leaves(others)
+        if not a.flags.writeable or any(np.shares_memory(a, b) for b in tree.leaves(others) + seen
                                         if isinstance(b, np.ndarray)):
             raise ContractError(f"{layer.name}: declares {what!r} fresh, but it is read-only or "
                                 f"shares memory with the layer's inputs, params or an "
                                 f"earlier call's result")
+        seen.append(a)
+    for a in seen:
         a[...] = np.nan if a.dtype.kind == "f" else 0
 
 
@@ -176,6 +179,12 @@ def _check_donation(layer: Layer, params, state, x, key, dy, y, dparams, dx) -> 
         _, dx_f = pullback_f(dy)
         _scribble(layer, "dx", dx_f, (inputs, dx_first))
         same(pullback_f(dy), "overwriting the input gradient it declares fresh")
+    if "dparams" in layer.fresh:
+        _, _, pullback_f = layer.vjp(params, state, x, key=key)
+        dparams_first, _ = pullback_f(dy)
+        dparams_f, _ = pullback_f(dy)
+        _scribble(layer, "dparams", dparams_f, (inputs, dparams_first))
+        same(pullback_f(dy), "overwriting the parameter gradients it declares fresh")
     if accepts_keyword(layer.vjp, "x_donated"):
         y_d, _, pullback_d = call_vjp(layer, params, state, _writeable_copy(x), key,
                                       x_donated=True)

@@ -684,6 +684,6 @@ def test_activations_work_in_place_on_a_dense_output_and_keep_exact_gradients(ac
     x = read_only(np.array([[-2.0, 0.5, 3.0], [1.0, -1.0, 0.0]], np.float32))
     model.vjp(params, state, x, key=KEY)
     want = act().apply({}, {}, x + 1.0)
-    assert model.children[1][1].fresh == ("dx",)
+    assert model.children[1][1].fresh == ("dx", "dparams")
     np.testing.assert_allclose(log["y"], want, rtol=1e-6)   # the recorder's output, overwritten
     check_layer(serial(dense(5), act(), dense(3), act(), dense(2)), (4,))

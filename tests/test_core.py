@@ -119,7 +119,7 @@ def test_layers_are_immutable_named_tuples():
 
 def test_elementwise_layer_works_in_place_only_on_donated_arrays():
     layer = fl.relu()
-    assert layer.fresh == ("dx",)
+    assert layer.fresh == ("dx", "dparams")
     x = np.array([[-1.0, 2.0, -3.0]], np.float32)
     dy = np.array([[5.0, 6.0, 7.0]], np.float32)
     y, _, pb = call_vjp(layer, {}, {}, x, None)          # nothing donated: x and dy untouched

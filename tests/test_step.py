@@ -73,3 +73,26 @@ def test_donated_sgd_step_equals_the_pure_update():
     expected, _ = opt.update(ts.params, grads, {}, 0.1)          # the plain pure update
     assert fl.tree.all_equal(ts2.params, expected)
     assert fl.tree.all_equal(ts.params, params_before)             # old params untouched
+
+
+def test_make_step_trusts_only_models_that_declare_fresh_gradients(monkeypatch):
+    import fundl.step as step_module
+    calls = []
+    real = step_module.exclusive_grads
+    monkeypatch.setattr(step_module, "exclusive_grads", lambda g, keep: calls.append(1) or real(g, keep))
+    x = fl.random.normal(fl.random.key(1), (5, 3))
+    y = fl.random.normal(fl.random.key(2), (5, 2))
+    trusted = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
+    checked = fl.serial(fl.dense(4), fl.layer_norm(), fl.dense(2))   # layer_norm declares nothing
+    assert "dparams" in trusted.fresh and "dparams" not in checked.fresh
+    opt = fl.optim.sgd()
+    for model, expect_calls in ((trusted, 0), (checked, 1)):
+        calls.clear()
+        ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
+        params_before = fl.tree.map(np.copy, ts.params)
+        ts2, _ = fl.make_step(model, fl.losses.mse, opt)(ts, (x, y), 0.1)
+        assert len(calls) == expect_calls
+        out, _, pullback = model.vjp(ts.params, ts.state, x)
+        grads, _ = pullback(fl.losses.mse.value_and_grad(out, y)[1])
+        assert fl.tree.all_equal(ts2.params, opt.update(ts.params, grads, {}, 0.1)[0])
+        assert fl.tree.all_equal(ts.params, params_before)

@@ -129,3 +129,37 @@ def test_check_layer_catches_a_donation_path_that_changes_results():
 
     with pytest.raises(ContractError, match="dy_donated"):
         check_layer(stateless_layer("bad", init, lambda p, x: 2.0 * x, vjp), (3,), gradcheck=False)
+
+
+def _scaled(fresh, grad_is_param=False, shared=False):
+    """y = a * x + c with params a, c of shape (in,); dparams may lie about being fresh
+    (``shared`` gives a wrong gradient for c too: only the fresh check runs on it)."""
+    def init(key, in_shape):
+        return {"a": np.ones(in_shape, np.float32), "c": np.zeros(in_shape, np.float32)}, in_shape
+
+    def apply(p, x):
+        return p["a"] * x + p["c"]
+
+    def vjp(p, x):
+        def pullback(dy):
+            da = (dy * x).sum(0)
+            if grad_is_param:
+                return {"a": da, "c": p["c"]}, dy * p["a"]   # "gradient" aliases a param
+            dc = dy.sum(0)
+            if shared:                                        # one array for both gradients
+                return {"a": da, "c": da}, dy * p["a"]
+            return {"a": da, "c": dc}, dy * p["a"]
+        return apply(p, x), pullback
+
+    return stateless_layer("scaled", init, apply, vjp, fresh=fresh)
+
+
+def test_check_layer_accepts_honest_fresh_dparams():
+    check_layer(_scaled(fresh=("dparams",)), (3,))
+
+
+def test_check_layer_catches_fresh_dparams_that_alias_a_param_or_each_other():
+    with pytest.raises(ContractError, match="declares 'dparams' fresh"):
+        check_layer(_scaled(fresh=("dparams",), grad_is_param=True), (3,), gradcheck=False)
+    with pytest.raises(ContractError, match="declares 'dparams' fresh"):
+        check_layer(_scaled(fresh=("dparams",), shared=True), (3,), gradcheck=False)

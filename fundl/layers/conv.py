@@ -289,9 +289,9 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
 
         return y, pullback
 
-    # y and dx are new arrays the pullback does not keep (it keeps cols): serial may
-    # donate them.
-    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx"))
+    # y, dx and the gradients are new arrays nobody keeps (the pullback keeps cols):
+    # they may be donated.
+    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx", "dparams"))
 
 
 def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,

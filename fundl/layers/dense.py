@@ -77,5 +77,5 @@ def dense(features: int, *, use_bias: bool = True,
 
         return y, pullback
 
-    # y and dx are new arrays the pullback does not keep: serial may donate them.
-    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx"))
+    # y, dx and the gradients are new arrays nobody keeps: they may be donated.
+    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx", "dparams"))

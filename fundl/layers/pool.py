@@ -217,7 +217,7 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
 
     # Both pullbacks return a new dx; the average pool's output is its own too (a max
     # pool's pullback keeps its output to find the winners).
-    return stateless_layer(name, init, apply, vjp, fresh=("dx",) if is_max else ("y", "dx"))
+    return stateless_layer(name, init, apply, vjp, fresh=("dx", "dparams") if is_max else ("y", "dx", "dparams"))
 
 
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
@@ -312,4 +312,4 @@ def global_avg_pool() -> Layer:
 
         return y, pullback
 
-    return stateless_layer("global_avg_pool", init, apply, vjp, fresh=("y", "dx"))
+    return stateless_layer("global_avg_pool", init, apply, vjp, fresh=("y", "dx", "dparams"))
