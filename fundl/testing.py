@@ -173,18 +173,12 @@ def _check_donation(layer: Layer, params, state, x, key, dy, y, dparams, dx) -> 
         y_f, _, pullback_f = layer.vjp(params, state, x, key=key)
         _scribble(layer, "y", y_f, (inputs, y))
         same(pullback_f(dy), "overwriting the output it declares fresh")
-    if "dx" in layer.fresh:
-        _, _, pullback_f = layer.vjp(params, state, x, key=key)
-        _, dx_first = pullback_f(dy)
-        _, dx_f = pullback_f(dy)
-        _scribble(layer, "dx", dx_f, (inputs, dx_first))
-        same(pullback_f(dy), "overwriting the input gradient it declares fresh")
-    if "dparams" in layer.fresh:
-        _, _, pullback_f = layer.vjp(params, state, x, key=key)
-        dparams_first, _ = pullback_f(dy)
-        dparams_f, _ = pullback_f(dy)
-        _scribble(layer, "dparams", dparams_f, (inputs, dparams_first))
-        same(pullback_f(dy), "overwriting the parameter gradients it declares fresh")
+    for what, index, words in (("dparams", 0, "parameter gradients"), ("dx", 1, "input gradient")):
+        if what in layer.fresh:  # nobody else holds it: not the inputs, not an earlier call's
+            _, _, pullback_f = layer.vjp(params, state, x, key=key)
+            first = pullback_f(dy)[index]
+            _scribble(layer, what, pullback_f(dy)[index], (inputs, first))
+            same(pullback_f(dy), f"overwriting the {words} it declares fresh")
     if accepts_keyword(layer.vjp, "x_donated"):
         y_d, _, pullback_d = call_vjp(layer, params, state, _writeable_copy(x), key,
                                       x_donated=True)
