@@ -136,14 +136,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         return params, state, shape
 
     def apply(params, state, x, *, key=None, train=False):
-        for (k, layer), sub in zip(pairs, split_key(None if keyless else key, n)):
+        for (k, layer), sub in zip(pairs, split_key(key, n, keyless)):
             x = apply_child(k, layer, params[k], state[k], x, sub, train)
         return x
 
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
         pullbacks = []
         new_state: Dict[str, Any] = {}
-        for i, ((k, layer), sub) in enumerate(zip(pairs, split_key(None if keyless else key, n))):
+        for i, ((k, layer), sub) in enumerate(zip(pairs, split_key(key, n, keyless))):
             x, new_state[k], pb = vjp_child(
                 k, layer, params[k], state[k], x, sub, need_dx=need_dx or i > 0,
                 x_donated=x_gift[i] or (i == 0 and x_donated),
@@ -203,7 +203,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         xs = split_inputs(x)
         ys = []
-        for (k, layer), sub, xi in zip(pairs, split_key(None if keyless else key, n), xs):
+        for (k, layer), sub, xi in zip(pairs, split_key(key, n, keyless), xs):
             ys.append(apply_child(k, layer, params[k], state[k], xi, sub, train))
         return tuple(ys)
 
@@ -211,7 +211,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
         xs = split_inputs(x)
         ys, pullbacks = [], []
         new_state: Dict[str, Any] = {}
-        for (k, layer), sub, xi in zip(pairs, split_key(None if keyless else key, n), xs):
+        for (k, layer), sub, xi in zip(pairs, split_key(key, n, keyless), xs):
             yi, new_state[k], pb = vjp_child(k, layer, params[k], state[k], xi, sub,
                                              need_dx=need_dx)
             ys.append(yi)
@@ -414,8 +414,8 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
         return np.add(x, b)  # a new array: never write into the branch's output
 
     def apply(params, state, x, *, key=None, train=False):
-        b = apply_child(k, layer, params[k], state[k], x,
-                        None if layer.keyless else split_key(key, 1)[0], train)
+        b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1, layer.keyless)[0],
+                        train)
         try:
             return add(x, b)
         except LayerError as err:
@@ -423,8 +423,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
 
     def vjp(params, state, x, *, key=None, need_dx=True):
         b, new_state, pb = vjp_child(k, layer, params[k], state[k], x,
-                                     None if layer.keyless else split_key(key, 1)[0],
-                                     need_dx=need_dx)
+                                     split_key(key, 1, layer.keyless)[0], need_dx=need_dx)
         try:
             y = add(x, b)
         except LayerError as err:

@@ -179,10 +179,10 @@ def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None
 
 # --- running children (for combinators) ------------------------------------------
 
-def split_key(key: Any, n: int) -> Tuple[Any, ...]:
-    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference,
-    or children that are all :attr:`Layer.keyless`)."""
-    return (None,) * n if key is None else random.split(key, n)
+def split_key(key: Any, n: int, keyless: bool = False) -> Tuple[Any, ...]:
+    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference)
+    or ``keyless`` (the children are all :attr:`Layer.keyless`: nothing to split)."""
+    return (None,) * n if key is None or keyless else random.split(key, n)
 
 
 def init_child(child_key: str, layer: Layer, key: Any, in_shape: Any) -> Tuple[Params, State, Any]:

@@ -467,7 +467,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     def apply(params, state, x, *, key=None, train=False):
         check(x)
         outs = []
-        for (k, layer), sub, inp in zip(children, split_key(None if keyless else key, 2),
+        for (k, layer), sub, inp in zip(children, split_key(key, 2, keyless),
                                         (x, reversed_input(x))):
             outs.append(apply_child(k, layer, params[k], state[k], inp, sub, train))
         return combine(outs[0], reverse_time(outs[1]))
@@ -475,7 +475,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     def vjp(params, state, x, *, key=None, need_dx=True):
         check(x)
         outs, new_state, pullbacks = [], {}, []
-        for (k, layer), sub, inp in zip(children, split_key(None if keyless else key, 2),
+        for (k, layer), sub, inp in zip(children, split_key(key, 2, keyless),
                                         (x, reversed_input(x))):
             y, new_state[k], pb = vjp_child(k, layer, params[k], state[k], inp, sub,
                                             need_dx=need_dx)
