@@ -33,8 +33,6 @@ import numpy as np
 
 import fundl
 from fundl.core import Layer, elementwise_layer, stateless_layer
-from fundl.layers.activations import relu
-from fundl.layers.dense import dense
 
 from .reference import CNNReference, MLPReference, _maxpool2, _maxpool2_backward
 from .run import measure_workload
@@ -66,21 +64,6 @@ def max_pool2_all_ties() -> Layer:
     return stateless_layer("max_pool2d", init, apply, vjp, fresh=("dx",))  # as fundl's pool
 
 
-def cnn_with(relu_layer=relu, pool=lambda: fundl.max_pool2d(2)) -> Layer:
-    """The benchmark CNN with the given ReLU and pool layers."""
-    return fundl.serial(fundl.conv2d(32, 3, padding="same"), relu_layer(), pool(),
-                        fundl.conv2d(64, 3, padding="same"), relu_layer(), pool(),
-                        fundl.flatten(), dense(10))
-
-
-def mlp_with(relu_layer=relu, sizes=(512, 512, 10)) -> Layer:
-    """An MLP of ``sizes`` with ReLU between the dense layers."""
-    layers: List[Layer] = []
-    for i, size in enumerate(sizes):
-        layers += [dense(size)] + ([relu_layer()] if i < len(sizes) - 1 else [])
-    return fundl.serial(*layers)
-
-
 # --- variants ----------------------------------------------------------------------
 
 class Variants:
@@ -103,15 +86,15 @@ class Variants:
 def cases(mlp_batches) -> List[Any]:
     out = [("cnn 64", Variants((28, 28, 1), 64, {
         "fundl": cnn_model,
-        "without donation": lambda: cnn_with(relu_layer=relu_not_donated),
-        "+ all-ties pool": lambda: cnn_with(pool=max_pool2_all_ties),
+        "without donation": lambda: cnn_model(relu_layer=relu_not_donated),
+        "+ all-ties pool": lambda: cnn_model(pool=max_pool2_all_ties),
     }, CNNReference))]
     for b in mlp_batches:
         out.append((f"mlp {b}", Variants((784,), b, {
             "fundl": mlp_model,
-            "without donation": lambda: mlp_with(relu_not_donated),
+            "without donation": lambda: mlp_model(relu_not_donated),
         }, MLPReference)))
-    out.append(("tiny mlp 2", Variants((8,), 2, {"fundl": lambda: mlp_with(sizes=(8, 8, 10))},
+    out.append(("tiny mlp 2", Variants((8,), 2, {"fundl": lambda: mlp_model(sizes=(8, 8, 10))},
                                        MLPReference)))
     return out
 

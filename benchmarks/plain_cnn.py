@@ -18,11 +18,7 @@ from numpy.lib.stride_tricks import as_strided
 
 import fundl as fl
 
-
-def model() -> fl.Layer:
-    return fl.serial(fl.conv2d(32, 3, padding="same"), fl.relu(), fl.max_pool2d(2),
-                     fl.conv2d(64, 3, padding="same"), fl.relu(), fl.max_pool2d(2),
-                     fl.flatten(), fl.dense(10))
+from .workloads import cnn_model
 
 
 def im2col(x: np.ndarray, k: int) -> np.ndarray:
@@ -81,7 +77,7 @@ def step(P: Dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray, lr: float)
 
 
 def setup(batch: int = 64):
-    net = model()
+    net = cnn_model()
     opt = fl.optim.sgd()
     ts = fl.TrainState.create(fl.random.key(0), net, opt, in_shape=(28, 28, 1))
     x = fl.random.normal(fl.random.key(1), (batch, 28, 28, 1))

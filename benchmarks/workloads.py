@@ -38,9 +38,12 @@ def make_batch(seed: int, n: int, in_shape: Tuple[int, ...], classes: int = 10):
 
 # --- models -----------------------------------------------------------------
 
-def mlp_model() -> Layer:
-    """784-512-512-10 with ReLU."""
-    return fundl.serial(dense(512), relu(), dense(512), relu(), dense(10))
+def mlp_model(relu_layer: Callable[[], Layer] = relu, sizes=(512, 512, 10)) -> Layer:
+    """784-512-512-10 with ReLU (``benchmarks.gap`` varies the ReLU and the sizes)."""
+    layers: List[Layer] = []
+    for i, size in enumerate(sizes):
+        layers += [dense(size)] + ([relu_layer()] if i < len(sizes) - 1 else [])
+    return fundl.serial(*layers)
 
 
 def cnn_missing_reason() -> Optional[str]:
@@ -76,12 +79,15 @@ def _flatten() -> Layer:
     return stateless_layer("flatten", init, apply, vjp)
 
 
-def cnn_model() -> Layer:
-    """conv 3x3 32 same, relu, max-pool 2, conv 3x3 64 same, relu, max-pool 2, flatten, dense 10."""
+def cnn_model(relu_layer: Callable[[], Layer] = relu,
+              pool: Optional[Callable[[], Layer]] = None) -> Layer:
+    """conv 3x3 32 same, relu, max-pool 2, conv 3x3 64 same, relu, max-pool 2, flatten, dense 10
+    (``benchmarks.gap`` varies the ReLU and the pool)."""
     from fundl.layers.conv import conv2d
     from fundl.layers.pool import max_pool2d
-    return fundl.serial(conv2d(32, (3, 3), padding="same"), relu(), max_pool2d(2),
-                        conv2d(64, (3, 3), padding="same"), relu(), max_pool2d(2),
+    pool = pool or (lambda: max_pool2d(2))
+    return fundl.serial(conv2d(32, (3, 3), padding="same"), relu_layer(), pool(),
+                        conv2d(64, (3, 3), padding="same"), relu_layer(), pool(),
                         _flatten(), dense(10))
 
 
