@@ -207,15 +207,15 @@ def _describe_spec(spec: Dict[str, Any]) -> str:
 
 
 def _describe_like(node: Any) -> str:
-    """A template node, in words."""
-    kind = _kind_of(node)
-    if kind == "dict":
-        return f"a dict with keys {sorted(map(str, node))}"
-    if kind in ("tuple", "list"):
-        return f"a {kind} of length {len(node)}"
-    if kind == "namedtuple":
-        return f"named tuple {type(node).__name__} with fields {list(node._fields)}"
-    return {"none": "None", "array": "an array", "scalar": "a numpy scalar"}.get(kind, _article(kind))
+    """A template node, in words (the words of :func:`_describe_spec`)."""
+    spec: Dict[str, Any] = {"t": _kind_of(node)}
+    if spec["t"] == "dict":
+        spec["keys"] = list(map(str, node))
+    elif spec["t"] in ("tuple", "list"):
+        spec["items"] = node
+    elif spec["t"] == "namedtuple":
+        spec["type"], spec["fields"] = type(node).__name__, list(node._fields)
+    return _describe_spec(spec)
 
 
 class _Decoder:
