@@ -618,7 +618,8 @@ def test_serial_donates_only_what_a_layer_declares_fresh(fresh):
     x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
     dy = read_only(np.array([[1.0, 2.0, 3.0]], np.float32))
     # forward: rec's output goes to relu; backward: rec's dx goes to relu's pullback
-    model = serial(_recorder(fresh, log), relu(), _recorder(fresh, {}), relu(), _recorder(fresh, log))
+    model = serial(_recorder(fresh, log), relu(), _recorder(fresh, {}), relu(),
+                   _recorder(fresh, log))
     params, state, _ = model.init(KEY, (3,))
     y, _, pullback = model.vjp(params, state, x, key=KEY)
     grads, dx = pullback(dy)

@@ -289,7 +289,8 @@ def test_errors():
     _raises(lambda: avg_pool2d(2, stride=(1, 0)), "avg_pool2d", "stride")
 
 
-@pytest.mark.parametrize("window, stride, padding", [(3, 1, "same"), (2, 2, 1), (3, 2, ((1, 0), (0, 1)))])
+@pytest.mark.parametrize("window, stride, padding",
+                         [(3, 1, "same"), (2, 2, 1), (3, 2, ((1, 0), (0, 1)))])
 def test_max_pool_all_minus_inf_window_sends_its_gradient_to_a_real_cell(window, stride, padding):
     x = np.full((1, 4, 4, 2), -np.inf)
     x[0, 0, 0, 0] = 1.0  # one finite cell: other windows are all -inf (ties with the padding)

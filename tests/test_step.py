@@ -79,7 +79,8 @@ def test_make_step_trusts_only_models_that_declare_fresh_gradients(monkeypatch):
     import fundl.step as step_module
     calls = []
     real = step_module.exclusive_grads
-    monkeypatch.setattr(step_module, "exclusive_grads", lambda g, keep: calls.append(1) or real(g, keep))
+    monkeypatch.setattr(step_module, "exclusive_grads",
+                        lambda g, keep: calls.append(1) or real(g, keep))
     x = fl.random.normal(fl.random.key(1), (5, 3))
     y = fl.random.normal(fl.random.key(2), (5, 2))
     trusted = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))

@@ -12,11 +12,12 @@ Ties in max pooling: the whole gradient of a window goes to exactly one cell,
 the first maximum in row-major window order (the one ``argmax`` of the
 flattened window would pick; a window with a NaN has output NaN and its first
 NaN gets the gradient, as ``argmax`` does).  Padded cells of a max pool are
-``-inf`` and never win, even against real cells that are ``-inf`` too.  The forward is only the maxima of the offset views; the pullback
-finds the winners from the kept input and output (compare, then keep the first
-True per window: a few bool ops on output-sized arrays, skipped when one count
-shows that no window has a tie), which was faster per training step than
-tracking the winning offset in the forward.
+``-inf`` and never win, even against real cells that are ``-inf`` too.  The
+forward is only the maxima of the offset views; the pullback finds the winners
+from the kept input and output (compare, then keep the first True per window: a
+few bool ops on output-sized arrays, skipped when one count shows that no window
+has a tie), which was faster per training step than tracking the winning offset
+in the forward.
 Average pooling counts only real cells: with padding, a window near the border
 is averaged over the cells it covers inside the input (PyTorch's
 ``count_include_pad=False``, TensorFlow's ``"SAME"`` average pool).
@@ -217,7 +218,8 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
 
     # Both pullbacks return a new dx; the average pool's output is its own too (a max
     # pool's pullback keeps its output to find the winners).
-    return stateless_layer(name, init, apply, vjp, fresh=("dx", "dparams") if is_max else ("y", "dx", "dparams"))
+    fresh = ("dx", "dparams") if is_max else ("y", "dx", "dparams")
+    return stateless_layer(name, init, apply, vjp, fresh=fresh)
 
 
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
