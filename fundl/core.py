@@ -167,14 +167,25 @@ def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None
     that accept it."""
     if need_dx and not x_donated and not dy_donated:  # the common case
         return layer.vjp(params, state, x, key=key)
-    hints = {}
-    if not need_dx and accepts_keyword(layer.vjp, "need_dx"):
-        hints["need_dx"] = False
-    if x_donated and accepts_keyword(layer.vjp, "x_donated"):
-        hints["x_donated"] = True
-    if dy_donated and accepts_keyword(layer.vjp, "dy_donated"):
-        hints["dy_donated"] = True
+    hints = vjp_hints(hints_taken(layer.vjp), need_dx, x_donated, dy_donated)
     return layer.vjp(params, state, x, key=key, **hints)
+
+
+@functools.lru_cache(maxsize=None)
+def hints_taken(vjp: Callable) -> frozenset:
+    """Which of the hints ``need_dx``, ``x_donated``, ``dy_donated`` ``vjp`` accepts."""
+    return frozenset(h for h in ("need_dx", "x_donated", "dy_donated") if accepts_keyword(vjp, h))
+
+
+def vjp_hints(taken: frozenset, need_dx: bool, x_donated: bool, dy_donated: bool) -> dict:
+    """The keyword hints for a ``vjp`` that accepts ``taken``: ``need_dx`` as given,
+    the donations only when made."""
+    hints = {"need_dx": need_dx} if "need_dx" in taken else {}
+    if x_donated and "x_donated" in taken:
+        hints["x_donated"] = True
+    if dy_donated and "dy_donated" in taken:
+        hints["dy_donated"] = True
+    return hints
 
 
 # --- running children (for combinators) ------------------------------------------
@@ -272,9 +283,7 @@ def stateless_layer(
     if not set(fresh) <= {"y", "dx", "dparams"}:
         raise ValueError(f"{name}: fresh may name only 'y', 'dx' and 'dparams', "
                          f"got {tuple(fresh)!r}")
-    takes_need_dx = accepts_keyword(vjp, "need_dx")
-    takes_x_donated = accepts_keyword(vjp, "x_donated")
-    takes_dy_donated = accepts_keyword(vjp, "dy_donated")
+    taken = hints_taken(vjp)
 
     def layer_init(key, in_shape):
         try:
@@ -291,13 +300,8 @@ def stateless_layer(
 
     def layer_vjp(params, state, x, *, key=None, need_dx=True, x_donated=False,
                   dy_donated=False):
-        hints = {"need_dx": need_dx} if takes_need_dx else {}
-        if x_donated and takes_x_donated:
-            hints["x_donated"] = True
-        if dy_donated and takes_dy_donated:
-            hints["dy_donated"] = True
         try:
-            y, pullback = vjp(params, x, **hints)
+            y, pullback = vjp(params, x, **vjp_hints(taken, need_dx, x_donated, dy_donated))
         except LayerError as err:
             raise err.named(name) from None
         return y, state, pullback
