@@ -162,9 +162,8 @@ def accepts_keyword(fn: Callable, name: str) -> bool:
 def call_vjp(layer: Layer, params: Params, state: State, x: Any, key: Any = None,
              need_dx: bool = True, x_donated: bool = False,
              dy_donated: bool = False) -> Tuple[Any, State, Pullback]:
-    """Run ``layer.vjp``, passing each hint that differs from its default
-    (``need_dx=False``, ``x_donated=True``, ``dy_donated=True``) only to layers
-    that accept it."""
+    """Run ``layer.vjp`` with the hints it accepts (:func:`vjp_hints`); with every
+    hint at its default (``need_dx=True``, no donation) it is called without any."""
     if need_dx and not x_donated and not dy_donated:  # the common case
         return layer.vjp(params, state, x, key=key)
     hints = vjp_hints(hints_taken(layer.vjp), need_dx, x_donated, dy_donated)
