@@ -688,3 +688,22 @@ def test_activations_work_in_place_on_a_dense_output_and_keep_exact_gradients(ac
     assert model.children[1][1].fresh == ("dx", "dparams")
     np.testing.assert_allclose(log["y"], want, rtol=1e-6)   # the recorder's output, overwritten
     check_layer(serial(dense(5), act(), dense(3), act(), dense(2)), (4,))
+
+
+@pytest.mark.parametrize("act", [relu, tanh, sigmoid])
+@pytest.mark.parametrize("in_shape", [(4,), (3, 5)])
+def test_donating_dense_chains_pass_the_float64_gradient_check(act, in_shape):
+    # every activation here runs in place on the dense output and (relu) on the dense dx
+    check_layer(serial(dense(6), act(), dense(5), act(), dense(2)), in_shape)
+
+
+@pytest.mark.parametrize("in_shape, pool", [((6, 6, 2), 2), ((5, 7, 1), 3)])
+def test_donating_conv_pool_chains_pass_the_float64_gradient_check(in_shape, pool):
+    from fundl.layers.conv import conv2d
+    from fundl.layers.pool import avg_pool2d, max_pool2d
+    from fundl.layers.reshape import flatten
+    for pooling in (max_pool2d(pool, padding="same"), avg_pool2d(2)):
+        model = serial(conv2d(3, 3, padding="same"), relu(), pooling, conv2d(4, 2), relu(),
+                       flatten(), dense(2))
+        assert model.children[1][1].fresh and "y" in model.children[0][1].fresh
+        check_layer(model, in_shape)
