@@ -159,8 +159,12 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
                     if np.count_nonzero(hit) > y.size:  # some window has tied maxima
                         _first_true([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])
                     dx = np.empty(x4_shape, dy.dtype)
-                    np.multiply(hit, dy4[:, :, None, :, None, :],
-                                out=dx.reshape(n, oh, kh, ow, kw, c))
+                    dx6 = dx.reshape(n, oh, kh, ow, kw, c)
+                    # Broadcast dy, then multiply by the mask in place: both passes are
+                    # contiguous (multiplying the bool mask by the broadcast dy in one
+                    # go casts in small buffers and was ~20% slower).
+                    dx6[...] = dy4[:, :, None, :, None, :]
+                    dx6 *= hit
                     return {}, dx.reshape(x_shape)
                 hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y, y_has_nan)
                         for _, di, dj in offs]
