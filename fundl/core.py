@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, NamedTuple, Tuple
+from typing import Any, Callable, FrozenSet, NamedTuple, Tuple
 
 import numpy as np
 
@@ -114,6 +114,10 @@ class Layer(NamedTuple):
     ``keyless`` says the layer never uses its ``key`` (every layer built with
     :func:`stateless_layer`); combinators whose children are all keyless give
     them ``key=None`` instead of splitting keys at every step.
+    ``traits`` states facts about the layer's function that let a combinator
+    run it differently with exactly the same results: ``"relu"`` (the
+    elementwise ``max(x, 0)``, gradient 0 where ``x <= 0``) and ``"max_pool"``
+    (a max over windows within each channel); see :func:`fundl.serial`.
     """
 
     init: Callable[..., Tuple[Params, State, Any]]
@@ -123,6 +127,7 @@ class Layer(NamedTuple):
     children: Tuple[Tuple[str, "Layer"], ...] = ()
     fresh: Tuple[str, ...] = ()
     keyless: bool = False
+    traits: FrozenSet[str] = frozenset()
 
 
 def as_shape(shape: Any) -> Shape:

@@ -7,11 +7,13 @@ import pytest
 
 from fundl import random, tree
 from fundl.combinators import (child_keys, fan_in_concat, fan_in_sum, fan_out, identity,
-                               parallel, residual, serial)
+                               parallel, residual, run_order, serial)
 from fundl.core import Layer, LayerError, call_vjp, stateless_layer
 from fundl.gradcheck import GradCheckError, check_vjp
 from fundl.layers.activations import relu, sigmoid, tanh
+from fundl.layers.conv import conv2d
 from fundl.layers.dense import dense
+from fundl.layers.pool import avg_pool2d, max_pool1d, max_pool2d
 from fundl.losses import mse
 from fundl.optim import sgd
 from fundl.testing import check_layer, read_only
@@ -699,11 +701,98 @@ def test_donating_dense_chains_pass_the_float64_gradient_check(act, in_shape):
 
 @pytest.mark.parametrize("in_shape, pool", [((6, 6, 2), 2), ((5, 7, 1), 3)])
 def test_donating_conv_pool_chains_pass_the_float64_gradient_check(in_shape, pool):
-    from fundl.layers.conv import conv2d
-    from fundl.layers.pool import avg_pool2d, max_pool2d
     from fundl.layers.reshape import flatten
     for pooling in (max_pool2d(pool, padding="same"), avg_pool2d(2)):
         model = serial(conv2d(3, 3, padding="same"), relu(), pooling, conv2d(4, 2), relu(),
                        flatten(), dense(2))
         assert model.children[1][1].fresh and "y" in model.children[0][1].fresh
         check_layer(model, in_shape)
+
+
+# --- serial runs a ReLU after the max pool that follows it -------------------------------
+
+def test_run_order_moves_each_relu_after_the_max_pool_that_follows_it():
+    layers = [dense(2), relu(), max_pool2d(2), relu(), relu(), max_pool1d(2), max_pool2d(2),
+              relu(), avg_pool2d(2), tanh(), max_pool2d(2)]
+    assert run_order(layers) == [0, 2, 1, 3, 5, 4, 6, 7, 8, 9, 10]
+    assert run_order([relu(), max_pool2d(2)]) == [1, 0]
+    assert run_order([max_pool2d(2), relu()]) == [0, 1]
+
+
+def _in_written_order(layers, params, x, dy):
+    """``serial(*layers)``'s y, grads and dx computed child by child as written (no donation)."""
+    pullbacks = []
+    for k, layer in zip(child_keys(layers), layers):
+        x, _, pb = call_vjp(layer, params[k], {}, x)
+        pullbacks.append((k, pb))
+    grads = {}
+    for k, pb in reversed(pullbacks):
+        grads[k], dy = pb(dy)
+    return x, {k: grads[k] for k, _ in pullbacks}, dy
+
+
+def _int_valued(shape, seed, dtype, low=-2, high=3):
+    """Small integers as floats: many ties, zeros and negative windows."""
+    return random.randint(random.key(seed), shape, low, high).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("build, in_shape", [
+    (lambda: [relu(), max_pool2d(2)], (4, 6, 3)),
+    (lambda: [relu(), max_pool2d(3, stride=1, padding="same")], (5, 4, 2)),
+    (lambda: [relu(), max_pool1d(2, padding="same")], (7, 3)),
+    (lambda: [conv2d(3, 2, padding="same"), relu(), max_pool2d(2), relu(),
+              max_pool2d(2, padding="same")], (6, 6, 2)),
+])
+def test_relu_then_max_pool_gives_exactly_the_results_of_the_written_order(build, in_shape, dtype):
+    layers = build()
+    model = serial(*layers)
+    params, state, out_shape = model.init(KEY, in_shape)
+    params = tree.map(lambda a: _int_valued(a.shape, 7, dtype, -1, 2), params)  # integer weights
+    x = read_only(_int_valued((5,) + in_shape, 3, dtype))
+    dy = read_only(_int_valued((5,) + out_shape, 4, dtype, -3, 4))
+    want_y, want_grads, want_dx = _in_written_order(layers, params, x, dy)
+    y, _, pullback = model.vjp(params, state, x)
+    grads, dx = pullback(dy)
+    assert y.dtype == dx.dtype == dtype
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    assert list(grads) == list(want_grads)
+    for a, b in zip(tree.leaves(grads), tree.leaves(want_grads)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(model.apply(params, state, x), want_y)
+    assert np.count_nonzero(want_dx) > 0 and np.count_nonzero(want_y == 0) > 0  # ties were there
+
+
+def test_a_max_pool_after_a_relu_sees_the_relus_input_and_errors_still_name_the_relu():
+    seen = []
+    pool = max_pool2d(2)
+
+    def spy_vjp(params, state, x, **kw):
+        seen.append(x)
+        return pool.vjp(params, state, x, **kw)
+
+    model = serial(dense(4), relu(), pool._replace(vjp=spy_vjp))
+    params, state, _ = model.init(KEY, (2, 2, 3))
+    x = _x((3, 2, 2, 3))
+    y, _, _ = model.vjp(params, state, x)
+    assert seen[0].min() < 0                       # the pool got the dense output, before the relu
+    assert y.shape == (3, 1, 1, 4) and y.min() >= 0
+
+    pair = serial(relu(), max_pool2d(2))
+    params, state, _ = pair.init(KEY, (2, 2, 3))
+    for bad in (x.astype(np.int64), x.astype(np.int64)[:, 0]):   # the relu objects first
+        with pytest.raises(LayerError, match=r"layer 'relu_0' \(relu\): .*floating-point"):
+            pair.apply(params, state, bad)
+        with pytest.raises(LayerError, match=r"layer 'relu_0' \(relu\): .*floating-point"):
+            pair.vjp(params, state, bad)
+    with pytest.raises(LayerError, match=r"layer 'max_pool2d_1' \(max_pool2d\): .*rank 4"):
+        pair.apply(params, state, x[:, 0])
+
+
+@pytest.mark.parametrize("in_shape", [(6, 6, 2), (5, 7, 1)])
+def test_conv_relu_max_pool_models_pass_check_layer(in_shape):
+    from fundl.layers.reshape import flatten
+    model = serial(relu(), max_pool2d(2, padding="same"), conv2d(3, 3, padding="same"), relu(),
+                   max_pool2d(2, padding="same"), flatten(), dense(2))
+    check_layer(model, in_shape)

@@ -108,7 +108,9 @@ def test_layers_are_immutable_named_tuples():
     layer = fl.dense(3)
     with pytest.raises(AttributeError):
         layer.name = "other"
-    assert layer._fields == ("init", "apply", "vjp", "name", "children", "fresh", "keyless")
+    assert layer._fields == ("init", "apply", "vjp", "name", "children", "fresh", "keyless",
+                             "traits")
+    assert layer.traits == frozenset() and fl.relu().traits == {"relu"}
     assert layer.children == ()
     model = fl.serial(fl.dense(3), fl.relu())
     assert [k for k, _ in model.children] == ["dense_0", "relu_1"]

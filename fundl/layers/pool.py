@@ -223,7 +223,8 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
     # Both pullbacks return a new dx; the average pool's output is its own too (a max
     # pool's pullback keeps its output to find the winners).
     fresh = ("dx", "dparams") if is_max else ("y", "dx", "dparams")
-    return stateless_layer(name, init, apply, vjp, fresh=fresh)
+    layer = stateless_layer(name, init, apply, vjp, fresh=fresh)
+    return layer._replace(traits=frozenset({"max_pool"})) if is_max else layer
 
 
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
