@@ -8,12 +8,11 @@ take shortcuts that fundl's independent, pure layers cannot or need help for:
   writes into an array it is given, except one that ``serial`` donates to it
   (``Layer.fresh``, see :mod:`fundl.core`); the row "without donation" shows
   what that buys.
-- **all-ties max-pool backward**: it sends the gradient to every tied maximum
-  of a window.  That is right there only because a ReLU precedes the pool and
-  zeroes tied (all-zero) windows; a general max pool must give each window's
-  gradient to exactly one cell, and finding that cell costs a few extra passes.
-  The row "+ all-ties pool" swaps the reference's pool into fundl's model (a
-  layer defined below that is wrong for a standalone pool: never use it).
+- **ReLU after the max pool**: ``relu(max(x)) == max(relu(x))``, so both the
+  reference and fundl's ``serial`` (see :func:`fundl.combinators.run_order`) run
+  a ReLU that precedes a max pool after it, on the 4x smaller pooled array; the
+  pool then sees the conv output, which has no ties at 0 to break.  The row
+  "ReLU before pool" runs the layers as written, which is what fundl did before.
 
 The rows are timed interleaved, with the reference; the last case, a tiny
 8-8-8-10 MLP at batch 2, where the arithmetic is negligible, shows the per-step
@@ -32,9 +31,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 import fundl
-from fundl.core import Layer, elementwise_layer, stateless_layer
+from fundl.core import Layer, elementwise_layer
+from fundl.layers.activations import relu
 
-from .reference import CNNReference, MLPReference, _maxpool2, _maxpool2_backward
+from .reference import CNNReference, MLPReference
 from .run import measure_workload
 from .workloads import FundlImpl, RefImpl, cnn_model, make_batch, mlp_model
 
@@ -43,25 +43,15 @@ from .workloads import FundlImpl, RefImpl, cnn_model, make_batch, mlp_model
 
 def relu_not_donated() -> Layer:
     """fundl's ReLU without the ``out=`` support that lets ``serial`` donate to it."""
-    return elementwise_layer("relu", lambda x: np.maximum(x, 0),
-                             lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",))
+    layer = elementwise_layer("relu", lambda x: np.maximum(x, 0),
+                              lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",))
+    return layer._replace(traits=frozenset({"relu"}))  # still runs after a max pool
 
 
-def max_pool2_all_ties() -> Layer:
-    """2x2 max pool with the reference's all-tied-maxima backward (wrong on positive ties)."""
-
-    def init(key, in_shape):
-        h, w, c = in_shape
-        return {}, (h // 2, w // 2, c)
-
-    def apply(params, x):
-        return _maxpool2(x)
-
-    def vjp(params, x, need_dx=True):
-        y = _maxpool2(x)
-        return y, lambda dy: ({}, _maxpool2_backward(x, y, dy))
-
-    return stateless_layer("max_pool2d", init, apply, vjp, fresh=("dx",))  # as fundl's pool
+def relu_kept_before_pool() -> Layer:
+    """fundl's ReLU without its ``"relu"`` trait: ``serial`` then runs it before the max
+    pool that follows it, as written, instead of after it."""
+    return relu()._replace(traits=frozenset())
 
 
 # --- variants ----------------------------------------------------------------------
@@ -87,7 +77,7 @@ def cases(mlp_batches) -> List[Any]:
     out = [("cnn 64", Variants((28, 28, 1), 64, {
         "fundl": cnn_model,
         "without donation": lambda: cnn_model(relu_layer=relu_not_donated),
-        "+ all-ties pool": lambda: cnn_model(pool=max_pool2_all_ties),
+        "ReLU before pool": lambda: cnn_model(relu_layer=relu_kept_before_pool),
     }, CNNReference))]
     for b in mlp_batches:
         out.append((f"mlp {b}", Variants((784,), b, {

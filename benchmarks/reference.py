@@ -13,7 +13,9 @@ gradient, bias gradients are a BLAS gemv (``ones @ dy``), the SGD update scales
 the gradient in place and subtracts it from the weights in place, convolutions
 are im2col + one sgemm (a loop over the 9 kernel offsets only) and their input
 gradient is one small sgemm per kernel offset into a reused buffer, max-pooling
-takes the max of four strided views.
+takes the max of four strided views, and the CNN's ReLU runs after its max pool
+(``relu(max(x)) == max(relu(x))``: on a 4x smaller array, as fundl's ``serial``
+does too).
 """
 
 from __future__ import annotations
@@ -161,9 +163,11 @@ def _maxpool2(x: np.ndarray) -> np.ndarray:
 
 
 def _maxpool2_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Route dy to the window maxima (every tied maximum gets it: after a ReLU, ties occur
-    only at windows whose max is 0, where the ReLU's backward zeroes them).  One broadcast compare written straight
-    into the float dx, one broadcast multiply (measured ~2x faster than per-offset views)."""
+    """Route dy to the window maxima: one broadcast compare written straight into the float
+    dx, one broadcast multiply (measured ~2x faster than per-offset views).  Every tied
+    maximum gets the gradient; a shortcut that is exact only without ties, which the
+    conv outputs pooled here (before the ReLU) have in practice never; fundl's pool gives
+    each window's gradient to one cell, ties or not."""
     n, h, w, c = x.shape
     dx = np.empty_like(x)
     dxr = dx.reshape(n, h // 2, 2, w // 2, 2, c)
@@ -200,10 +204,11 @@ class CNNReference:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits for a batch ``x`` (n, 28, 28, 1): inference, no residuals kept."""
         a, _ = self._conv(x, self.k1, self.b1)
-        np.maximum(a, 0, out=a)
-        a, _ = self._conv(_maxpool2(a), self.k2, self.b2)
-        np.maximum(a, 0, out=a)
         p = _maxpool2(a)
+        np.maximum(p, 0, out=p)
+        a, _ = self._conv(p, self.k2, self.b2)
+        p = _maxpool2(a)
+        np.maximum(p, 0, out=p)
         z = p.reshape(p.shape[0], -1) @ self.w3
         z += self.b3
         return z
@@ -211,12 +216,15 @@ class CNNReference:
     def step(self, x: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """One SGD step on batch ``(x, labels)``; returns the loss before the update."""
         n = x.shape[0]
+        # relu(maxpool(conv)), the ReLU in place on the pooled maxima: the pool's backward
+        # then compares a with relu(max), which differs from max only where the ReLU's
+        # gradient is 0 anyway.
         a1, cols1 = self._conv(x, self.k1, self.b1)
-        np.maximum(a1, 0, out=a1)
         p1 = _maxpool2(a1)
+        np.maximum(p1, 0, out=p1)
         a2, cols2 = self._conv(p1, self.k2, self.b2)
-        np.maximum(a2, 0, out=a2)
         p2 = _maxpool2(a2)
+        np.maximum(p2, 0, out=p2)
         f = p2.reshape(n, -1)
         z = f @ self.w3
         z += self.b3
@@ -226,15 +234,14 @@ class CNNReference:
         dw3 = f.T @ z
         db3 = _bias_grad(z)
         df = z @ self.w3.T
-        # pool 2, then relu 2 (op for op as fundl runs the layers: applying the relu mask
-        # to the 4x smaller pooled gradient instead would be a cross-layer fusion)
-        da2 = _relu_backward_(_maxpool2_backward(a2, p2, df.reshape(p2.shape)), a2)
+        # relu 2 on the pooled gradient, then pool 2
+        da2 = _maxpool2_backward(a2, p2, _relu_backward_(df.reshape(p2.shape), p2))
         dy2 = da2.reshape(-1, da2.shape[-1])
         dk2 = cols2.T @ dy2
         db2 = _bias_grad(dy2)
         dp1 = _conv3x3_input_grad(dy2, self.k2, p1.shape)
-        # pool 1 + relu 1
-        da1 = _relu_backward_(_maxpool2_backward(a1, p1, dp1), a1)
+        # relu 1, pool 1
+        da1 = _maxpool2_backward(a1, p1, _relu_backward_(dp1, p1))
         dy1 = da1.reshape(-1, da1.shape[-1])
         dk1 = cols1.T @ dy1                     # no input gradient for the first conv
         db1 = _bias_grad(dy1)
