@@ -153,7 +153,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     # run[p]: (index, key, layer) of the p-th child to run; moved[p]: the ReLU that
     # runs after the pool at position p, whose input check comes first.
     run = [(j,) + pairs[j] for j in order]
-    moved = {p: pairs[j - 1] for p, j in enumerate(order) if j != p and j > p}
+    moved = {p: pairs[j - 1] for p, j in enumerate(order) if j > p}
     ran = [layer for _, _, layer in run]
     # x_gift[p]: the output of the child run before is donated to the p-th;
     # dy_gift[p]: the input gradient of the child run after is donated to its pullback.

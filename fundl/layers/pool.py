@@ -17,7 +17,9 @@ forward is only the maxima of the offset views; the pullback finds the winners
 from the kept input and output (compare, then keep the first True per window: a
 few bool ops on output-sized arrays, skipped when one count shows that no window
 has a tie), which was faster per training step than tracking the winning offset
-in the forward.
+in the forward.  Inside :func:`fundl.serial` a ReLU directly before a max pool runs
+after it (:func:`fundl.combinators.run_order`): the same results, and the pool then
+sees the ReLU's input, whose windows rarely tie.
 Average pooling counts only real cells: with padding, a window near the border
 is averaged over the cells it covers inside the input (PyTorch's
 ``count_include_pad=False``, TensorFlow's ``"SAME"`` average pool).
