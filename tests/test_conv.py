@@ -62,6 +62,9 @@ CONV2D_CASES = [
     ((4, 5, 2), dict(features=2, kernel_size=3, padding=2)),  # output larger than input
     ((9, 5, 2), dict(features=2, kernel_size=3, stride=2, dilation=2, padding="same",
                      use_bias=False)),
+    # more than FEW_CHANNELS input channels: im2col in the other layout
+    ((6, 5, 5), dict(features=3, kernel_size=3, stride=2, dilation=(1, 2), padding="same")),
+    ((5, 5, 6), dict(features=2, kernel_size=2, use_bias=False)),
 ]
 
 
@@ -277,3 +280,28 @@ def test_errors():
     _raises(lambda: conv2d(2, 2.5), "conv2d", "kernel_size")
     _raises(lambda: conv1d(2, "3"), "conv1d", "kernel_size")
     _raises(lambda: conv2d(0, 3), "conv2d", "features")
+
+
+@pytest.mark.parametrize("c", [1, 3, 4, 5, 8])
+@pytest.mark.parametrize("kernel, dilation, strides, out_hw", [
+    ((3, 3), (1, 1), (1, 1), (4, 5)),
+    ((2, 3), (2, 1), (1, 2), (3, 2)),
+    ((1, 4), (1, 1), (2, 1), (2, 2)),
+])
+def test_im2col_layouts_give_the_same_columns(monkeypatch, c, kernel, dilation, strides, out_hw):
+    import fundl.layers.conv as conv
+    xp = random.normal(random.key(2), (2, 7, 8, c), np.float32)
+    for ones in (False, True):
+        monkeypatch.setattr(conv, "FEW_CHANNELS", 0)
+        rows = conv._im2col(xp, kernel, dilation, out_hw, strides, ones_column=ones)
+        monkeypatch.setattr(conv, "FEW_CHANNELS", 1000)
+        transposed = conv._im2col(xp, kernel, dilation, out_hw, strides, ones_column=ones)
+        assert rows.flags.c_contiguous and transposed.flags.f_contiguous
+        width = kernel[0] * kernel[1] * c + ones
+        assert rows.shape == transposed.shape == (2 * out_hw[0] * out_hw[1], width)
+        np.testing.assert_array_equal(rows, transposed)
+        # one cell by hand: example 1, output (1, 1), kernel offset (last row, col 0), channel 0
+        i, j = kernel[0] - 1, 0
+        row = out_hw[0] * out_hw[1] + out_hw[1] + 1
+        want = xp[1, strides[0] + i * dilation[0], strides[1] + j * dilation[1], 0]
+        assert rows[row, (i * kernel[1] + j) * c] == want
