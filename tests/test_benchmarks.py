@@ -78,18 +78,27 @@ def _naive_conv3x3_same(x, k, b):
     return out + b
 
 
-def test_im2col_conv_matches_a_naive_loop_and_col2im_is_its_adjoint():
+@pytest.mark.parametrize("c", [1, 3, 6])   # im2col transposed up to 4 channels, row-major above
+def test_im2col_conv_matches_a_naive_loop_and_col2im_is_its_adjoint(c):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 5, 4, 3))
-    k = rng.standard_normal((3, 3, 3, 4))
+    x = rng.standard_normal((2, 5, 4, c))
+    k = rng.standard_normal((3, 3, c, 4))
     b = rng.standard_normal(4)
     cols = ref._im2col3x3(x)
     y = (cols @ k.reshape(-1, 4) + b).reshape(2, 5, 4, 4)
     np.testing.assert_allclose(y, _naive_conv3x3_same(x, k, b), rtol=1e-12, atol=1e-12)
+    with_ones = ref._im2col3x3(x, ones_column=True)
+    np.testing.assert_array_equal(with_ones[:, :-1], cols)
+    np.testing.assert_array_equal(with_ones[:, -1], 1.0)
     c = rng.standard_normal(cols.shape)
     lhs = np.vdot(cols, c)
     rhs = np.vdot(x, ref._col2im3x3(c, x.shape))
     assert lhs == pytest.approx(rhs, rel=1e-12)
+    # the input gradient by one matmul per kernel offset equals col2im of dy @ W.T
+    dy2 = rng.standard_normal((2 * 5 * 4, 4))
+    want = ref._col2im3x3(dy2 @ k.reshape(-1, 4).T, x.shape)
+    np.testing.assert_allclose(ref._conv3x3_input_grad(dy2, k, x.shape), want,
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_maxpool_reference_matches_a_loop():
