@@ -2,9 +2,10 @@
 
 Both layers share one 2-D core; ``conv1d`` is ``conv2d`` with a unit height.
 The forward pads the input once, copies its windows (a strided
-``sliding_window_view``, never a loop over examples or positions) into an im2col
-matrix ``cols`` of shape ``(N*OH*OW, kh*kw*c_in [+ 1])`` and multiplies it by the
-kernel reshaped to ``(kh*kw*c_in, c_out)``.  With a bias, ``cols`` has a last
+``sliding_window_view``, never a loop over examples or positions; for inputs of
+up to four channels one row per kernel offset and channel, transposed) into an
+im2col matrix ``cols`` of shape ``(N*OH*OW, kh*kw*c_in [+ 1])`` and multiplies it
+by the kernel reshaped to ``(kh*kw*c_in, c_out)``.  With a bias, ``cols`` has a last
 column of ones and the kernel matrix a last row ``b``: the matmul adds the bias,
 and the backward's ``cols.T @ dy`` gives ``dW`` and, in its last row, ``db``
 (this saved a pass over ``y`` and one over ``dy``: ~1 ms per step of the
