@@ -796,3 +796,22 @@ def test_conv_relu_max_pool_models_pass_check_layer(in_shape):
     model = serial(relu(), max_pool2d(2, padding="same"), conv2d(3, 3, padding="same"), relu(),
                    max_pool2d(2, padding="same"), flatten(), dense(2))
     check_layer(model, in_shape)
+
+
+@pytest.mark.parametrize("pool", [lambda: max_pool2d(2), lambda: max_pool2d(2, padding=1)])
+def test_relu_then_max_pool_match_the_written_order_with_nan_and_inf(pool):
+    layers = [relu(), pool()]
+    model = serial(*layers)
+    params, state, out_shape = model.init(KEY, (4, 4, 2))
+    x = _int_valued((3, 4, 4, 2), 5, np.float64)
+    x[0, 0, 0, 0] = np.nan                      # a NaN window
+    x[1, :2, :2, 1] = -np.inf                   # a window of -inf only
+    x[2, 2:, 2:, 0] = np.inf                    # a window of +inf ties
+    x = read_only(x)
+    dy = read_only(_int_valued((3,) + out_shape, 6, np.float64, -3, 4))
+    want_y, want_grads, want_dx = _in_written_order(layers, params, x, dy)
+    y, _, pullback = model.vjp(params, state, x)
+    _, dx = pullback(dy)
+    np.testing.assert_array_equal(y, want_y)     # NaN where the written order has NaN
+    np.testing.assert_array_equal(dx, want_dx)
+    assert np.isnan(y).any() and np.isinf(y).any()
