@@ -207,6 +207,21 @@ def _maxpool2_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarr
     return dx
 
 
+def _pool_relu(a: np.ndarray) -> np.ndarray:
+    """relu(maxpool2(a)), the ReLU in place on the pooled maxima (``relu(max(a)) ==
+    max(relu(a))``, on a 4x smaller array)."""
+    p = _maxpool2(a)
+    np.maximum(p, 0, out=p)
+    return p
+
+
+def _pool_relu_backward(a: np.ndarray, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
+    """da of :func:`_pool_relu` (``dp`` is overwritten): the ReLU mask, then the pool.
+    The pool's backward compares ``a`` with relu(max), which differs from the max only
+    where the ReLU's gradient is 0 anyway."""
+    return _maxpool2_backward(a, p, _relu_backward_(dp, p))
+
+
 class CNNReference:
     """conv3x3(c1) same, relu, maxpool2, conv3x3(c2) same, relu, maxpool2, flatten, dense.
 
@@ -235,11 +250,8 @@ class CNNReference:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits for a batch ``x`` (n, 28, 28, 1): inference, no residuals kept."""
         a, _ = self._conv(x, self.k1, self.b1)
-        p = _maxpool2(a)
-        np.maximum(p, 0, out=p)
-        a, _ = self._conv(p, self.k2, self.b2)
-        p = _maxpool2(a)
-        np.maximum(p, 0, out=p)
+        a, _ = self._conv(_pool_relu(a), self.k2, self.b2)
+        p = _pool_relu(a)
         z = p.reshape(p.shape[0], -1) @ self.w3
         z += self.b3
         return z
@@ -247,15 +259,10 @@ class CNNReference:
     def step(self, x: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """One SGD step on batch ``(x, labels)``; returns the loss before the update."""
         n = x.shape[0]
-        # relu(maxpool(conv)), the ReLU in place on the pooled maxima: the pool's backward
-        # then compares a with relu(max), which differs from max only where the ReLU's
-        # gradient is 0 anyway.
         a1, cols1 = self._conv(x, self.k1, self.b1)
-        p1 = _maxpool2(a1)
-        np.maximum(p1, 0, out=p1)
+        p1 = _pool_relu(a1)
         a2, cols2 = self._conv(p1, self.k2, self.b2)
-        p2 = _maxpool2(a2)
-        np.maximum(p2, 0, out=p2)
+        p2 = _pool_relu(a2)
         f = p2.reshape(n, -1)
         z = f @ self.w3
         z += self.b3
@@ -266,13 +273,13 @@ class CNNReference:
         db3 = _bias_grad(z)
         df = z @ self.w3.T
         # relu 2 on the pooled gradient, then pool 2
-        da2 = _maxpool2_backward(a2, p2, _relu_backward_(df.reshape(p2.shape), p2))
+        da2 = _pool_relu_backward(a2, p2, df.reshape(p2.shape))
         dy2 = da2.reshape(-1, da2.shape[-1])
         g2 = cols2.T @ dy2                      # dk2 and, in the last row, db2
         dk2, db2 = g2[:-1], g2[-1]
         dp1 = _conv3x3_input_grad(dy2, self.k2, p1.shape)
         # relu 1, pool 1
-        da1 = _maxpool2_backward(a1, p1, _relu_backward_(dp1, p1))
+        da1 = _pool_relu_backward(a1, p1, dp1)
         dy1 = da1.reshape(-1, da1.shape[-1])
         g1 = cols1.T @ dy1                      # no input gradient for the first conv
         dk1, db1 = g1[:-1], g1[-1]
