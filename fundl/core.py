@@ -56,6 +56,7 @@ __all__ = [
     "vjp_child",
     "check_float_input",
     "check_trailing_shape",
+    "check_sequence_in_shape",
     "check_param_dtype",
     "as_shape",
     "is_shape",
@@ -262,6 +263,15 @@ def check_trailing_shape(x: Array, expected: Shape, what: str = "input") -> None
     for got, exp in zip(x.shape[1:], expected):
         if exp is not None and got != exp:
             raise LayerError(f"expected {what} of shape {want}, got shape {tuple(x.shape)}")
+
+
+def check_sequence_in_shape(in_shape: Any) -> Shape:
+    """``in_shape`` as a per-example ``(time, features)`` shape with ``features >= 1``
+    (the ``init`` check of sequence layers); raises :class:`LayerError` otherwise."""
+    in_shape = as_shape(in_shape)
+    if len(in_shape) != 2 or in_shape[1] < 1:
+        raise LayerError(f"expected an input shape (time, features), got {in_shape}")
+    return in_shape
 
 
 # --- helpers to build layers -----------------------------------------------------

@@ -170,3 +170,16 @@ def test_fresh_names_only_y_and_dx():
     with pytest.raises(ValueError, match="fresh may name only"):
         stateless_layer("bad", lambda k, s: ({}, s), lambda p, x: x,
                         lambda p, x: (x, lambda dy: ({}, dy)), fresh=("out",))
+
+
+def test_check_sequence_in_shape_and_the_layers_that_use_it():
+    from fundl.core import check_sequence_in_shape
+    assert check_sequence_in_shape([5, 3]) == (5, 3)
+    for bad in [(5,), (5, 0), (2, 3, 4)]:
+        with pytest.raises(LayerError, match=r"expected an input shape \(time, features\), "
+                                             rf"got \({', '.join(map(str, bad))},?\)"):
+            check_sequence_in_shape(bad)
+    for layer, kind in ((fl.multi_head_attention(2), "multi_head_attention"), (fl.gru(3), "gru")):
+        with pytest.raises(LayerError, match=rf"layer '{kind}_1' \({kind}\): expected an input "
+                                             r"shape \(time, features\), got \(5, 0\)"):
+            fl.serial(fl.identity(), layer).init(fl.random.key(0), (5, 0))

@@ -13,8 +13,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import random
-from ..core import (Layer, LayerError, as_shape, check_float_input, check_param_dtype,
-                    check_trailing_shape, stateless_layer)
+from ..core import (Layer, LayerError, check_float_input, check_param_dtype,
+                    check_sequence_in_shape, check_trailing_shape, stateless_layer)
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["multi_head_attention"]
@@ -60,9 +60,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
     dtype = np.dtype(dtype)
 
     def init(key, in_shape):
-        in_shape = as_shape(in_shape)
-        if len(in_shape) != 2 or in_shape[1] < 1:
-            raise LayerError(f"expected an input shape (time, features), got {in_shape}")
+        in_shape = check_sequence_in_shape(in_shape)
         features = in_shape[1]
         if head_dim is None and features % heads:
             raise LayerError(f"features ({features}) must be divisible by num_heads ({heads}) "

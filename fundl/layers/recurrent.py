@@ -26,8 +26,8 @@ import numpy as np
 
 from .. import random
 from ..core import (Layer, LayerError, apply_child, as_shape, check_float_input,
-                    check_param_dtype, check_trailing_shape, init_child, split_key,
-                    stateless_layer, vjp_child)
+                    check_param_dtype, check_sequence_in_shape, check_trailing_shape, init_child,
+                    split_key, stateless_layer, vjp_child)
 from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
 
 __all__ = ["rnn", "gru", "lstm", "bidirectional"]
@@ -136,9 +136,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
     dtype = np.dtype(dtype)
 
     def init(key, in_shape):
-        in_shape = as_shape(in_shape)
-        if len(in_shape) != 2 or in_shape[1] < 1:
-            raise LayerError(f"expected an input shape (time, features), got {in_shape}")
+        in_shape = check_sequence_in_shape(in_shape)
         params = init_params(key, in_shape[1], hidden, dtype)
         return params, (in_shape[0], hidden) if return_sequences else (hidden,)
 
