@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, NamedTuple, Tuple, Union
 import numpy as np
 
 from . import random, tree
-from .core import Layer, accepts_keyword, call_vjp
+from .core import Layer, call_vjp
 from .losses import Loss
 from .optim.base import Optimizer
 
@@ -59,7 +59,7 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
     if not isinstance(loss, Loss):
         raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
 
-    donate = accepts_keyword(optimizer.update, "donate_grads")
+    donate = optimizer.update_owning_grads is not None
     trusted = "dparams" in model.fresh  # every gradient array is new and nobody else's
 
     def step(ts: TrainState, batch: Tuple[Any, Any], lr: Union[float, Schedule]):
@@ -73,8 +73,8 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
             if not trusted:  # the model does not declare its gradients fresh: check them
                 grads = exclusive_grads(grads, (ts.params, ts.state, ts.opt_state, new_state,
                                                 batch))
-            params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate,
-                                                 donate_grads=True)
+            params, opt_state = optimizer.update_owning_grads(ts.params, grads, ts.opt_state,
+                                                              rate)
         else:
             params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate)
         return TrainState(params, new_state, opt_state, key, ts.step + 1), {"loss": float(value)}

@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = [
     "TreeError", "TreeDef", "map", "leaves", "flatten", "unflatten", "structure",
-    "flatten_with_paths", "unflatten_from_paths", "paths", "zeros_like",
+    "flatten_with_paths", "unflatten_from_paths", "paths", "map_with_paths", "zeros_like",
     "global_norm", "cast", "size", "all_equal", "is_namedtuple", "join_path",
 ]
 
@@ -230,10 +230,13 @@ def _collect(node: Any, out: List[Any]) -> None:
 
 
 class TreeDef(NamedTuple):
-    """The structure of a pytree: the tree with every leaf replaced by ``None``.
+    """The structure of a pytree: the tree with every leaf replaced by ``LEAF``.
 
     ``skeleton`` uses the ``LEAF`` marker for leaves so that a ``None``
-    container and a leaf can be told apart.
+    container and a leaf can be told apart.  :meth:`leaves_of` and
+    :meth:`unflatten` let a per-leaf computation (an optimizer step) walk
+    each tree once: flatten the first tree, take the matching leaves of the
+    others in its order, compute on lists, rebuild once.
     """
 
     skeleton: Any
@@ -241,6 +244,24 @@ class TreeDef(NamedTuple):
 
     def __repr__(self) -> str:
         return f"TreeDef({self.skeleton!r}, num_leaves={self.num_leaves})"
+
+    def unflatten(self, leaf_values: Sequence[Any]) -> Any:
+        """A tree of this structure holding ``leaf_values`` (in flatten order)."""
+        if len(leaf_values) != self.num_leaves:
+            raise TreeError(f"unflatten expected {self.num_leaves} leaves, got {len(leaf_values)}")
+        it = iter(leaf_values)
+        return _fill(self.skeleton, it)
+
+    def leaves_of(self, tree: Any) -> List[Any]:
+        """The leaves of ``tree`` in this structure's order (dict keys may be in any order).
+
+        Raises :class:`TreeError` naming the first path where ``tree`` differs.
+        """
+        out: List[Any] = []
+        if not _gather(self.skeleton, tree, out):
+            out = []
+            _gather_checked(self.skeleton, tree, "", out)
+        return out
 
 
 class _Leaf:
@@ -260,32 +281,95 @@ def _leaf_marker() -> _Leaf:
     return LEAF
 
 
+def _skeleton(node: Any, out: List[Any]) -> Any:
+    """``node``'s skeleton, appending its leaves to ``out`` (one walk)."""
+    if type(node) is dict:  # the common case first: params are nested dicts of arrays
+        skel = {}
+        for k, v in node.items():
+            if type(v) is np.ndarray:
+                out.append(v)
+                skel[k] = LEAF
+            else:
+                skel[k] = _skeleton(v, out)
+        return skel
+    if not _is_node(node):
+        out.append(node)
+        return LEAF
+    return _rebuild(node, [_skeleton(child, out) for _, child in _children(node)])
+
+
+def _fill(skel: Any, it: Iterator[Any]) -> Any:
+    if skel is LEAF:
+        return next(it)
+    if type(skel) is dict:
+        return {k: next(it) if v is LEAF else _fill(v, it) for k, v in skel.items()}
+    return _rebuild(skel, [_fill(child, it) for _, child in _children(skel)])
+
+
+def _gather(skel: Any, node: Any, out: List[Any]) -> bool:
+    """Append ``node``'s leaves in ``skel``'s order; False as soon as the structures differ."""
+    if type(skel) is dict:
+        if type(node) is not dict or len(node) != len(skel):
+            return False
+        for k, s in skel.items():
+            v = node.get(k, _MISMATCH)
+            if s is LEAF and not _is_node(v) and v is not _MISMATCH:
+                out.append(v)
+            elif v is _MISMATCH or s is LEAF or not _gather(s, v, out):
+                return False
+        return True
+    if skel is LEAF:
+        if _is_node(node):
+            return False
+        out.append(node)
+        return True
+    if not _same_node(skel, node):
+        return False
+    return all(_gather(s, v, out) for (_, s), v in zip(_children(skel), node or ()))
+
+
+def _gather_checked(skel: Any, node: Any, path: str, out: List[Any]) -> None:
+    """:func:`_gather` that raises a :class:`TreeError` naming the first differing path."""
+    first = None if skel is LEAF else skel
+    if skel is LEAF:
+        if _is_node(node):
+            raise TreeError(f"tree structures differ at '{path or '<root>'}': "
+                            f"a leaf vs {_describe(node)}")
+        out.append(node)
+        return
+    if not _same_node(first, node):
+        raise _mismatch(path, first, node)
+    if isinstance(skel, dict):
+        for k, s in skel.items():
+            _gather_checked(s, node[k], join_path(path, str(k)), out)
+        return
+    for (name, s), v in zip(_children(skel), node):
+        _gather_checked(s, v, join_path(path, name), out)
+
+
 def structure(tree: Any) -> TreeDef:
     """The :class:`TreeDef` of ``tree``."""
-    skeleton = map(lambda _: LEAF, tree)
-    return TreeDef(skeleton, len(leaves(tree)))
+    return flatten(tree)[1]
 
 
 def flatten(tree: Any) -> Tuple[List[Any], TreeDef]:
-    """``(leaves, treedef)``; :func:`unflatten` inverts it."""
-    return leaves(tree), structure(tree)
+    """``(leaves, treedef)`` in one walk; :func:`unflatten` inverts it."""
+    out: List[Any] = []
+    skeleton = _skeleton(tree, out)
+    return out, TreeDef(skeleton, len(out))
 
 
 def unflatten(treedef: TreeDef, leaf_values: Sequence[Any]) -> Any:
     """Rebuild a tree of ``treedef``'s structure from leaves in flatten order."""
-    leaf_values = list(leaf_values)
-    if len(leaf_values) != treedef.num_leaves:
-        raise TreeError(f"unflatten expected {treedef.num_leaves} leaves, got {len(leaf_values)}")
-    it = iter(leaf_values)
+    return treedef.unflatten(list(leaf_values))
 
-    def go(node: Any) -> Any:
-        if node is LEAF:
-            return next(it)
-        if isinstance(node, dict):
-            return {k: go(v) for k, v in node.items()}
-        return _rebuild(node, [go(child) for _, child in _children(node)])
 
-    return go(treedef.skeleton)
+def map_with_paths(fn: Callable[..., Any], first: Any, *rest: Any) -> Any:
+    """Like :func:`map`, but ``fn(path, leaf, *other_leaves)`` also gets the leaf's path."""
+    leaves_, treedef = flatten(first)
+    others = [treedef.leaves_of(t) for t in rest]
+    return treedef.unflatten([fn(path, *xs) for path, xs in
+                              zip(paths(first), zip(leaves_, *others))])
 
 
 def unflatten_from_paths(like: Any, pairs: Any) -> Any:

@@ -338,3 +338,32 @@ def test_bad_arguments_raise_clear_errors():
     bad = {"a": GRADS[0]["a"], "b": {"d": GRADS[0]["b"]["c"]}}
     with pytest.raises(tree.TreeError, match="b"):
         opt.update(P0, bad, opt.init(P0), 0.1)
+
+
+@pytest.mark.parametrize("transform", [
+    lambda: optim.scale_by_adam(), lambda: optim.scale_by_adamax(), lambda: optim.scale_by_rss(),
+    lambda: optim.scale_by_rms(centered=True), lambda: optim.scale_by_rms(),
+    lambda: optim.scale_by_lion(), lambda: optim.trace(0.9, nesterov=True)])
+def test_fused_per_leaf_descent_equals_the_transform_then_descent(transform):
+    """descend() runs a leafwise transform's rule and the descent in one pass over the leaves;
+    through chain() (no per-leaf declaration) the same update goes tree by tree: same bits."""
+    fused = optim.descend(transform())
+    assert transform().per_leaf is not None
+    tree_by_tree = optim.descend(optim.chain(transform(), optim.identity()))
+    assert tree_by_tree.update is not fused.update
+    for a, b in zip(_run(fused), _run(tree_by_tree)):
+        np.testing.assert_array_equal(a, b)
+    state_a, state_b = fused.init(P0), tree_by_tree.init(P0)
+    _, state_a = fused.update(P0, GRADS[0], state_a, 0.1)
+    _, state_b = tree_by_tree.update(P0, GRADS[0], state_b, 0.1)
+    assert tree.all_equal(state_a, state_b[0])
+
+
+def test_sgd_declares_the_update_that_reuses_owned_gradients():
+    opt = optim.sgd()
+    grads = tree.map(np.copy, GRADS[0])
+    new, _ = opt.update_owning_grads(P0, grads, {}, 0.1)
+    want, _ = opt.update(P0, GRADS[0], {}, 0.1)
+    assert tree.all_equal(new, want)
+    assert new["a"] is grads["a"]                     # built in the handed-over memory
+    assert optim.adam().update_owning_grads is None

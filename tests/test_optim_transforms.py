@@ -13,7 +13,7 @@ def _g(a, c):
 
 def _update(t, grads, params=None):
     params = grads if params is None else params
-    return t.update(grads, t.init(params), params)[0]
+    return t.update(params, grads, t.init(params))[0]
 
 
 def _assert_tree_close(got, want, atol=1e-15):
@@ -135,7 +135,7 @@ def test_accumulate_with_k_1_equals_the_inner_optimizer():
 def test_transforms_are_pure_and_keep_float32(t):
     grads = read_only(tree.cast(_g([3.0, -2.0, 0.5], [[0.0, 4.0], [1.0, -1.0]]), np.float32))
     params = read_only(tree.cast(_g([1.0, 1.0, 1.0], [[2.0, 2.0], [2.0, 2.0]]), np.float32))
-    out, state = t.update(grads, t.init(params), params)
+    out, state = t.update(params, grads, t.init(params))
     assert {x.dtype for x in tree.leaves(out)} == {np.dtype(np.float32)}
     np.testing.assert_array_equal(grads["a"], [3.0, -2.0, 0.5])
     np.testing.assert_array_equal(params["a"], [1.0, 1.0, 1.0])

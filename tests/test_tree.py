@@ -97,3 +97,22 @@ def test_map_accepts_dict_subclasses_alongside_dicts():
     from collections import OrderedDict
     out = tree.map(lambda a, b: a + b, {"x": 1, "y": 2}, OrderedDict(y=20, x=10))
     assert out == {"x": 11, "y": 22}
+
+
+def test_treedef_leaves_of_takes_dict_keys_in_any_order_and_names_a_mismatch():
+    t = {"a": np.arange(2.0), "b": {"c": np.ones(3), "d": (np.zeros(1), 4.0)}}
+    leaves, treedef = tree.flatten(t)
+    other = {"b": {"d": (np.full(1, 7.0), 5.0), "c": np.full(3, 6.0)}, "a": np.full(2, 8.0)}
+    got = treedef.leaves_of(other)
+    assert [np.asarray(x).tolist() for x in got] == [[8.0, 8.0], [6.0, 6.0, 6.0], [7.0], 5.0]
+    assert tree.all_equal(treedef.unflatten(leaves), t)
+    with pytest.raises(tree.TreeError, match="'b/d'"):
+        treedef.leaves_of({"a": np.ones(2), "b": {"c": np.ones(3), "d": [np.ones(1)]}})
+    with pytest.raises(tree.TreeError, match="'b/c'"):
+        treedef.leaves_of({"a": np.ones(2), "b": {"c": {"x": np.ones(3)}, "d": (np.ones(1), 1.0)}})
+
+
+def test_map_with_paths_passes_each_leaf_path():
+    t = {"dense_0": {"w": np.ones(2), "b": np.zeros(1)}, "scale": (np.ones(1),)}
+    out = tree.map_with_paths(lambda path, a, b: f"{path}:{a.size + b.size}", t, t)
+    assert out == {"dense_0": {"w": "dense_0/w:4", "b": "dense_0/b:2"}, "scale": ("scale/0:2",)}

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, descend, map_n
+from .base import GradientTransform, Optimizer, PerLeaf, descend, leafwise
 
 __all__ = ["adagrad", "scale_by_rss", "AdagradState"]
 
@@ -38,7 +38,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-10) -> 
     def init(params):
         return AdagradState(tree.map(lambda p: np.full_like(p, init_value), params))
 
-    def leaf(g, acc):
+    def rule(p, g, acc):
         u = np.multiply(g, g)
         acc = np.add(acc, u)       # fresh: the new state
         np.sqrt(acc, out=u)
@@ -46,11 +46,10 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-10) -> 
         np.divide(g, u, out=u)
         return u, acc
 
-    def update(grads, state, params):
-        updates, acc = map_n(leaf, 2, grads, state.sum_of_squares)
-        return updates, AdagradState(acc)
+    def step(state):
+        return PerLeaf(rule, (state.sum_of_squares,), lambda trees: AdagradState(*trees))
 
-    return GradientTransform(init, update, "scale_by_rss")
+    return leafwise(init, step, "scale_by_rss")
 
 
 def adagrad(initial_accumulator_value: float = 0.1, eps: float = 1e-10) -> Optimizer:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, chain, check_decay, count_array, descend, map_n
+from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, count_array, descend, leafwise
 from .transforms import Mask, add_weight_decay
 
 __all__ = ["adam", "adamw", "adamax", "scale_by_adam", "scale_by_adamax", "AdamState"]
@@ -51,7 +51,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     """Adam's bias-corrected scaling as a transform (see the module docstring)."""
     b1, b2, eps = check_decay("b1", b1), check_decay("b2", b2), float(eps)
 
-    def update(grads, state, params):
+    def step(state):
         t = int(state.count) + 1
         # m_hat / (sqrt(v_hat) + eps) = (m / (sqrt(v) + eps * s2)) * (s2 / (1 - b1^t)),
         # with s2 = sqrt(1 - b2^t): one pass fewer than scaling v.  Python floats keep float32.
@@ -59,7 +59,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         eps_t = eps * s2
         scale = s2 / (1.0 - b1 ** t)
 
-        def leaf(g, m, v):
+        def rule(p, g, m, v):
             u = np.multiply(g, 1.0 - b1)
             m = np.multiply(m, b1)            # fresh: new state
             m += u
@@ -73,21 +73,21 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
             u *= scale
             return u, m, v
 
-        updates, mu, nu = map_n(leaf, 3, grads, state.mu, state.nu)
-        return updates, AdamState(count_array(t), mu, nu)
+        return PerLeaf(rule, (state.mu, state.nu),
+                       lambda trees: AdamState(count_array(t), *trees))
 
-    return GradientTransform(_init_adam, update, "scale_by_adam")
+    return leafwise(_init_adam, step, "scale_by_adam")
 
 
 def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransform:
     """Adamax's scaling as a transform (see the module docstring); ``nu`` holds the infinity norm."""
     b1, b2, eps = check_decay("b1", b1), check_decay("b2", b2), float(eps)
 
-    def update(grads, state, params):
+    def step(state):
         t = int(state.count) + 1
         c1 = 1.0 / (1.0 - b1 ** t)
 
-        def leaf(g, m, v):
+        def rule(p, g, m, v):
             u = np.multiply(g, 1.0 - b1)
             m = np.multiply(m, b1)            # fresh: new state
             m += u
@@ -99,10 +99,10 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
             u *= c1
             return u, m, v
 
-        updates, mu, nu = map_n(leaf, 3, grads, state.mu, state.nu)
-        return updates, AdamState(count_array(t), mu, nu)
+        return PerLeaf(rule, (state.mu, state.nu),
+                       lambda trees: AdamState(count_array(t), *trees))
 
-    return GradientTransform(_init_adam, update, "scale_by_adamax")
+    return leafwise(_init_adam, step, "scale_by_adamax")
 
 
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:

@@ -6,24 +6,25 @@ An **optimizer** is a pair of pure functions::
     params, opt_state = optimizer.update(params, grads, opt_state, lr)
 
 ``lr`` is given at every step, so a schedule is just a function of the step.
-No update mutates ``params``, ``grads`` or ``opt_state``, with one opt-in
-exception: an update may accept the keyword ``donate_grads=True``, by which its
-caller hands over gradient arrays it owns exclusively and never uses again;
-the update may then reuse their memory for the new params.  Only
-:func:`fundl.make_step` does this, after checking that every gradient leaf is
-an array of its own (see :func:`fundl.step.exclusive_grads`).
+No update mutates ``params``, ``grads`` or ``opt_state``.
 
 A **gradient transform** (as in optax) rewrites the gradients before they are
-applied::
+applied; it takes its arguments in the optimizer's order::
 
     state = transform.init(params)
-    updates, state = transform.update(grads, state, params)
+    updates, state = transform.update(params, grads, state)
 
 :func:`chain` composes transforms left to right; :func:`descend` turns a
 transform into an optimizer with the rule ``p <- p - lr * updates``.  Every
 optimizer in :mod:`fundl.optim` is built this way, e.g.
 ``adam() == descend(scale_by_adam(...))`` and
 ``chain(clip_by_global_norm(1.0), adam())`` is again an optimizer.
+
+Most transforms are one rule applied leaf by leaf (Adam's moments, momentum).
+:func:`leafwise` builds such a transform from the rule, and declares it
+(``GradientTransform.per_leaf``), so that :func:`descend` runs rule and descent
+in one pass over the leaves: every tree is walked once per update (flattened
+once, rebuilt once), as jax's ``@optimizer`` does.
 
 A transform's output may alias its input gradients or its own state (e.g. a
 transform that leaves gradients unchanged returns them as they are), so
@@ -32,30 +33,56 @@ nobody may write into it; :func:`descend` allocates the new params.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import tree
 
-__all__ = ["Optimizer", "GradientTransform", "chain", "descend", "descend_leaf", "map_with_paths",
-           "map_n", "count_array", "as_lr", "check_decay"]
+__all__ = ["Optimizer", "GradientTransform", "PerLeaf", "leafwise", "chain", "descend",
+           "descend_leaf", "count_array", "as_lr", "check_decay"]
+
+
+class PerLeaf(NamedTuple):
+    """One step of a transform written as a rule per leaf.
+
+    ``rule(p, g, *s) -> (u, *new_s)`` runs on matching leaves of the params, the
+    gradients and each tree of ``trees`` (state trees shaped like params);
+    ``rebuild(new_trees) -> state`` makes the new state from the rebuilt trees.
+    """
+
+    rule: Callable[..., Tuple[Any, ...]]
+    trees: Tuple[Any, ...]
+    rebuild: Callable[[List[Any]], Any]
 
 
 class Optimizer(NamedTuple):
-    """``init(params) -> opt_state``; ``update(params, grads, opt_state, lr) -> (params, opt_state)``."""
+    """``init(params) -> opt_state``; ``update(params, grads, opt_state, lr) -> (params, opt_state)``.
+
+    ``update_owning_grads``, if given, is the same update for a caller that
+    hands over gradient arrays it owns exclusively and never uses again: it may
+    build the new params in their memory (:func:`fundl.sgd` does).  Only
+    :func:`fundl.make_step` calls it, after making sure of the ownership
+    (:mod:`fundl.fusion`).
+    """
 
     init: Callable[[Any], Any]
     update: Callable[[Any, Any, Any, float], Tuple[Any, Any]]
     name: str = "optimizer"
+    update_owning_grads: Optional[Callable[[Any, Any, Any, float], Tuple[Any, Any]]] = None
 
 
 class GradientTransform(NamedTuple):
-    """``init(params) -> state``; ``update(grads, state, params) -> (updates, state)``."""
+    """``init(params) -> state``; ``update(params, grads, state) -> (updates, state)``.
+
+    ``per_leaf(state) -> PerLeaf``, if given, states the same update as a rule
+    per leaf (see :func:`leafwise`).
+    """
 
     init: Callable[[Any], Any]
     update: Callable[[Any, Any, Any], Tuple[Any, Any]]
     name: str = "transform"
+    per_leaf: Optional[Callable[[Any], PerLeaf]] = None
 
 
 def as_lr(lr: Any) -> float:
@@ -79,31 +106,26 @@ def count_array(n: int = 0) -> np.ndarray:
     return np.asarray(int(n), dtype=np.int64)
 
 
-class _Pack:
-    """Holds matching leaves of several trees (a leaf, not a container, for fundl.tree)."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: Tuple[Any, ...]) -> None:
-        self.items = items
-
-
-def _zipped_leaves(first: Any, rest: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
-    """Matching leaves of ``first`` and ``rest`` in ``first``'s flatten order (dict order may differ)."""
-    return [pack.items for pack in tree.leaves(tree.map(lambda *xs: _Pack(xs), first, *rest))]
+def _run_rule(step: PerLeaf, ps: Sequence[Any], gs: Sequence[Any],
+              treedef: tree.TreeDef) -> Tuple[List[Any], Any]:
+    """The updates (a list in ``treedef``'s order) and the new state of one rule step."""
+    cols = [treedef.leaves_of(t) for t in step.trees]
+    outs = [step.rule(*xs) for xs in zip(ps, gs, *cols)]
+    columns = list(zip(*outs)) if outs else [()] * (1 + len(cols))
+    return list(columns[0]), step.rebuild([treedef.unflatten(c) for c in columns[1:]])
 
 
-def map_with_paths(fn: Callable[..., Any], first: Any, *rest: Any) -> Any:
-    """Like :func:`fundl.tree.map`, but ``fn(path, leaf, *other_leaves)`` also gets the leaf's path."""
-    zipped = _zipped_leaves(first, rest)
-    values = [fn(path, *xs) for path, xs in zip(tree.paths(first), zipped)]
-    return tree.unflatten(tree.structure(first), values)
+def leafwise(init: Callable[[Any], Any], step: Callable[[Any], PerLeaf],
+             name: str) -> GradientTransform:
+    """A transform from a rule per leaf: ``step(state)`` gives this update's :class:`PerLeaf`."""
 
+    def update(params, grads, state):
+        gs, treedef = tree.flatten(grads)
+        ps = treedef.leaves_of(params) if params is not None else [None] * len(gs)
+        updates, state = _run_rule(step(state), ps, gs, treedef)
+        return treedef.unflatten(updates), state
 
-def map_n(fn: Callable[..., Tuple[Any, ...]], n: int, first: Any, *rest: Any) -> Tuple[Any, ...]:
-    """``n`` trees shaped like ``first`` from ``fn(leaf, *other_leaves) -> (out_1, ..., out_n)``."""
-    packed = tree.map(lambda *xs: _Pack(fn(*xs)), first, *rest)
-    return tuple(tree.map(lambda pack: pack.items[i], packed) for i in range(n))
+    return GradientTransform(init, update, name, step)
 
 
 def descend_leaf(p: np.ndarray, u: np.ndarray, lr: float) -> np.ndarray:
@@ -114,15 +136,21 @@ def descend_leaf(p: np.ndarray, u: np.ndarray, lr: float) -> np.ndarray:
 
 
 def descend(transform: GradientTransform, name: str = "") -> Optimizer:
-    """The optimizer ``p <- p - lr * u`` with ``u, state = transform.update(grads, state, params)``.
+    """The optimizer ``p <- p - lr * u`` with ``u, state = transform.update(params, grads, state)``.
 
-    The optimizer's state is the transform's state.
+    The optimizer's state is the transform's state.  A :func:`leafwise`
+    transform and the descent run in one pass over the leaves.
     """
 
     def update(params, grads, state, lr):
         lr = as_lr(lr)
-        updates, state = transform.update(grads, state, params)
-        return tree.map(lambda p, u: descend_leaf(p, u, lr), params, updates), state
+        ps, treedef = tree.flatten(params)
+        if transform.per_leaf is not None:
+            us, state = _run_rule(transform.per_leaf(state), ps, treedef.leaves_of(grads), treedef)
+        else:
+            updates, state = transform.update(params, grads, state)
+            us = treedef.leaves_of(updates)
+        return treedef.unflatten([descend_leaf(p, u, lr) for p, u in zip(ps, us)]), state
 
     return Optimizer(transform.init, update, name or transform.name)
 
@@ -131,10 +159,10 @@ def _chain_transforms(parts: List[GradientTransform]) -> GradientTransform:
     def init(params):
         return tuple(t.init(params) for t in parts)
 
-    def update(grads, state, params):
+    def update(params, grads, state):
         new_states = []
         for t, s in zip(parts, state):
-            grads, s = t.update(grads, s, params)
+            grads, s = t.update(params, grads, s)
             new_states.append(s)
         return grads, tuple(new_states)
 
@@ -171,7 +199,7 @@ def chain(*parts: Union[GradientTransform, Optimizer]) -> Union[GradientTransfor
         return pre.init(params) + (opt.init(params),)
 
     def update(params, grads, state, lr):
-        grads, pre_state = pre.update(grads, state[:-1], params)
+        grads, pre_state = pre.update(params, grads, state[:-1])
         params, opt_state = opt.update(params, grads, state[-1], lr)
         return params, pre_state + (opt_state,)
 

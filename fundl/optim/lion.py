@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, chain, check_decay, descend, map_n
+from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, descend, leafwise
 from .transforms import Mask, add_weight_decay
 
 __all__ = ["lion", "scale_by_lion", "LionState"]
@@ -37,7 +37,7 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransform:
     def init(params):
         return LionState(tree.zeros_like(params))
 
-    def leaf(g, m):
+    def rule(p, g, m):
         c = np.multiply(m, b1)
         tmp = np.multiply(g, 1.0 - b1)
         c += tmp
@@ -47,11 +47,10 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransform:
         c += tmp
         return u, c
 
-    def update(grads, state, params):
-        updates, mu = map_n(leaf, 2, grads, state.mu)
-        return updates, LionState(mu)
+    def step(state):
+        return PerLeaf(rule, (state.mu,), lambda trees: LionState(*trees))
 
-    return GradientTransform(init, update, "scale_by_lion")
+    return leafwise(init, step, "scale_by_lion")
 
 
 def lion(b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0, mask: Mask = None) -> Optimizer:

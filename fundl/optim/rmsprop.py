@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, chain, check_decay, descend, map_n
+from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, descend, leafwise
 from .sgd import trace
 
 __all__ = ["rmsprop", "scale_by_rms", "RMSState"]
@@ -43,7 +43,7 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False) 
     def init(params):
         return RMSState(tree.zeros_like(params), tree.zeros_like(params) if centered else None)
 
-    def leaf(g, nu, mu=None):
+    def rule(p, g, nu, mu=None):
         u = np.multiply(g, g)
         u *= rest
         nu = np.multiply(nu, decay)      # fresh: the new state
@@ -62,15 +62,16 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False) 
         np.divide(g, u, out=u)
         return u, nu, mu
 
-    def update(grads, state, params):
-        if centered:
-            updates, nu, mu = map_n(leaf, 3, grads, state.nu, state.mu)
-        else:
-            updates, nu, mu = map_n(leaf, 3, grads, state.nu)
-            mu = None
-        return updates, RMSState(nu, mu)
+    def uncentered(p, g, nu):
+        u, nu, _ = rule(p, g, nu)
+        return u, nu
 
-    return GradientTransform(init, update, "scale_by_rms")
+    def step(state):
+        if centered:
+            return PerLeaf(rule, (state.nu, state.mu), lambda trees: RMSState(*trees))
+        return PerLeaf(uncentered, (state.nu,), lambda trees: RMSState(trees[0], None))
+
+    return leafwise(init, step, "scale_by_rms")
 
 
 def rmsprop(decay: float = 0.9, eps: float = 1e-8, centered: bool = False,

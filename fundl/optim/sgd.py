@@ -21,15 +21,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, as_lr, check_decay, descend, descend_leaf, map_n
+from .base import GradientTransform, Optimizer, PerLeaf, as_lr, check_decay, descend, descend_leaf, leafwise
 
 __all__ = ["sgd", "momentum", "nesterov", "trace", "TraceState"]
 
 
-def _sgd_leaf_donated(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
+def _descend_into_grad(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
+    """``p - lr * g`` written into ``g`` (which the caller owns and hands over)."""
     if g.dtype != p.dtype or g.shape != p.shape:
         return descend_leaf(p, g, lr)
-    g *= -lr  # the caller gave us g to reuse: the new params live in its memory
+    g *= -lr
     g += p
     return g
 
@@ -37,21 +38,24 @@ def _sgd_leaf_donated(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
 def sgd() -> Optimizer:
     """Plain SGD with an empty state (``{}``): ``p <- p - lr * g`` for every leaf.
 
-    ``update(..., donate_grads=True)`` (what :func:`fundl.make_step` passes,
-    for gradients it owns exclusively) writes the new params into the gradient
-    arrays instead of new memory, which saves a third of the update's memory
-    traffic; params and state are never written either way.
+    It declares ``update_owning_grads``: given gradients that the caller owns
+    and hands over (:func:`fundl.make_step` does), it writes the new params
+    into the gradient arrays instead of new memory, which saves a third of the
+    update's memory traffic; params and state are never written either way.
     """
 
     def init(params):
         return {}
 
-    def update(params, grads, opt_state, lr, *, donate_grads=False):
-        lr = as_lr(lr)
-        leaf = _sgd_leaf_donated if donate_grads else descend_leaf
-        return tree.map(lambda p, g: leaf(p, g, lr), params, grads), opt_state
+    def descend_with(leaf):
+        def update(params, grads, opt_state, lr):
+            lr = as_lr(lr)
+            ps, treedef = tree.flatten(params)
+            gs = treedef.leaves_of(grads)
+            return treedef.unflatten([leaf(p, g, lr) for p, g in zip(ps, gs)]), opt_state
+        return update
 
-    return Optimizer(init, update, "sgd")
+    return Optimizer(init, descend_with(descend_leaf), "sgd", descend_with(_descend_into_grad))
 
 
 class TraceState(NamedTuple):
@@ -67,7 +71,7 @@ def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
     def init(params):
         return TraceState(tree.zeros_like(params))
 
-    def leaf(g, v):
+    def rule(p, g, v):
         v = np.multiply(v, beta)   # fresh
         v += g
         if not nesterov:
@@ -76,11 +80,10 @@ def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
         u += g
         return u, v
 
-    def update(grads, state, params):
-        updates, velocity = map_n(leaf, 2, grads, state.velocity)
-        return updates, TraceState(velocity)
+    def step(state):
+        return PerLeaf(rule, (state.velocity,), lambda trees: TraceState(*trees))
 
-    return GradientTransform(init, update, "nesterov" if nesterov else "trace")
+    return leafwise(init, step, "nesterov" if nesterov else "trace")
 
 
 def momentum(beta: float = 0.9) -> Optimizer:

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, map_with_paths
+from .base import GradientTransform
 
 __all__ = ["clip_by_global_norm", "clip_by_value", "add_weight_decay", "scale", "identity"]
 
@@ -25,14 +25,14 @@ def _no_state(params):
 
 def identity() -> GradientTransform:
     """Leaves the gradients unchanged."""
-    return GradientTransform(_no_state, lambda grads, state, params: (grads, state), "identity")
+    return GradientTransform(_no_state, lambda params, grads, state: (grads, state), "identity")
 
 
 def scale(factor: float) -> GradientTransform:
     """Multiplies every gradient by ``factor``."""
     factor = float(factor)
 
-    def update(grads, state, params):
+    def update(params, grads, state):
         return tree.map(lambda g: np.multiply(g, factor), grads), state
 
     return GradientTransform(_no_state, update, "scale")
@@ -48,7 +48,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransform:
     if not max_norm > 0.0:
         raise ValueError(f"clip_by_global_norm needs max_norm > 0, got {max_norm}")
 
-    def update(grads, state, params):
+    def update(params, grads, state):
         norm = tree.global_norm(grads)
         if norm <= max_norm:
             return grads, state
@@ -64,7 +64,7 @@ def clip_by_value(lo: float, hi: float) -> GradientTransform:
     if not lo <= hi:
         raise ValueError(f"clip_by_value needs lo <= hi, got lo={lo}, hi={hi}")
 
-    def update(grads, state, params):
+    def update(params, grads, state):
         return tree.map(lambda g: np.clip(g, lo, hi), grads), state
 
     return GradientTransform(_no_state, update, "clip_by_value")
@@ -90,9 +90,9 @@ def add_weight_decay(rate: float, mask: Mask = None) -> GradientTransform:
         u += g
         return u
 
-    def update(grads, state, params):
+    def update(params, grads, state):
         if params is None:
             raise ValueError("add_weight_decay needs the params (got params=None)")
-        return map_with_paths(leaf, grads, params), state
+        return tree.map_with_paths(leaf, grads, params), state
 
     return GradientTransform(_no_state, update, "add_weight_decay")
