@@ -6,10 +6,10 @@ take shortcuts that fundl's independent, pure layers cannot or need help for:
 - **in-place ReLU**: it overwrites the previous layer's output with the ReLU,
   and the incoming gradient with the masked gradient.  A fundl layer never
   writes into an array it is given, except one that ``serial`` donates to it
-  (``Layer.fresh``, see :mod:`fundl.core`); the row "without donation" shows
+  (``Speed.fresh``, see :mod:`fundl.fusion`); the row "without donation" shows
   what that buys.
 - **ReLU after the max pool**: ``relu(max(x)) == max(relu(x))``, so both the
-  reference and fundl's ``serial`` (see :func:`fundl.combinators.run_order`) run
+  reference and fundl's ``serial`` (see :func:`fundl.fusion.run_order`) run
   a ReLU that precedes a max pool after it, on the 4x smaller pooled array; the
   pool then sees the conv output, which has no ties at 0 to break.  The row
   "ReLU before pool" runs the layers as written, which is what fundl did before.
@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 import fundl
-from fundl.core import Layer, elementwise_layer
+from fundl import Layer, elementwise_layer
 from fundl.layers.activations import relu
 
 from .reference import CNNReference, MLPReference
@@ -42,16 +42,18 @@ from .workloads import FundlImpl, RefImpl, cnn_model, make_batch, mlp_model
 # --- the variants' layers ------------------------------------------------------------
 
 def relu_not_donated() -> Layer:
-    """fundl's ReLU without the ``out=`` support that lets ``serial`` donate to it."""
-    layer = elementwise_layer("relu", lambda x: np.maximum(x, 0),
-                              lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",))
-    return layer._replace(traits=frozenset({"relu"}))  # still runs after a max pool
+    """fundl's ReLU without the ``out=`` support that lets ``serial`` donate to it
+    (still declared a ReLU: it runs after a max pool)."""
+    return elementwise_layer("relu", lambda x: np.maximum(x, 0),
+                             lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",),
+                             kind="relu")
 
 
 def relu_kept_before_pool() -> Layer:
-    """fundl's ReLU without its ``"relu"`` trait: ``serial`` then runs it before the max
-    pool that follows it, as written, instead of after it."""
-    return relu()._replace(traits=frozenset())
+    """fundl's ReLU not declared a ReLU (``Speed.kind``): ``serial`` then runs it before
+    the max pool that follows it, as written, instead of after it."""
+    layer = relu()
+    return layer._replace(speed=layer.speed._replace(kind=""))
 
 
 # --- variants ----------------------------------------------------------------------

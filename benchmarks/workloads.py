@@ -13,12 +13,13 @@ import numpy as np
 
 import fundl
 from fundl import random
-from fundl.core import Layer, check_float_input, stateless_layer
+from fundl import Layer, stateless_layer
+from fundl.checks import check_float_input
 from fundl.layers.activations import relu
 from fundl.layers.dense import dense
 from fundl.losses import softmax_cross_entropy
 from fundl.optim.sgd import sgd
-from fundl.train import TrainState, make_step
+from fundl import TrainState, make_step
 
 from .reference import CNNReference, MLPReference
 

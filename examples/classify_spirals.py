@@ -11,7 +11,7 @@ from fundl.data import train_test_split
 from fundl.datasets import spirals
 from fundl.metrics import confusion_matrix
 from fundl.summary import summary
-from fundl.train import evaluate, fit
+from fundl import evaluate, fit
 
 
 def main() -> float:

@@ -10,10 +10,11 @@ import numpy as np
 
 import fundl as fl
 from fundl import random
-from fundl.core import LayerError, as_shape, check_float_input, check_param_dtype
+from fundl import LayerError
+from fundl.checks import as_shape, check_float_input, check_param_dtype
 from fundl.datasets import spirals
 from fundl.testing import check_layer
-from fundl.train import fit
+from fundl import fit
 
 
 def scaled_tanh(init_scale: float = 1.0, dtype=np.float32) -> fl.Layer:

@@ -5,9 +5,10 @@ See README.md for a tour.  Every layer is a :class:`Layer` of pure functions
 :func:`serial`; training is a pure step function.
 """
 
-from . import data, datasets, initializers, io, losses, metrics, optim, perf, random, tree
+from . import data, datasets, fusion, initializers, io, losses, metrics, optim, perf, random, tree
 from .combinators import fan_in_concat, fan_in_sum, fan_out, identity, parallel, residual, serial
-from .core import Layer, LayerError, elementwise_layer, stateless_layer
+from .checks import LayerError
+from .core import Layer, elementwise_layer, stateless_layer
 from .gradcheck import GradCheckError, GradCheckResult, check_vjp
 from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, conv2d, dense,
                      dropout, elu, embedding, flatten, gelu, global_avg_pool, gru, layer_norm,
@@ -15,7 +16,8 @@ from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, 
                      relu, reshape, rnn, sigmoid, silu, softmax, softplus, tanh)
 from .losses import Loss
 from .summary import summary
-from .train import NonFiniteLossError, TrainState, evaluate, fit, make_step
+from .fit import NonFiniteLossError, evaluate, fit
+from .step import TrainState, make_step
 
 __version__ = "0.1.0"
 
@@ -29,5 +31,5 @@ __all__ = [
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
     "TrainState", "make_step", "fit", "evaluate", "NonFiniteLossError", "summary",
-    "data", "datasets", "io", "metrics", "perf",
+    "data", "datasets", "fusion", "io", "metrics", "perf",
 ]

@@ -20,13 +20,48 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from . import random
-from .core import (Layer, LayerError, Shape, apply_child, as_shape, check_float_input, init_child,
-                   is_shape,
-                   split_key, stateless_layer, vjp_child)
+from . import fusion, random
+from .checks import LayerError, Shape, as_shape, check_float_input, is_shape
+from .core import Layer, stateless_layer
 
 __all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_concat",
-           "identity", "child_keys", "run_order"]
+           "identity", "child_keys", "split_key", "init_child", "apply_child", "vjp_child"]
+
+
+# --- running children ------------------------------------------------------------------
+
+def split_key(key: Any, n: int, uses_key: bool = True) -> Tuple[Any, ...]:
+    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference)
+    or no child uses its key (nothing to split)."""
+    return (None,) * n if key is None or not uses_key else random.split(key, n)
+
+
+def init_child(child_key: str, layer: Layer, key: Any, in_shape: Any) -> Tuple[Any, Any, Any]:
+    """``layer.init``; a :class:`LayerError` gets ``child_key`` prepended to its path."""
+    try:
+        return layer.init(key, in_shape)
+    except LayerError as err:
+        raise err.within(child_key) from None
+
+
+def apply_child(child_key: str, layer: Layer, params: Any, state: Any, x: Any,
+                key: Any = None, train: bool = False) -> Any:
+    """``layer.apply``; a :class:`LayerError` gets ``child_key`` prepended to its path."""
+    try:
+        return layer.apply(params, state, x, key=key, train=train)
+    except LayerError as err:
+        raise err.within(child_key) from None
+
+
+def vjp_child(child_key: str, run: fusion.VjpRunner, params: Any, state: Any, x: Any,
+              key: Any = None, need_dx: bool = True, x_donated: bool = False,
+              dy_donated: bool = False) -> Tuple[Any, Any, Any]:
+    """A child's vjp through its :func:`fundl.fusion.runner` ``run``; a
+    :class:`LayerError` gets ``child_key`` prepended to its path."""
+    try:
+        return run(params, state, x, key, need_dx, x_donated, dy_donated)
+    except LayerError as err:
+        raise err.within(child_key) from None
 
 
 def child_keys(layers: Sequence[Layer]) -> List[str]:
@@ -98,112 +133,69 @@ def _sum(items: Sequence[Any]) -> Any:
 
 # --- serial ------------------------------------------------------------------------
 
-def run_order(layers: Sequence[Layer]) -> List[int]:
-    """The order in which :func:`serial` runs ``layers``: as given, except that a
-    ReLU directly followed by a max pool runs right after that pool.
-
-    The results are the same: ``max(relu(x)) == relu(max(x))`` over every window,
-    and so are the gradients -- where a window's maximum is positive, both orders
-    give its gradient to the first cell holding that maximum; where it is ``<= 0``
-    the ReLU's gradient is 0 in both.  Pooled first, the pool sees the ReLU's
-    input, which has no ties at 0 to break, and the ReLU runs on the pooled array
-    (4x smaller for a 2x2 pool).  Layers say what they are in :attr:`Layer.traits`.
-    """
-    order = list(range(len(layers)))
-    i = 0
-    while i < len(layers) - 1:
-        if "relu" in layers[i].traits and "max_pool" in layers[i + 1].traits:
-            order[i], order[i + 1] = i + 1, i
-            i += 2
-        else:
-            i += 1
-    return order
-
-
-def _check_moved_relu_input(child_key: str, layer: Layer, x: Any) -> None:
-    """The ReLU's own input check, for a ReLU that runs after its pool (an error names it)."""
-    try:
-        check_float_input(x)
-    except LayerError as err:
-        raise err.named(layer.name).within(child_key) from None
-
-
 def serial(*layers: Layer, name: str = "serial") -> Layer:
     """Run ``layers`` one after another; the output of each is the next one's input.
 
     Shapes are threaded through ``init``; the pullback runs the children's
     pullbacks in reverse.  Params and state are dicts keyed ``{name}_{index}``
     (``params["dense_0"]["w"]``).  ``x`` and ``y`` are whatever the first layer
-    takes and the last one returns.  A ReLU directly followed by a max pool runs
-    after the pool, with the same results (see :func:`run_order`).
-
-    In ``vjp`` an intermediate array that its producer declares in
-    :attr:`Layer.fresh` is donated to the layer that consumes it (so
-    ``serial(dense(n), relu())`` runs its ReLU in place; see :mod:`fundl.core`).
-    The input ``x`` and the pullback's ``dy`` are donated to the first and last
-    child to run only when the caller donates them to the serial.
+    takes and the last one returns.  What the children declare in
+    :mod:`fundl.fusion` is planned once, here (:func:`fundl.fusion.serial_plan`):
+    fresh intermediate arrays are donated to their consumer, and a ReLU directly
+    followed by a max pool runs after the pool, with the same results.
     """
     if not layers:
         raise ValueError("serial needs at least one layer")
     _check_layers("serial", layers)
     names = child_keys(layers)
-    pairs = list(zip(names, layers))
-    n = len(layers)
-    order = run_order(layers)
-    # run[p]: (index, key, layer) of the p-th child to run; moved[p]: the ReLU that
-    # runs after the pool at position p, whose input check comes first.
-    run = [(j,) + pairs[j] for j in order]
-    moved = {p: pairs[j - 1] for p, j in enumerate(order) if j > p}
-    ran = [layer for _, _, layer in run]
-    # x_gift[p]: the output of the child run before is donated to the p-th;
-    # dy_gift[p]: the input gradient of the child run after is donated to its pullback.
-    x_gift = [p > 0 and "y" in ran[p - 1].fresh for p in range(n)]
-    dy_gift = [p < n - 1 and "dx" in ran[p + 1].fresh for p in range(n)]
-    fresh = tuple(f for f, child in (("y", ran[-1]), ("dx", ran[0])) if f in child.fresh)
-    if all("dparams" in layer.fresh for layer in layers):
-        fresh += ("dparams",)
-    keyless = all(layer.keyless for layer in layers)  # then no key is split at each step
+    plan = fusion.serial_plan(layers)
+    runs = [(j, names[j], layers[j], fusion.runner(layers[j])) for j in plan.order]
+    last = len(layers) - 1
 
     def init(key, in_shape):
-        params: Dict[str, Any] = {}
-        state: Dict[str, Any] = {}
-        shape = in_shape
-        for (k, layer), sub in zip(pairs, random.split(key, n)):
+        params, state, shape = {}, {}, in_shape
+        for k, layer, sub in zip(names, layers, random.split(key, len(layers))):
             params[k], state[k], shape = init_child(k, layer, sub, shape)
         return params, state, shape
 
     def apply(params, state, x, *, key=None, train=False):
-        subs = split_key(key, n, keyless)
-        for p, (j, k, layer) in enumerate(run):
-            if p in moved:
-                _check_moved_relu_input(*moved[p], x)
-            x = apply_child(k, layer, params[k], state[k], x, subs[j], train)
+        keys = split_key(key, len(layers), plan.speed.uses_key)
+        for p, (j, k, layer, _) in enumerate(runs):
+            _check_moved_relu(plan, p, names, layers, x)
+            x = apply_child(k, layer, params[k], state[k], x, keys[j], train)
         return x
 
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
-        subs = split_key(key, n, keyless)
-        pullbacks = []
-        new_state: Dict[str, Any] = {}
-        for p, (j, k, layer) in enumerate(run):
-            if p in moved:
-                _check_moved_relu_input(*moved[p], x)
+        keys = split_key(key, len(layers), plan.speed.uses_key)
+        new_state, pullbacks = {}, []
+        for p, (j, k, _, run) in enumerate(runs):
+            _check_moved_relu(plan, p, names, layers, x)
             x, new_state[k], pb = vjp_child(
-                k, layer, params[k], state[k], x, subs[j], need_dx=need_dx or p > 0,
-                x_donated=x_gift[p] or (p == 0 and x_donated),
-                dy_donated=dy_gift[p] or (p == n - 1 and dy_donated))
+                k, run, params[k], state[k], x, keys[j], need_dx or p > 0,
+                plan.x_donated[p] or (p == 0 and x_donated),
+                plan.dy_donated[p] or (p == last and dy_donated))
             pullbacks.append((k, pb))
 
         def pullback(dy):
-            grads: Dict[str, Any] = {}
+            grads = {}
             for k, pb in reversed(pullbacks):
                 grads[k], dy = pb(dy)
             return {k: grads[k] for k in names}, dy
 
-        if moved:
-            new_state = {k: new_state[k] for k in names}
-        return x, new_state, pullback
+        return x, {k: new_state[k] for k in names}, pullback
 
-    return Layer(init, apply, vjp, name, tuple(pairs), fresh, keyless)
+    return Layer(init, apply, vjp, name, tuple(zip(names, layers)), plan.speed)
+
+
+def _check_moved_relu(plan: fusion.SerialPlan, p: int, names: List[str],
+                      layers: Sequence[Layer], x: Any) -> None:
+    """The input check of a ReLU that runs after its pool, before the pool (errors name it)."""
+    j = plan.moved_relu[p]
+    if j is not None:
+        try:
+            check_float_input(x)
+        except LayerError as err:
+            raise err.named(layers[j].name).within(names[j]) from None
 
 
 # --- parallel ----------------------------------------------------------------------
@@ -224,7 +216,8 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     names = child_keys(layers)
     pairs = list(zip(names, layers))
     n = len(layers)
-    keyless = all(layer.keyless for layer in layers)
+    uses_key = any(fusion.speed_of(layer).uses_key for layer in layers)
+    runs = [fusion.runner(layer) for layer in layers]
 
     def init(key, in_shape):
         try:
@@ -248,7 +241,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         xs = split_inputs(x)
         ys = []
-        for (k, layer), sub, xi in zip(pairs, split_key(key, n, keyless), xs):
+        for (k, layer), sub, xi in zip(pairs, split_key(key, n, uses_key), xs):
             ys.append(apply_child(k, layer, params[k], state[k], xi, sub, train))
         return tuple(ys)
 
@@ -256,9 +249,8 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
         xs = split_inputs(x)
         ys, pullbacks = [], []
         new_state: Dict[str, Any] = {}
-        for (k, layer), sub, xi in zip(pairs, split_key(key, n, keyless), xs):
-            yi, new_state[k], pb = vjp_child(k, layer, params[k], state[k], xi, sub,
-                                             need_dx=need_dx)
+        for k, run, sub, xi in zip(names, runs, split_key(key, n, uses_key), xs):
+            yi, new_state[k], pb = vjp_child(k, run, params[k], state[k], xi, sub, need_dx)
             ys.append(yi)
             pullbacks.append(pb)
 
@@ -273,7 +265,8 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
 
         return tuple(ys), new_state, pullback
 
-    return Layer(init, apply, vjp, name, tuple(pairs), keyless=keyless)
+    return Layer(init, apply, vjp, name, tuple(pairs),
+                 fusion.Speed(uses_key=uses_key, takes=frozenset({"need_dx"})))
 
 
 # --- fan out / fan in --------------------------------------------------------------
@@ -302,7 +295,7 @@ def fan_out(n: int, *, name: str = "fan_out") -> Layer:
 
         return (x,) * n, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
 def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
@@ -352,7 +345,7 @@ def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
 
         return forward(xs), pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
 def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
@@ -424,7 +417,7 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
 
         return np.concatenate(xs, axis=d), pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
 # --- residual ----------------------------------------------------------------------
@@ -440,6 +433,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
     """
     _check_layers("residual", [layer])
     (k,) = child_keys([layer])
+    uses_key, run = fusion.speed_of(layer).uses_key, fusion.runner(layer)
 
     def init(key, in_shape):
         params, state, out_shape = init_child(k, layer, random.split(key, 1)[0], in_shape)
@@ -459,16 +453,15 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
         return np.add(x, b)  # a new array: never write into the branch's output
 
     def apply(params, state, x, *, key=None, train=False):
-        b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1, layer.keyless)[0],
-                        train)
+        b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1, uses_key)[0], train)
         try:
             return add(x, b)
         except LayerError as err:
             raise err.named(name) from None
 
     def vjp(params, state, x, *, key=None, need_dx=True):
-        b, new_state, pb = vjp_child(k, layer, params[k], state[k], x,
-                                     split_key(key, 1, layer.keyless)[0], need_dx=need_dx)
+        b, new_state, pb = vjp_child(k, run, params[k], state[k], x,
+                                     split_key(key, 1, uses_key)[0], need_dx)
         try:
             y = add(x, b)
         except LayerError as err:
@@ -482,7 +475,8 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
 
         return y, {k: new_state}, pullback
 
-    return Layer(init, apply, vjp, name, ((k, layer),), keyless=layer.keyless)
+    return Layer(init, apply, vjp, name, ((k, layer),),
+                 fusion.Speed(uses_key=uses_key, takes=frozenset({"need_dx"})))
 
 
 def identity() -> Layer:

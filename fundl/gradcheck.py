@@ -15,7 +15,8 @@ from typing import Any, Dict, NamedTuple, Optional, Union
 import numpy as np
 
 from . import random, tree
-from .core import Layer, as_shape, is_shape
+from .checks import as_shape, is_shape
+from .core import Layer
 from .losses import Loss
 
 __all__ = ["check_vjp", "GradCheckResult", "GradCheckError"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import random, tree
-from .core import Layer, normalize_shapes
+from .checks import normalize_shapes
+from .core import Layer
 
 __all__ = ["summary", "SummaryRow", "summary_rows"]
 

@@ -8,10 +8,11 @@ layer honours the contract of :mod:`fundl.core`:
 - no function mutates its inputs (they are set read-only and compared after);
 - the same key gives bit-identical params, outputs and gradients;
 - ``apply(train=True)`` equals ``vjp``'s output for the same key;
-- ``vjp(..., need_dx=False)``, where accepted, gives the same output and dparams;
-- donation (:mod:`fundl.core`): what ``Layer.fresh`` declares really is held by
-  nobody (scribbling over it changes no later result), and ``x_donated`` /
-  ``dy_donated``, where accepted, change no result;
+- what the layer declares in :mod:`fundl.fusion` holds: ``vjp(..., need_dx=False)``
+  gives the same output and dparams; what ``speed.fresh`` names really is held by
+  nobody (scribbling over it changes no later result); ``x_donated`` /
+  ``dy_donated`` change no result; a layer that says it uses no key gives the
+  same results with and without one;
 - the pullback passes :func:`fundl.check_vjp` in float64.
 """
 
@@ -22,8 +23,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import random, tree
-from .core import Layer, accepts_keyword, call_vjp, normalize_shapes
+from . import fusion, random, tree
+from .checks import normalize_shapes
+from .core import Layer
 from .gradcheck import GradCheckResult, _random_input, check_vjp
 
 __all__ = ["check_layer", "read_only", "ContractError"]
@@ -112,7 +114,8 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
     dparams2, dx2 = pullback(dy)
     if not (tree.all_equal(dparams, dparams2) and tree.all_equal(dx, dx2)):
         raise ContractError(f"{layer.name}: pullback gives different results on a second call")
-    if accepts_keyword(layer.vjp, "need_dx"):
+    speed = fusion.speed_of(layer)
+    if "need_dx" in speed.takes:
         y_n, _, pullback_n = layer.vjp(params, state, x, key=k_fwd, need_dx=False)
         dparams_n, dx_n = pullback_n(dy)
         if not (tree.all_equal(y_n, y_t) and tree.all_equal(dparams_n, dparams)):
@@ -162,29 +165,36 @@ def _scribble(layer: Layer, what: str, t: Any, others: Any) -> None:
 
 
 def _check_donation(layer: Layer, params, state, x, key, dy, y, dparams, dx) -> None:
-    """The donation rules of :mod:`fundl.core` (see :func:`check_layer`)."""
+    """The declarations of :mod:`fundl.fusion` (see :func:`check_layer`)."""
     def same(result, what):
         got_dparams, got_dx = result
         if not (tree.all_equal(got_dparams, dparams) and tree.all_equal(got_dx, dx)):
             raise ContractError(f"{layer.name}: {what} changes the pullback's results")
 
     inputs = (params, state, x, dy)
-    if "y" in layer.fresh:  # nobody else holds it: not the inputs, not an earlier call's y
+    speed = fusion.speed_of(layer)
+    if not speed.uses_key:
+        y_k, _, pullback_k = layer.vjp(params, state, x, key=None)
+        if not tree.all_equal(y_k, y):
+            raise ContractError(f"{layer.name}: says it uses no key, but its output changes "
+                                "without one")
+        same(pullback_k(dy), "running without a key")
+    if "y" in speed.fresh:  # nobody else holds it: not the inputs, not an earlier call's y
         y_f, _, pullback_f = layer.vjp(params, state, x, key=key)
         _scribble(layer, "y", y_f, (inputs, y))
         same(pullback_f(dy), "overwriting the output it declares fresh")
     for what, index, words in (("dparams", 0, "parameter gradients"), ("dx", 1, "input gradient")):
-        if what in layer.fresh:  # nobody else holds it: not the inputs, not an earlier call's
+        if what in speed.fresh:  # nobody else holds it: not the inputs, not an earlier call's
             _, _, pullback_f = layer.vjp(params, state, x, key=key)
             first = pullback_f(dy)[index]
             _scribble(layer, what, pullback_f(dy)[index], (inputs, first))
             same(pullback_f(dy), f"overwriting the {words} it declares fresh")
-    if accepts_keyword(layer.vjp, "x_donated"):
-        y_d, _, pullback_d = call_vjp(layer, params, state, _writeable_copy(x), key,
-                                      x_donated=True)
+    run = fusion.runner(layer)
+    if "x_donated" in speed.takes:
+        y_d, _, pullback_d = run(params, state, _writeable_copy(x), key, x_donated=True)
         if not tree.all_equal(y_d, y):
             raise ContractError(f"{layer.name}: vjp(x_donated=True) changes the output")
         same(pullback_d(dy), "vjp(x_donated=True)")
-    if accepts_keyword(layer.vjp, "dy_donated"):
-        _, _, pullback_d = call_vjp(layer, params, state, x, key, dy_donated=True)
+    if "dy_donated" in speed.takes:
+        _, _, pullback_d = run(params, state, x, key, dy_donated=True)
         same(pullback_d(_writeable_copy(dy)), "vjp(dy_donated=True)")

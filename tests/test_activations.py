@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fundl import random
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.layers.activations import (elu, erf, erfc, gelu, leaky_relu, log_softmax, relu,
                                       sigmoid, silu, softmax, softplus, tanh)
 from fundl.testing import check_layer

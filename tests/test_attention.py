@@ -7,7 +7,7 @@ import pytest
 
 from fundl import random, tree
 from fundl.combinators import serial
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.layers.attention import multi_head_attention
 from fundl.layers.dense import dense
 from fundl.testing import check_layer

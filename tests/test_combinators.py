@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fundl import random, tree
-from fundl.combinators import (child_keys, fan_in_concat, fan_in_sum, fan_out, identity,
-                               parallel, residual, run_order, serial)
-from fundl.core import Layer, LayerError, call_vjp, stateless_layer
+from fundl import Layer, LayerError, fusion, stateless_layer
+from fundl.combinators import (child_keys, fan_in_concat, fan_in_sum, fan_out, identity, parallel,
+                               residual, serial)
 from fundl.gradcheck import GradCheckError, check_vjp
 from fundl.layers.activations import relu, sigmoid, tanh
 from fundl.layers.conv import conv2d
@@ -17,13 +17,18 @@ from fundl.layers.pool import avg_pool2d, max_pool1d, max_pool2d
 from fundl.losses import mse
 from fundl.optim import sgd
 from fundl.testing import check_layer, read_only
-from fundl.train import TrainState, make_step
+from fundl import TrainState, make_step
 
 KEY = random.key(0)
 
 
 def _x(shape, seed=1, dtype=np.float32):
     return random.normal(random.key(seed), shape, dtype)
+
+
+def call_vjp(layer, params, state, x, key=None, **hints):
+    """``layer.vjp`` with the hints it declares (as serial passes them to a child)."""
+    return fusion.runner(layer)(params, state, x, key, **hints)
 
 
 def _dense_ref(p, x):
@@ -132,7 +137,7 @@ def recorder(log: list, inner: Layer, *, frozen: bool = False, name="rec") -> La
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name)
+    return Layer(init, apply, vjp, name, speed=fusion.Speed(takes=frozenset({"need_dx"})))
 
 
 # --- serial ---------------------------------------------------------------------------
@@ -593,225 +598,3 @@ def test_combinators_never_write_into_child_outputs():
             assert not out.flags.writeable
             np.testing.assert_array_equal(out, snapshot)  # unchanged after the combinator ran
             assert not np.shares_memory(out, y2) and not np.shares_memory(out, dx)
-
-
-# --- donation inside serial -----------------------------------------------------------
-
-def _recorder(fresh, log):
-    """y = x + 1 (a new array); records its output and its pullback's dx in ``log``."""
-    def init(key, in_shape):
-        return {}, in_shape
-
-    def vjp(params, x):
-        y = x + 1.0
-        log["y"] = y
-
-        def pullback(dy):
-            log["dx"] = dy * 1.0
-            return {}, log["dx"]
-        return y, pullback
-
-    return stateless_layer("rec", init, lambda p, x: x + 1.0, vjp, fresh=fresh)
-
-
-@pytest.mark.parametrize("fresh", [("y", "dx"), ()])
-def test_serial_donates_only_what_a_layer_declares_fresh(fresh):
-    log = {}
-    x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
-    dy = read_only(np.array([[1.0, 2.0, 3.0]], np.float32))
-    # forward: rec's output goes to relu; backward: rec's dx goes to relu's pullback
-    model = serial(_recorder(fresh, log), relu(), _recorder(fresh, {}), relu(),
-                   _recorder(fresh, log))
-    params, state, _ = model.init(KEY, (3,))
-    y, _, pullback = model.vjp(params, state, x, key=KEY)
-    grads, dx = pullback(dy)
-    np.testing.assert_array_equal(y, [[2.0, 3.5, 6.0]])
-    np.testing.assert_array_equal(dx, [[0.0, 2.0, 3.0]])
-    assert model.fresh == fresh
-    # the caller's arrays were never written (they are read-only: a write would raise)
-    np.testing.assert_array_equal(x, [[-2.0, 0.5, 3.0]])
-
-
-def test_serial_runs_relu_in_place_on_a_fresh_output():
-    log = {}
-    model = serial(_recorder(("y", "dx"), log), relu())
-    params, state, _ = model.init(KEY, (3,))
-    x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
-    y, _, pullback = model.vjp(params, state, x, key=KEY)
-    assert y is log["y"]                          # relu wrote into rec's own output
-    dy = read_only(np.ones((1, 3), np.float32))
-    _, dx = pullback(dy)                          # relu's pullback gets the caller's dy: new dx
-    assert not np.shares_memory(dx, dy)
-    np.testing.assert_array_equal(dx, [[0.0, 1.0, 1.0]])
-
-    log2 = {}
-    model2 = serial(relu(), _recorder(("y", "dx"), log2))
-    params2, state2, _ = model2.init(KEY, (3,))
-    y2, _, pullback2 = model2.vjp(params2, state2, x, key=KEY)
-    _, dx2 = pullback2(dy)
-    assert dx2 is log2["dx"]                      # relu's pullback wrote into rec's fresh dx
-    np.testing.assert_array_equal(dx2, [[0.0, 1.0, 1.0]])
-    no_gift = serial(_recorder((), {}), relu())
-    y3, _, _ = no_gift.vjp(*no_gift.init(KEY, (3,))[:2], x, key=KEY)
-    np.testing.assert_array_equal(y3, [[0.0, 1.5, 4.0]])
-
-
-def test_keyless_children_get_no_key_and_stochastic_ones_do():
-    from fundl.layers.dropout import dropout
-    seen = []
-
-    def spy(keyless):
-        def vjp(params, state, x, *, key=None):
-            seen.append(key)
-            return x, state, lambda dy: ({}, dy)
-        return Layer(lambda k, s: ({}, {}, s), lambda p, s, x, **kw: x, vjp, "spy", keyless=keyless)
-
-    assert dense(2).keyless and relu().keyless and not dropout(0.5).keyless
-    det = serial(dense(3), spy(True), relu())
-    assert det.keyless and parallel(det, relu()).keyless and residual(det).keyless
-    params, state, _ = det.init(KEY, (3,))
-    det.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
-    assert seen == [None]                                  # nothing split for keyless children
-    mixed = serial(dense(3), spy(False), dropout(0.5))
-    assert not mixed.keyless and not parallel(mixed).keyless
-    params, state, _ = mixed.init(KEY, (3,))
-    mixed.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
-    np.testing.assert_array_equal(seen[1], random.split(KEY, 3)[1])   # the same child keys as always
-
-
-@pytest.mark.parametrize("act", [relu, tanh, sigmoid])
-def test_activations_work_in_place_on_a_dense_output_and_keep_exact_gradients(act):
-    log = {}
-    model = serial(_recorder(("y", "dx"), log), act(), dense(4))
-    params, state, _ = model.init(KEY, (3,))
-    x = read_only(np.array([[-2.0, 0.5, 3.0], [1.0, -1.0, 0.0]], np.float32))
-    model.vjp(params, state, x, key=KEY)
-    want = act().apply({}, {}, x + 1.0)
-    assert model.children[1][1].fresh == ("dx", "dparams")
-    np.testing.assert_allclose(log["y"], want, rtol=1e-6)   # the recorder's output, overwritten
-    check_layer(serial(dense(5), act(), dense(3), act(), dense(2)), (4,))
-
-
-@pytest.mark.parametrize("act", [relu, tanh, sigmoid])
-@pytest.mark.parametrize("in_shape", [(4,), (3, 5)])
-def test_donating_dense_chains_pass_the_float64_gradient_check(act, in_shape):
-    # every activation here runs in place on the dense output and (relu) on the dense dx
-    check_layer(serial(dense(6), act(), dense(5), act(), dense(2)), in_shape)
-
-
-@pytest.mark.parametrize("in_shape, pool", [((6, 6, 2), 2), ((5, 7, 1), 3)])
-def test_donating_conv_pool_chains_pass_the_float64_gradient_check(in_shape, pool):
-    from fundl.layers.reshape import flatten
-    for pooling in (max_pool2d(pool, padding="same"), avg_pool2d(2)):
-        model = serial(conv2d(3, 3, padding="same"), relu(), pooling, conv2d(4, 2), relu(),
-                       flatten(), dense(2))
-        assert model.children[1][1].fresh and "y" in model.children[0][1].fresh
-        check_layer(model, in_shape)
-
-
-# --- serial runs a ReLU after the max pool that follows it -------------------------------
-
-def test_run_order_moves_each_relu_after_the_max_pool_that_follows_it():
-    layers = [dense(2), relu(), max_pool2d(2), relu(), relu(), max_pool1d(2), max_pool2d(2),
-              relu(), avg_pool2d(2), tanh(), max_pool2d(2)]
-    assert run_order(layers) == [0, 2, 1, 3, 5, 4, 6, 7, 8, 9, 10]
-    assert run_order([relu(), max_pool2d(2)]) == [1, 0]
-    assert run_order([max_pool2d(2), relu()]) == [0, 1]
-
-
-def _in_written_order(layers, params, x, dy):
-    """``serial(*layers)``'s y, grads and dx computed child by child as written (no donation)."""
-    pullbacks = []
-    for k, layer in zip(child_keys(layers), layers):
-        x, _, pb = call_vjp(layer, params[k], {}, x)
-        pullbacks.append((k, pb))
-    grads = {}
-    for k, pb in reversed(pullbacks):
-        grads[k], dy = pb(dy)
-    return x, {k: grads[k] for k, _ in pullbacks}, dy
-
-
-def _int_valued(shape, seed, dtype, low=-2, high=3):
-    """Small integers as floats: many ties, zeros and negative windows."""
-    return random.randint(random.key(seed), shape, low, high).astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("build, in_shape", [
-    (lambda: [relu(), max_pool2d(2)], (4, 6, 3)),
-    (lambda: [relu(), max_pool2d(3, stride=1, padding="same")], (5, 4, 2)),
-    (lambda: [relu(), max_pool1d(2, padding="same")], (7, 3)),
-    (lambda: [conv2d(3, 2, padding="same"), relu(), max_pool2d(2), relu(),
-              max_pool2d(2, padding="same")], (6, 6, 2)),
-])
-def test_relu_then_max_pool_gives_exactly_the_results_of_the_written_order(build, in_shape, dtype):
-    layers = build()
-    model = serial(*layers)
-    params, state, out_shape = model.init(KEY, in_shape)
-    params = tree.map(lambda a: _int_valued(a.shape, 7, dtype, -1, 2), params)  # integer weights
-    x = read_only(_int_valued((5,) + in_shape, 3, dtype))
-    dy = read_only(_int_valued((5,) + out_shape, 4, dtype, -3, 4))
-    want_y, want_grads, want_dx = _in_written_order(layers, params, x, dy)
-    y, _, pullback = model.vjp(params, state, x)
-    grads, dx = pullback(dy)
-    assert y.dtype == dx.dtype == dtype
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(dx, want_dx)
-    assert list(grads) == list(want_grads)
-    for a, b in zip(tree.leaves(grads), tree.leaves(want_grads)):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(model.apply(params, state, x), want_y)
-    assert np.count_nonzero(want_dx) > 0 and np.count_nonzero(want_y == 0) > 0  # ties were there
-
-
-def test_a_max_pool_after_a_relu_sees_the_relus_input_and_errors_still_name_the_relu():
-    seen = []
-    pool = max_pool2d(2)
-
-    def spy_vjp(params, state, x, **kw):
-        seen.append(x)
-        return pool.vjp(params, state, x, **kw)
-
-    model = serial(dense(4), relu(), pool._replace(vjp=spy_vjp))
-    params, state, _ = model.init(KEY, (2, 2, 3))
-    x = _x((3, 2, 2, 3))
-    y, _, _ = model.vjp(params, state, x)
-    assert seen[0].min() < 0                       # the pool got the dense output, before the relu
-    assert y.shape == (3, 1, 1, 4) and y.min() >= 0
-
-    pair = serial(relu(), max_pool2d(2))
-    params, state, _ = pair.init(KEY, (2, 2, 3))
-    for bad in (x.astype(np.int64), x.astype(np.int64)[:, 0]):   # the relu objects first
-        with pytest.raises(LayerError, match=r"layer 'relu_0' \(relu\): .*floating-point"):
-            pair.apply(params, state, bad)
-        with pytest.raises(LayerError, match=r"layer 'relu_0' \(relu\): .*floating-point"):
-            pair.vjp(params, state, bad)
-    with pytest.raises(LayerError, match=r"layer 'max_pool2d_1' \(max_pool2d\): .*rank 4"):
-        pair.apply(params, state, x[:, 0])
-
-
-@pytest.mark.parametrize("in_shape", [(6, 6, 2), (5, 7, 1)])
-def test_conv_relu_max_pool_models_pass_check_layer(in_shape):
-    from fundl.layers.reshape import flatten
-    model = serial(relu(), max_pool2d(2, padding="same"), conv2d(3, 3, padding="same"), relu(),
-                   max_pool2d(2, padding="same"), flatten(), dense(2))
-    check_layer(model, in_shape)
-
-
-@pytest.mark.parametrize("pool", [lambda: max_pool2d(2), lambda: max_pool2d(2, padding=1)])
-def test_relu_then_max_pool_match_the_written_order_with_nan_and_inf(pool):
-    layers = [relu(), pool()]
-    model = serial(*layers)
-    params, state, out_shape = model.init(KEY, (4, 4, 2))
-    x = _int_valued((3, 4, 4, 2), 5, np.float64)
-    x[0, 0, 0, 0] = np.nan                      # a NaN window
-    x[1, :2, :2, 1] = -np.inf                   # a window of -inf only
-    x[2, 2:, 2:, 0] = np.inf                    # a window of +inf ties
-    x = read_only(x)
-    dy = read_only(_int_valued((3,) + out_shape, 6, np.float64, -3, 4))
-    want_y, want_grads, want_dx = _in_written_order(layers, params, x, dy)
-    y, _, pullback = model.vjp(params, state, x)
-    _, dx = pullback(dy)
-    np.testing.assert_array_equal(y, want_y)     # NaN where the written order has NaN
-    np.testing.assert_array_equal(dx, want_dx)
-    assert np.isnan(y).any() and np.isinf(y).any()

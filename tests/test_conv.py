@@ -7,7 +7,7 @@ import pytest
 
 from fundl import random
 from fundl.combinators import serial
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.layers.activations import relu
 from fundl.layers.conv import conv1d, conv2d
 from fundl.testing import check_layer

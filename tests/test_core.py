@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 
 import fundl as fl
-from fundl.core import (Layer, LayerError, call_vjp, check_trailing_shape, elementwise_layer,
-                        stateless_layer)
+from fundl import fusion
+from fundl.checks import LayerError
+from fundl.core import Layer, elementwise_layer, stateless_layer
 from fundl.testing import check_layer
+
+
+def call_vjp(layer, params, state, x, key=None, **hints):
+    """``layer.vjp`` with the hints it declares (as serial passes them to a child)."""
+    return fusion.runner(layer)(params, state, x, key, **hints)
 
 
 def scale_layer(factor=3.0):
@@ -95,22 +101,12 @@ def test_call_vjp_passes_need_dx_only_to_layers_that_accept_it():
     assert ts2.step == 1 and np.isfinite(metrics["loss"])
 
 
-def test_check_trailing_shape_messages():
-    check_trailing_shape(np.zeros((2, 3, 4)), (3, None))
-    with pytest.raises(LayerError, match=r"expected input of shape \(batch, 3, \?\) \(rank 3\), "
-                                         r"got shape \(2, 3\)"):
-        check_trailing_shape(np.zeros((2, 3)), (3, None))
-    with pytest.raises(LayerError, match=r"got shape \(2, 4, 1\)"):
-        check_trailing_shape(np.zeros((2, 4, 1)), (3, None))
-
-
 def test_layers_are_immutable_named_tuples():
     layer = fl.dense(3)
     with pytest.raises(AttributeError):
         layer.name = "other"
-    assert layer._fields == ("init", "apply", "vjp", "name", "children", "fresh", "keyless",
-                             "traits")
-    assert layer.traits == frozenset() and fl.relu().traits == {"relu"}
+    assert layer._fields == ("init", "apply", "vjp", "name", "children", "speed")
+    assert layer.speed.kind == "" and fl.relu().speed.kind == "relu"
     assert layer.children == ()
     model = fl.serial(fl.dense(3), fl.relu())
     assert [k for k, _ in model.children] == ["dense_0", "relu_1"]
@@ -121,7 +117,7 @@ def test_layers_are_immutable_named_tuples():
 
 def test_elementwise_layer_works_in_place_only_on_donated_arrays():
     layer = fl.relu()
-    assert layer.fresh == ("dx", "dparams")
+    assert layer.speed.fresh == {"dx", "dparams"}
     x = np.array([[-1.0, 2.0, -3.0]], np.float32)
     dy = np.array([[5.0, 6.0, 7.0]], np.float32)
     y, _, pb = call_vjp(layer, {}, {}, x, None)          # nothing donated: x and dy untouched
@@ -143,7 +139,8 @@ def test_elementwise_layer_that_keeps_x_never_overwrites_it():
     def backward(x, y, dy, out=None):
         return np.multiply(dy, 2.0 * np.sign(x) * np.sign(x), out=out)
 
-    layer = elementwise_layer("double", forward, backward, saves="x")
+    layer = elementwise_layer("double", forward, backward, saves="x",
+                              in_place=("forward", "backward"))
     x = np.array([[1.0, -2.0]], np.float32)
     y, _, pb = call_vjp(layer, {}, {}, x, None, x_donated=True)
     assert not np.shares_memory(y, x)
@@ -151,15 +148,16 @@ def test_elementwise_layer_that_keeps_x_never_overwrites_it():
     np.testing.assert_array_equal(pb(np.ones_like(x))[1], [[2.0, 2.0]])
 
 
-def test_stateless_layer_passes_only_the_hints_its_vjp_takes():
+def test_stateless_layer_passes_only_the_hints_it_declares():
     seen = []
 
     def vjp(params, x, dy_donated=False):
         seen.append(dy_donated)
         return x + 1.0, lambda dy: ({}, dy)
 
-    layer = stateless_layer("plus", lambda k, s: ({}, s), lambda p, x: x + 1.0, vjp, fresh=("y",))
-    assert layer.fresh == ("y",)
+    layer = stateless_layer("plus", lambda k, s: ({}, s), lambda p, x: x + 1.0, vjp,
+                            takes=("dy_donated",), fresh=("y",))
+    assert layer.speed.fresh == {"y"} and layer.speed.takes == {"dy_donated"}
     x = np.zeros((1, 2), np.float32)
     call_vjp(layer, {}, {}, x, None, need_dx=False, x_donated=True, dy_donated=True)
     call_vjp(layer, {}, {}, x, None)
@@ -172,14 +170,3 @@ def test_fresh_names_only_y_and_dx():
                         lambda p, x: (x, lambda dy: ({}, dy)), fresh=("out",))
 
 
-def test_check_sequence_in_shape_and_the_layers_that_use_it():
-    from fundl.core import check_sequence_in_shape
-    assert check_sequence_in_shape([5, 3]) == (5, 3)
-    for bad in [(5,), (5, 0), (2, 3, 4)]:
-        with pytest.raises(LayerError, match=r"expected an input shape \(time, features\), "
-                                             rf"got \({', '.join(map(str, bad))},?\)"):
-            check_sequence_in_shape(bad)
-    for layer, kind in ((fl.multi_head_attention(2), "multi_head_attention"), (fl.gru(3), "gru")):
-        with pytest.raises(LayerError, match=rf"layer '{kind}_1' \({kind}\): expected an input "
-                                             r"shape \(time, features\), got \(5, 0\)"):
-            fl.serial(fl.identity(), layer).init(fl.random.key(0), (5, 0))

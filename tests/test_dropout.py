@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fundl import random
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.layers.dropout import dropout
 from fundl.testing import check_layer
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fundl import random
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.layers.embedding import embedding
 from fundl.testing import check_layer
 

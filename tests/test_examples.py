@@ -1,3 +1,4 @@
+import os
 import pathlib
 import re
 import runpy
@@ -44,7 +45,10 @@ def test_mnist1d_short_run_beats_chance(tmp_path, monkeypatch):
     ("linear_regression.py", r"recovered w_real and b_real"),
 ])
 def test_small_examples_run(script, expect):
+    # the checkout's fundl, whether or not (and whichever) fundl is pip-installed
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     out = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+                         text=True, timeout=120, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(expect, out.stdout), out.stdout[-2000:]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fundl as fl
-from fundl.core import stateless_layer
+from fundl import stateless_layer
 from fundl.gradcheck import GradCheckError, check_vjp
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fundl import random
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.gradcheck import check_vjp
 from fundl.layers.norm import batch_norm, layer_norm
 from fundl.testing import check_layer, read_only

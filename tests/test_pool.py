@@ -7,7 +7,7 @@ import pytest
 
 from fundl import random
 from fundl.combinators import serial
-from fundl.core import LayerError
+from fundl import LayerError
 from fundl.layers.pool import avg_pool1d, avg_pool2d, global_avg_pool, max_pool1d, max_pool2d
 from fundl.testing import check_layer
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fundl as fl
-from fundl.core import stateless_layer
+from fundl import stateless_layer
 from fundl.testing import ContractError, check_layer, read_only
 
 
@@ -68,7 +68,7 @@ def test_check_layer_catches_a_need_dx_path_that_changes_dparams():
         return apply(p, x), pullback
 
     with pytest.raises(ContractError, match="need_dx=False"):
-        check_layer(stateless_layer("skip", init, apply, vjp), (3,))
+        check_layer(stateless_layer("skip", init, apply, vjp, takes=("need_dx",)), (3,))
 
 
 def _square(fresh, keep_y_view=False, cached_dx=None):
@@ -128,7 +128,8 @@ def test_check_layer_catches_a_donation_path_that_changes_results():
         return 2.0 * x, pullback
 
     with pytest.raises(ContractError, match="dy_donated"):
-        check_layer(stateless_layer("bad", init, lambda p, x: 2.0 * x, vjp), (3,), gradcheck=False)
+        check_layer(stateless_layer("bad", init, lambda p, x: 2.0 * x, vjp, takes=("dy_donated",)),
+                    (3,), gradcheck=False)
 
 
 def _scaled(fresh, grad_is_param=False, shared=False):

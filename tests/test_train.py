@@ -12,7 +12,7 @@ import fundl as fl
 from fundl import io, random, tree
 from fundl.datasets import linear_regression, spirals
 from fundl.testing import read_only
-from fundl.train import NonFiniteLossError, TrainState, evaluate, fit, make_step
+from fundl import NonFiniteLossError, TrainState, evaluate, fit, make_step
 
 SCE = fl.losses.softmax_cross_entropy
 # the module (``fundl.fit`` may be re-exported as the function in fundl/__init__.py)

@@ -19,8 +19,8 @@ from typing import Callable, Tuple
 
 import numpy as np
 
-from ..core import (Layer, LayerError, as_shape, check_float_input, elementwise_layer,
-                    stateless_layer)
+from ..checks import LayerError, as_shape, check_float_input
+from ..core import Layer, elementwise_layer, stateless_layer
 
 Array = np.ndarray
 
@@ -80,8 +80,8 @@ def relu() -> Layer:
     CNN and 0.3 ms of the MLP at batch 512.  A ReLU followed by a max pool runs
     after the pool there (the same results, on a 4x smaller array for 2x2 pools).
     """
-    layer = elementwise_layer("relu", _relu_forward, _relu_backward, saves="y", fresh=("dx",))
-    return layer._replace(traits=frozenset({"relu"}))
+    return elementwise_layer("relu", _relu_forward, _relu_backward, saves="y",
+                             in_place=("forward", "backward"), fresh=("dx",), kind="relu")
 
 
 # --- leaky relu ---------------------------------------------------------------------
@@ -405,7 +405,8 @@ def _tanh_forward(x, out=None):
 def tanh() -> Layer:
     """``tanh(x)``; gradient ``1 - tanh(x)**2``.  Any shape.  Works in place on a
     donated input (see :func:`relu`)."""
-    return elementwise_layer("tanh", _tanh_forward, _tanh_backward, saves="y", fresh=("dx",))
+    return elementwise_layer("tanh", _tanh_forward, _tanh_backward, saves="y",
+                             in_place=("forward",), fresh=("dx",))
 
 
 def _sigmoid_backward(x, y, dy):
@@ -419,7 +420,7 @@ def sigmoid() -> Layer:
     """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``.  Any shape.
     Works in place on a donated input (see :func:`relu`)."""
     return elementwise_layer("sigmoid", _sigmoid_forward, _sigmoid_backward, saves="y",
-                             fresh=("dx",))
+                             in_place=("forward",), fresh=("dx",))
 
 
 # --- softmax, log_softmax -----------------------------------------------------------

@@ -13,8 +13,9 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import random
-from ..core import (Layer, LayerError, check_float_input, check_param_dtype,
-                    check_sequence_in_shape, check_trailing_shape, stateless_layer)
+from ..checks import (LayerError, check_float_input, check_param_dtype, check_sequence_in_shape,
+                      check_trailing_shape)
+from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["multi_head_attention"]
@@ -142,4 +143,4 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))

@@ -25,8 +25,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import random
-from ..core import (Layer, LayerError, Shape, as_shape, check_float_input, check_param_dtype,
-                    check_trailing_shape, stateless_layer)
+from ..checks import (LayerError, Shape, as_shape, check_float_input, check_param_dtype,
+                      check_trailing_shape)
+from ..core import Layer, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
 
 __all__ = ["conv1d", "conv2d"]
@@ -311,7 +312,8 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
 
     # y, dx and the gradients are new arrays nobody keeps (the pullback keeps cols):
     # they may be donated.
-    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx", "dparams"))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",),
+                           fresh=("y", "dx", "dparams"))
 
 
 def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import random
-from ..core import (Layer, LayerError, as_shape, check_float_input, check_param_dtype,
-                    stateless_layer)
+from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
+from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["dense"]
@@ -78,4 +78,5 @@ def dense(features: int, *, use_bias: bool = True,
         return y, pullback
 
     # y, dx and the gradients are new arrays nobody keeps: they may be donated.
-    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx", "dparams"))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",),
+                           fresh=("y", "dx", "dparams"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import random
-from ..core import Layer, LayerError, as_shape, check_float_input
+from ..checks import LayerError, as_shape, check_float_input
+from ..core import Layer
 
 __all__ = ["dropout"]
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core import Layer, LayerError, as_shape, stateless_layer
+from ..checks import LayerError, as_shape
+from ..core import Layer, stateless_layer
 from ..initializers import Initializer, normal
 
 __all__ = ["embedding"]
@@ -89,4 +90,4 @@ def embedding(vocab_size: int, features: int, *, w_init: Initializer = normal(1.
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))

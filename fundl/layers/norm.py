@@ -16,8 +16,9 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ..core import (Layer, LayerError, as_shape, check_float_input, check_param_dtype,
-                    stateless_layer)
+from .. import fusion
+from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
+from ..core import Layer, stateless_layer
 
 __all__ = ["batch_norm", "layer_norm"]
 
@@ -171,7 +172,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name, keyless=True)  # deterministic: never reads its key
+    return Layer(init, apply, vjp, name, speed=fusion.Speed(uses_key=False))  # never reads its key
 
 
 def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,

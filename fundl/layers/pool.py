@@ -31,8 +31,8 @@ from typing import Tuple, Union
 
 import numpy as np
 
-from ..core import (Layer, LayerError, as_shape, check_float_input, check_trailing_shape,
-                    stateless_layer)
+from ..checks import LayerError, as_shape, check_float_input, check_trailing_shape
+from ..core import Layer, stateless_layer
 from .conv import (Padding, check_spatial_in_shape, int_tuple, offset_view, offsets, pad_nhwc,
                    parse_padding, window_geometry)
 
@@ -225,8 +225,8 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
     # Both pullbacks return a new dx; the average pool's output is its own too (a max
     # pool's pullback keeps its output to find the winners).
     fresh = ("dx", "dparams") if is_max else ("y", "dx", "dparams")
-    layer = stateless_layer(name, init, apply, vjp, fresh=fresh)
-    return layer._replace(traits=frozenset({"max_pool"})) if is_max else layer
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=fresh,
+                           kind="max_pool" if is_max else "")
 
 
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
@@ -321,4 +321,5 @@ def global_avg_pool() -> Layer:
 
         return y, pullback
 
-    return stateless_layer("global_avg_pool", init, apply, vjp, fresh=("y", "dx", "dparams"))
+    return stateless_layer("global_avg_pool", init, apply, vjp, takes=("need_dx",),
+                           fresh=("y", "dx", "dparams"))

@@ -24,10 +24,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .. import random
-from ..core import (Layer, LayerError, apply_child, as_shape, check_float_input,
-                    check_param_dtype, check_sequence_in_shape, check_trailing_shape, init_child,
-                    split_key, stateless_layer, vjp_child)
+from .. import fusion, random
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype,
+                      check_sequence_in_shape, check_trailing_shape)
+from ..combinators import apply_child, init_child, split_key, vjp_child
+from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
 
 __all__ = ["rnn", "gru", "lstm", "bidirectional"]
@@ -155,7 +156,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
 # --- simple RNN --------------------------------------------------------------------
@@ -414,7 +415,8 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
         if not isinstance(layer, Layer):
             raise TypeError(f"bidirectional: {what} is a {type(layer).__name__}, not a fundl Layer")
     children = (("forward", layer_fwd), ("backward", layer_bwd))
-    keyless = layer_fwd.keyless and layer_bwd.keyless
+    uses_key = fusion.speed_of(layer_fwd).uses_key or fusion.speed_of(layer_bwd).uses_key
+    runs = (fusion.runner(layer_fwd), fusion.runner(layer_bwd))
 
     def merged_shape(fwd_shape, bwd_shape):
         fwd_shape, bwd_shape = as_shape(fwd_shape), as_shape(bwd_shape)
@@ -465,7 +467,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     def apply(params, state, x, *, key=None, train=False):
         check(x)
         outs = []
-        for (k, layer), sub, inp in zip(children, split_key(key, 2, keyless),
+        for (k, layer), sub, inp in zip(children, split_key(key, 2, uses_key),
                                         (x, reversed_input(x))):
             outs.append(apply_child(k, layer, params[k], state[k], inp, sub, train))
         return combine(outs[0], reverse_time(outs[1]))
@@ -473,10 +475,9 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     def vjp(params, state, x, *, key=None, need_dx=True):
         check(x)
         outs, new_state, pullbacks = [], {}, []
-        for (k, layer), sub, inp in zip(children, split_key(key, 2, keyless),
-                                        (x, reversed_input(x))):
-            y, new_state[k], pb = vjp_child(k, layer, params[k], state[k], inp, sub,
-                                            need_dx=need_dx)
+        for (k, _), run, sub, inp in zip(children, runs, split_key(key, 2, uses_key),
+                                         (x, reversed_input(x))):
+            y, new_state[k], pb = vjp_child(k, run, params[k], state[k], inp, sub, need_dx)
             outs.append(y)
             pullbacks.append(pb)
         y_f, y_b = outs[0], reverse_time(outs[1])
@@ -497,4 +498,5 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name, children, keyless=keyless)
+    return Layer(init, apply, vjp, name, children,
+                 fusion.Speed(uses_key=uses_key, takes=frozenset({"need_dx"})))

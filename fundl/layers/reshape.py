@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core import Layer, LayerError, Shape, as_shape, stateless_layer
+from ..checks import LayerError, Shape, as_shape
+from ..core import Layer, stateless_layer
 
 __all__ = ["flatten", "reshape"]
 

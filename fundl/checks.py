@@ -1,0 +1,119 @@
+"""Errors and input checks shared by layers: :class:`LayerError`, shape helpers, dtype checks.
+
+Every check raises a :class:`LayerError` whose message states what was
+expected and what was given; combinators prepend the child's key, so the
+message a user sees names the layer's path in the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import numpy as np
+
+Shape = Tuple[int, ...]
+
+__all__ = ["LayerError", "Shape", "as_shape", "is_shape", "normalize_shapes", "check_float_input",
+           "check_param_dtype", "check_trailing_shape", "check_sequence_in_shape"]
+
+
+class LayerError(ValueError):
+    """Bad input to a layer: the message names the layer's path in the model.
+
+    ``path`` is the layer's position in the parameter tree (``"block_1/dense_0"``),
+    ``kind`` is the layer's own name (``"dense"``) and ``detail`` what is wrong.
+    Combinators re-raise a child's error with their child key prepended, so the
+    message a user sees points at the exact layer inside the model.
+    """
+
+    def __init__(self, detail: str, kind: str = "", path: Tuple[str, ...] = ()):
+        self.detail = detail
+        self.kind = kind
+        self.path = tuple(path)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.path:
+            where = "/".join(self.path)
+            kind = f" ({self.kind})" if self.kind and self.kind != self.path[-1] else ""
+            return f"layer '{where}'{kind}: {self.detail}"
+        if self.kind:
+            return f"layer '{self.kind}': {self.detail}"
+        return self.detail
+
+    def named(self, kind: str) -> "LayerError":
+        """This error attributed to a layer called ``kind`` (if not yet named)."""
+        if self.kind:
+            return self
+        return LayerError(self.detail, kind, self.path)
+
+    def within(self, parent_key: str) -> "LayerError":
+        """This error as seen from the parent that holds the layer under ``parent_key``."""
+        return LayerError(self.detail, self.kind, (parent_key,) + self.path)
+
+    def __reduce__(self):  # keep the error picklable despite the custom __init__
+        return (LayerError, (self.detail, self.kind, self.path))
+
+
+def as_shape(shape: Any) -> Shape:
+    """``shape`` as a tuple of ints (accepts an int for a 1-D shape)."""
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    return tuple(int(d) for d in shape)
+
+
+def is_shape(s: Any) -> bool:
+    """Whether ``s`` is one shape (an int or a sequence of ints), not a tuple of shapes."""
+    return isinstance(s, (int, np.integer)) or (
+        isinstance(s, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in s))
+
+
+def normalize_shapes(s: Any) -> Any:
+    """A shape, or a nested tuple of shapes (multi-input layers), as tuples of ints."""
+    if is_shape(s):
+        return as_shape(s)
+    return tuple(normalize_shapes(a) for a in s)
+
+
+def check_float_input(x: Any, what: str = "input") -> None:
+    """Raise :class:`LayerError` unless ``x`` is a floating-point numpy array."""
+    if not isinstance(x, np.ndarray):
+        raise LayerError(f"expected {what} to be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise LayerError(
+            f"expected a floating-point {what}, got dtype {x.dtype}; "
+            f"cast it first, e.g. x.astype(np.float32)")
+
+
+def check_param_dtype(x: np.ndarray, param: np.ndarray) -> None:
+    """Raise :class:`LayerError` if ``x``'s dtype differs from the parameters' dtype."""
+    if x.dtype != param.dtype:
+        raise LayerError(
+            f"input dtype {x.dtype} does not match the parameter dtype {param.dtype}; "
+            f"cast the input (x.astype(np.{param.dtype})) or the params "
+            f"(fundl.tree.cast(params, np.{x.dtype}))")
+
+
+def check_trailing_shape(x: np.ndarray, expected: Shape, what: str = "input") -> None:
+    """Raise :class:`LayerError` unless ``x`` is ``(batch, *expected)``.
+
+    ``None`` entries in ``expected`` match any size.
+    """
+    expected = tuple(expected)
+    want = "(batch, " + ", ".join("?" if d is None else str(d) for d in expected) + ")"
+    if x.ndim != len(expected) + 1:
+        raise LayerError(
+            f"expected {what} of shape {want} (rank {len(expected) + 1}), "
+            f"got shape {tuple(x.shape)}")
+    for got, exp in zip(x.shape[1:], expected):
+        if exp is not None and got != exp:
+            raise LayerError(f"expected {what} of shape {want}, got shape {tuple(x.shape)}")
+
+
+def check_sequence_in_shape(in_shape: Any) -> Shape:
+    """``in_shape`` as a per-example ``(time, features)`` shape with ``features >= 1``
+    (the ``init`` check of sequence layers); raises :class:`LayerError` otherwise."""
+    in_shape = as_shape(in_shape)
+    if len(in_shape) != 2 or in_shape[1] < 1:
+        raise LayerError(f"expected an input shape (time, features), got {in_shape}")
+    return in_shape

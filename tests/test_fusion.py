@@ -1,0 +1,342 @@
+"""fundl.fusion: the declared speed record, serial's run plan (donation, the ReLU after the
+max pool) and the step's gradient ownership -- the same results as running plainly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fundl as fl
+from fundl import Layer, LayerError, fusion, random, stateless_layer, tree
+from fundl.combinators import child_keys, parallel, residual, serial
+from fundl.fusion import exclusive_grads, run_order
+from fundl.layers.activations import relu, sigmoid, tanh
+from fundl.layers.conv import conv2d
+from fundl.layers.dense import dense
+from fundl.layers.pool import avg_pool2d, max_pool1d, max_pool2d
+from fundl.testing import check_layer, read_only
+
+KEY = random.key(0)
+
+
+def _x(shape, seed=1, dtype=np.float32):
+    return random.normal(random.key(seed), shape, dtype)
+
+
+# --- donation inside serial -----------------------------------------------------------
+
+def _recorder(fresh, log):
+    """y = x + 1 (a new array); records its output and its pullback's dx in ``log``."""
+    def init(key, in_shape):
+        return {}, in_shape
+
+    def vjp(params, x):
+        y = x + 1.0
+        log["y"] = y
+
+        def pullback(dy):
+            log["dx"] = dy * 1.0
+            return {}, log["dx"]
+        return y, pullback
+
+    return stateless_layer("rec", init, lambda p, x: x + 1.0, vjp, fresh=fresh)
+
+
+@pytest.mark.parametrize("fresh", [("y", "dx"), ()])
+def test_serial_donates_only_what_a_layer_declares_fresh(fresh):
+    log = {}
+    x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
+    dy = read_only(np.array([[1.0, 2.0, 3.0]], np.float32))
+    # forward: rec's output goes to relu; backward: rec's dx goes to relu's pullback
+    model = serial(_recorder(fresh, log), relu(), _recorder(fresh, {}), relu(),
+                   _recorder(fresh, log))
+    params, state, _ = model.init(KEY, (3,))
+    y, _, pullback = model.vjp(params, state, x, key=KEY)
+    grads, dx = pullback(dy)
+    np.testing.assert_array_equal(y, [[2.0, 3.5, 6.0]])
+    np.testing.assert_array_equal(dx, [[0.0, 2.0, 3.0]])
+    assert model.speed.fresh == frozenset(fresh)
+    # the caller's arrays were never written (they are read-only: a write would raise)
+    np.testing.assert_array_equal(x, [[-2.0, 0.5, 3.0]])
+
+
+def test_serial_runs_relu_in_place_on_a_fresh_output():
+    log = {}
+    model = serial(_recorder(("y", "dx"), log), relu())
+    params, state, _ = model.init(KEY, (3,))
+    x = read_only(np.array([[-2.0, 0.5, 3.0]], np.float32))
+    y, _, pullback = model.vjp(params, state, x, key=KEY)
+    assert y is log["y"]                          # relu wrote into rec's own output
+    dy = read_only(np.ones((1, 3), np.float32))
+    _, dx = pullback(dy)                          # relu's pullback gets the caller's dy: new dx
+    assert not np.shares_memory(dx, dy)
+    np.testing.assert_array_equal(dx, [[0.0, 1.0, 1.0]])
+
+    log2 = {}
+    model2 = serial(relu(), _recorder(("y", "dx"), log2))
+    params2, state2, _ = model2.init(KEY, (3,))
+    y2, _, pullback2 = model2.vjp(params2, state2, x, key=KEY)
+    _, dx2 = pullback2(dy)
+    assert dx2 is log2["dx"]                      # relu's pullback wrote into rec's fresh dx
+    np.testing.assert_array_equal(dx2, [[0.0, 1.0, 1.0]])
+    no_gift = serial(_recorder((), {}), relu())
+    y3, _, _ = no_gift.vjp(*no_gift.init(KEY, (3,))[:2], x, key=KEY)
+    np.testing.assert_array_equal(y3, [[0.0, 1.5, 4.0]])
+
+
+def test_children_that_use_no_key_get_none_and_stochastic_ones_do():
+    from fundl.layers.dropout import dropout
+    seen = []
+
+    def spy(uses_key):
+        def vjp(params, state, x, *, key=None):
+            seen.append(key)
+            return x, state, lambda dy: ({}, dy)
+        return Layer(lambda k, s: ({}, {}, s), lambda p, s, x, **kw: x, vjp, "spy",
+                     speed=fusion.Speed(uses_key=uses_key))
+
+    def uses_key(layer):
+        return fusion.speed_of(layer).uses_key
+
+    assert not uses_key(dense(2)) and not uses_key(relu()) and uses_key(dropout(0.5))
+    det = serial(dense(3), spy(False), relu())
+    assert not (uses_key(det) or uses_key(parallel(det, relu())) or uses_key(residual(det)))
+    params, state, _ = det.init(KEY, (3,))
+    det.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
+    assert seen == [None]                                  # nothing split for keyless children
+    mixed = serial(dense(3), spy(True), dropout(0.5))
+    assert uses_key(mixed) and uses_key(parallel(mixed))
+    params, state, _ = mixed.init(KEY, (3,))
+    mixed.vjp(params, state, np.ones((1, 3), np.float32), key=KEY)
+    np.testing.assert_array_equal(seen[1], random.split(KEY, 3)[1])   # the same child keys as always
+
+
+@pytest.mark.parametrize("act", [relu, tanh, sigmoid])
+def test_activations_work_in_place_on_a_dense_output_and_keep_exact_gradients(act):
+    log = {}
+    model = serial(_recorder(("y", "dx"), log), act(), dense(4))
+    params, state, _ = model.init(KEY, (3,))
+    x = read_only(np.array([[-2.0, 0.5, 3.0], [1.0, -1.0, 0.0]], np.float32))
+    model.vjp(params, state, x, key=KEY)
+    want = act().apply({}, {}, x + 1.0)
+    assert model.children[1][1].speed.fresh == {"dx", "dparams"}
+    np.testing.assert_allclose(log["y"], want, rtol=1e-6)   # the recorder's output, overwritten
+    check_layer(serial(dense(5), act(), dense(3), act(), dense(2)), (4,))
+
+
+@pytest.mark.parametrize("act", [relu, tanh, sigmoid])
+@pytest.mark.parametrize("in_shape", [(4,), (3, 5)])
+def test_donating_dense_chains_pass_the_float64_gradient_check(act, in_shape):
+    # every activation here runs in place on the dense output and (relu) on the dense dx
+    check_layer(serial(dense(6), act(), dense(5), act(), dense(2)), in_shape)
+
+
+@pytest.mark.parametrize("in_shape, pool", [((6, 6, 2), 2), ((5, 7, 1), 3)])
+def test_donating_conv_pool_chains_pass_the_float64_gradient_check(in_shape, pool):
+    from fundl.layers.reshape import flatten
+    for pooling in (max_pool2d(pool, padding="same"), avg_pool2d(2)):
+        model = serial(conv2d(3, 3, padding="same"), relu(), pooling, conv2d(4, 2), relu(),
+                       flatten(), dense(2))
+        assert model.children[1][1].speed.fresh and "y" in model.children[0][1].speed.fresh
+        check_layer(model, in_shape)
+
+
+# --- serial runs a ReLU after the max pool that follows it -------------------------------
+
+def test_run_order_moves_each_relu_after_the_max_pool_that_follows_it():
+    layers = [dense(2), relu(), max_pool2d(2), relu(), relu(), max_pool1d(2), max_pool2d(2),
+              relu(), avg_pool2d(2), tanh(), max_pool2d(2)]
+    assert run_order(layers) == [0, 2, 1, 3, 5, 4, 6, 7, 8, 9, 10]
+    assert run_order([relu(), max_pool2d(2)]) == [1, 0]
+    assert run_order([max_pool2d(2), relu()]) == [0, 1]
+
+
+def _in_written_order(layers, params, x, dy):
+    """``serial(*layers)``'s y, grads and dx computed child by child as written (no donation)."""
+    pullbacks = []
+    for k, layer in zip(child_keys(layers), layers):
+        x, _, pb = layer.vjp(params[k], {}, x)
+        pullbacks.append((k, pb))
+    grads = {}
+    for k, pb in reversed(pullbacks):
+        grads[k], dy = pb(dy)
+    return x, {k: grads[k] for k, _ in pullbacks}, dy
+
+
+def _int_valued(shape, seed, dtype, low=-2, high=3):
+    """Small integers as floats: many ties, zeros and negative windows."""
+    return random.randint(random.key(seed), shape, low, high).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("build, in_shape", [
+    (lambda: [relu(), max_pool2d(2)], (4, 6, 3)),
+    (lambda: [relu(), max_pool2d(3, stride=1, padding="same")], (5, 4, 2)),
+    (lambda: [relu(), max_pool1d(2, padding="same")], (7, 3)),
+    (lambda: [conv2d(3, 2, padding="same"), relu(), max_pool2d(2), relu(),
+              max_pool2d(2, padding="same")], (6, 6, 2)),
+])
+def test_relu_then_max_pool_gives_exactly_the_results_of_the_written_order(build, in_shape, dtype):
+    layers = build()
+    model = serial(*layers)
+    params, state, out_shape = model.init(KEY, in_shape)
+    params = tree.map(lambda a: _int_valued(a.shape, 7, dtype, -1, 2), params)  # integer weights
+    x = read_only(_int_valued((5,) + in_shape, 3, dtype))
+    dy = read_only(_int_valued((5,) + out_shape, 4, dtype, -3, 4))
+    want_y, want_grads, want_dx = _in_written_order(layers, params, x, dy)
+    y, _, pullback = model.vjp(params, state, x)
+    grads, dx = pullback(dy)
+    assert y.dtype == dx.dtype == dtype
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    assert list(grads) == list(want_grads)
+    for a, b in zip(tree.leaves(grads), tree.leaves(want_grads)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(model.apply(params, state, x), want_y)
+    assert np.count_nonzero(want_dx) > 0 and np.count_nonzero(want_y == 0) > 0  # ties were there
+
+
+def test_a_max_pool_after_a_relu_sees_the_relus_input_and_errors_still_name_the_relu():
+    seen = []
+    pool = max_pool2d(2)
+
+    def spy_vjp(params, state, x, **kw):
+        seen.append(x)
+        return pool.vjp(params, state, x, **kw)
+
+    model = serial(dense(4), relu(), pool._replace(vjp=spy_vjp))
+    params, state, _ = model.init(KEY, (2, 2, 3))
+    x = _x((3, 2, 2, 3))
+    y, _, _ = model.vjp(params, state, x)
+    assert seen[0].min() < 0                       # the pool got the dense output, before the relu
+    assert y.shape == (3, 1, 1, 4) and y.min() >= 0
+
+    pair = serial(relu(), max_pool2d(2))
+    params, state, _ = pair.init(KEY, (2, 2, 3))
+    for bad in (x.astype(np.int64), x.astype(np.int64)[:, 0]):   # the relu objects first
+        with pytest.raises(LayerError, match=r"layer 'relu_0' \(relu\): .*floating-point"):
+            pair.apply(params, state, bad)
+        with pytest.raises(LayerError, match=r"layer 'relu_0' \(relu\): .*floating-point"):
+            pair.vjp(params, state, bad)
+    with pytest.raises(LayerError, match=r"layer 'max_pool2d_1' \(max_pool2d\): .*rank 4"):
+        pair.apply(params, state, x[:, 0])
+
+
+@pytest.mark.parametrize("in_shape", [(6, 6, 2), (5, 7, 1)])
+def test_conv_relu_max_pool_models_pass_check_layer(in_shape):
+    from fundl.layers.reshape import flatten
+    model = serial(relu(), max_pool2d(2, padding="same"), conv2d(3, 3, padding="same"), relu(),
+                   max_pool2d(2, padding="same"), flatten(), dense(2))
+    check_layer(model, in_shape)
+
+
+@pytest.mark.parametrize("pool", [lambda: max_pool2d(2), lambda: max_pool2d(2, padding=1)])
+def test_relu_then_max_pool_match_the_written_order_with_nan_and_inf(pool):
+    layers = [relu(), pool()]
+    model = serial(*layers)
+    params, state, out_shape = model.init(KEY, (4, 4, 2))
+    x = _int_valued((3, 4, 4, 2), 5, np.float64)
+    x[0, 0, 0, 0] = np.nan                      # a NaN window
+    x[1, :2, :2, 1] = -np.inf                   # a window of -inf only
+    x[2, 2:, 2:, 0] = np.inf                    # a window of +inf ties
+    x = read_only(x)
+    dy = read_only(_int_valued((3,) + out_shape, 6, np.float64, -3, 4))
+    want_y, want_grads, want_dx = _in_written_order(layers, params, x, dy)
+    y, _, pullback = model.vjp(params, state, x)
+    _, dx = pullback(dy)
+    np.testing.assert_array_equal(y, want_y)     # NaN where the written order has NaN
+    np.testing.assert_array_equal(dx, want_dx)
+    assert np.isnan(y).any() and np.isinf(y).any()
+
+
+# --- the step hands its gradients to an optimizer that reuses their memory ---------------
+
+def test_exclusive_grads_keeps_fresh_arrays_and_copies_shared_ones():
+    fresh = np.ones(3)
+    shared_with_params = np.zeros(2)
+    owner = np.arange(6.0)
+    view = owner[:3]
+    grads = {"a": fresh, "b": shared_with_params, "c": owner, "d": view, "e": fresh}
+    out = exclusive_grads(grads, ({"w": shared_with_params}, (np.ones(1),)))
+    assert out["a"] is not fresh and out["e"] is not fresh  # the same array twice: copied
+    assert out["b"] is not shared_with_params and not np.shares_memory(out["b"], shared_with_params)
+    assert out["c"] is not owner and out["d"] is not view      # a view of another leaf: both copied
+    for k in grads:
+        np.testing.assert_array_equal(out[k], grads[k])
+    alone = np.ones(4)
+    assert exclusive_grads({"x": alone}, ())["x"] is alone     # the common case copies nothing
+    frozen = np.ones(2)
+    frozen.flags.writeable = False
+    assert exclusive_grads({"x": frozen}, ())["x"] is not frozen
+
+
+def _aliasing_layer(kind):
+    """y = x * a (a of shape (d,)); with kind="batch" the pullback's "gradient" is a row of x."""
+    def init(key, in_shape):
+        return {"a": np.full(in_shape, 0.5, np.float64)}, in_shape
+
+    def apply(params, x):
+        return x * params["a"]
+
+    def vjp(params, x):
+        def pullback(dy):
+            true_grad = (dy * x).sum(0)
+            if kind == "batch":          # pathological: hands back (a row of) the batch
+                grad = x[0]
+            else:
+                grad = true_grad
+            return {"a": grad}, dy * params["a"]
+        return apply(params, x), pullback
+
+    return stateless_layer("alias", init, apply, vjp)
+
+
+def test_make_step_never_writes_into_the_batch_even_if_a_pullback_returns_it():
+    model = fl.serial(_aliasing_layer("batch"))
+    opt = fl.optim.sgd()
+    ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
+    x = np.arange(6.0).reshape(2, 3)
+    y = np.zeros((2, 3))
+    x_before = x.copy()
+    step = fl.make_step(model, fl.losses.mse, opt)
+    ts2, _ = step(ts, (x, y), 0.1)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_allclose(ts2.params["alias_0"]["a"], 0.5 - 0.1 * x_before[0])
+
+
+def test_donated_sgd_step_equals_the_pure_update():
+    model = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
+    opt = fl.optim.sgd()
+    ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
+    x = fl.random.normal(fl.random.key(1), (5, 3))
+    y = fl.random.normal(fl.random.key(2), (5, 2))
+    params_before = fl.tree.map(np.copy, ts.params)
+    ts2, _ = fl.make_step(model, fl.losses.mse, opt)(ts, (x, y), 0.1)
+    out, _, pullback = model.vjp(ts.params, ts.state, x)
+    grads, _ = pullback(fl.losses.mse.value_and_grad(out, y)[1])
+    expected, _ = opt.update(ts.params, grads, {}, 0.1)          # the plain pure update
+    assert fl.tree.all_equal(ts2.params, expected)
+    assert fl.tree.all_equal(ts.params, params_before)             # old params untouched
+
+
+def test_make_step_trusts_only_models_that_declare_fresh_gradients(monkeypatch):
+    calls = []
+    real = fusion.exclusive_grads
+    monkeypatch.setattr(fusion, "exclusive_grads",
+                        lambda g, keep: calls.append(1) or real(g, keep))
+    x = fl.random.normal(fl.random.key(1), (5, 3))
+    y = fl.random.normal(fl.random.key(2), (5, 2))
+    trusted = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
+    checked = fl.serial(fl.dense(4), fl.layer_norm(), fl.dense(2))   # layer_norm declares nothing
+    assert "dparams" in trusted.speed.fresh and "dparams" not in checked.speed.fresh
+    opt = fl.optim.sgd()
+    for model, expect_calls in ((trusted, 0), (checked, 1)):
+        calls.clear()
+        ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
+        params_before = fl.tree.map(np.copy, ts.params)
+        ts2, _ = fl.make_step(model, fl.losses.mse, opt)(ts, (x, y), 0.1)
+        assert len(calls) == expect_calls
+        out, _, pullback = model.vjp(ts.params, ts.state, x)
+        grads, _ = pullback(fl.losses.mse.value_and_grad(out, y)[1])
+        assert fl.tree.all_equal(ts2.params, opt.update(ts.params, grads, {}, 0.1)[0])
+        assert fl.tree.all_equal(ts.params, params_before)
