@@ -75,3 +75,52 @@ def test_loss_errors_are_clear():
         softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(LossError, match="floating-point prediction"):
         mse(np.zeros((2, 3), np.int64), np.zeros((2, 3)))
+
+
+def test_package_exports_and_one_loss_type():
+    import fundl.losses as L
+    assert L.Loss is fl.Loss and issubclass(L.LossError, ValueError)
+    for name in ["mse", "l1", "softmax_cross_entropy", "nll", "kl_divergence",
+                 "sigmoid_binary_cross_entropy"]:
+        assert isinstance(getattr(L, name), fl.Loss) and getattr(L, name).name == name
+    for made in [L.huber(), L.cross_entropy(label_smoothing=0.1),
+                 L.binary_cross_entropy_with_logits(pos_weight=2.0)]:
+        assert isinstance(made, fl.Loss)
+    assert set(L.__all__) >= {"Loss", "LossError", "huber", "cross_entropy",
+                              "binary_cross_entropy_with_logits"}
+
+
+def _every_loss_and_input():
+    L = fl.losses
+    x = fl.random.normal(fl.random.key(0), (4, 3), np.float64)
+    labels = np.array([0, 2, -100, 1])
+    probs = np.full((4, 3), 1 / 3)
+    yield L.mse, x, probs
+    yield L.l1, x, probs
+    yield L.huber(0.5), x, probs
+    yield L.softmax_cross_entropy, x, labels.clip(0)
+    yield L.softmax_cross_entropy, x, probs
+    yield L.cross_entropy(label_smoothing=0.1, weights=[1, 2, 3], ignore_index=-100), x, labels
+    yield L.cross_entropy(label_smoothing=0.1, weights=[1, 2, 3]), x, probs
+    yield L.nll, x, labels.clip(0)
+    yield L.kl_divergence, x, probs
+    yield L.sigmoid_binary_cross_entropy, x, probs
+    yield L.binary_cross_entropy_with_logits(pos_weight=[1, 2, 3]), x, probs
+
+
+def test_every_loss_is_pure_and_value_agrees_with_value_and_grad():
+    for loss, x, t in _every_loss_and_input():
+        xr, tr = read_only(x), read_only(t)
+        value, grad = loss.value_and_grad(xr, tr)  # would raise on a write
+        np.testing.assert_array_equal(xr, x)
+        np.testing.assert_array_equal(tr, t)
+        np.testing.assert_allclose(loss(xr, tr), value, rtol=1e-14, err_msg=loss.name)
+        assert grad.shape == x.shape and grad is not xr
+
+
+def test_every_loss_preserves_float32_and_rejects_an_empty_batch():
+    for loss, x, t in _every_loss_and_input():
+        value, grad = loss.value_and_grad(x.astype(np.float32), t)
+        assert value.dtype == np.float32 and value.shape == () and grad.dtype == np.float32
+        with pytest.raises(LossError, match=rf"^{loss.name}: the batch is empty"):
+            loss.value_and_grad(x[:0], t[:0])

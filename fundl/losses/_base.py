@@ -1,0 +1,121 @@
+"""The Loss type, its error, and the input checks every loss shares."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["Loss", "LossError"]
+
+
+class LossError(ValueError):
+    """Bad input to a loss: names the loss and the expected and actual shape, dtype or value."""
+
+
+class Loss(NamedTuple):
+    """A loss: ``value(pred, target)`` and ``value_and_grad(pred, target)``."""
+
+    value: Callable[[np.ndarray, Any], np.ndarray]
+    value_and_grad: Callable[[np.ndarray, Any], Tuple[np.ndarray, np.ndarray]]
+    name: str
+
+    def __call__(self, pred: np.ndarray, target: Any) -> np.ndarray:
+        return self.value(pred, target)
+
+
+def check_pred(name: str, pred: Any, *, class_axis: bool = False) -> None:
+    """``pred`` is a float array (with a class axis if asked) holding at least one example."""
+    if not isinstance(pred, np.ndarray) or pred.dtype.kind != "f":
+        what = pred.dtype if isinstance(pred, np.ndarray) else type(pred).__name__
+        raise LossError(f"{name}: expected a floating-point prediction array, got {what}")
+    if class_axis and pred.ndim < 1:
+        raise LossError(f"{name}: predictions need a class (last) axis, got a scalar")
+    examples = int(np.prod(pred.shape[:-1])) if class_axis else pred.size
+    if examples == 0:
+        raise LossError(f"{name}: the batch is empty (prediction shape {pred.shape}); "
+                        f"a mean over no examples is undefined")
+    if class_axis and pred.shape[-1] == 0:
+        raise LossError(f"{name}: predictions need at least one class, got shape {pred.shape}")
+
+
+def same_shape_target(name: str, pred: np.ndarray, target: Any, what: str = "target"
+                      ) -> np.ndarray:
+    """``target`` as an array of ``pred``'s shape and dtype (cast, never written to)."""
+    target = np.asarray(target)
+    if target.shape != pred.shape:
+        raise LossError(f"{name}: prediction shape {pred.shape} and {what} shape "
+                        f"{target.shape} differ")
+    if target.dtype.kind not in "fiub":
+        raise LossError(f"{name}: {what} must be numeric, got dtype {target.dtype}")
+    return target.astype(pred.dtype, copy=False)
+
+
+def check_probabilities(name: str, t: np.ndarray, upper: Optional[float] = None) -> None:
+    """Every entry of ``t`` is >= 0 (and <= ``upper``): one reduction each, NaN fails too."""
+    if t.size == 0:
+        return
+    low = t.min()
+    if not low >= 0:  # also catches NaN, which min propagates
+        raise LossError(f"{name}: probability targets must be >= 0 and not NaN, "
+                        f"got a minimum of {low}")
+    if upper is not None:
+        high = t.max()
+        if not high <= upper:
+            raise LossError(f"{name}: probability targets must lie in [0, {upper:g}], "
+                            f"got a maximum of {high}")
+
+
+def check_labels(name: str, pred: np.ndarray, target: Any,
+                 ignore_index: Optional[int] = None) -> np.ndarray:
+    """Integer labels of shape ``pred.shape[:-1]`` in ``[0, classes)`` (or ``ignore_index``)."""
+    target = np.asarray(target)
+    classes = pred.shape[-1]
+    if target.dtype.kind not in "iu":
+        raise LossError(f"{name}: labels must be integers, got dtype {target.dtype}")
+    if target.shape != pred.shape[:-1]:
+        raise LossError(f"{name}: integer labels must have shape {pred.shape[:-1]} "
+                        f"for predictions of shape {pred.shape}, got {target.shape}")
+    if ignore_index is None:
+        # One reduction: negative labels wrap to huge values as unsigned integers.
+        unsigned = target.view(target.dtype.str.replace("i", "u"))
+        if target.size and unsigned.max() >= classes:
+            raise LossError(f"{name}: labels must lie in [0, {classes}), "
+                            f"got values in [{target.min()}, {target.max()}]")
+        return target
+    counted = target[target != ignore_index]
+    if counted.size and (counted.min() < 0 or counted.max() >= classes):
+        raise LossError(f"{name}: labels must lie in [0, {classes}) or equal "
+                        f"ignore_index={ignore_index}, got other values in "
+                        f"[{counted.min()}, {counted.max()}]")
+    return target
+
+
+def class_weights(name: str, weights: Any) -> Optional[np.ndarray]:
+    """A private float64 copy of per-class ``weights`` (1-D, finite, >= 0), or None."""
+    if weights is None:
+        return None
+    w = np.array(weights, dtype=np.float64)  # a copy: later changes to the caller's array don't leak in
+    if w.ndim != 1 or w.size == 0:
+        raise LossError(f"{name}: weights must be a non-empty 1-D array (one per class), "
+                        f"got shape {w.shape}")
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise LossError(f"{name}: weights must be finite and >= 0, got {w}")
+    w.flags.writeable = False
+    return w
+
+
+def weights_for(name: str, w: Optional[np.ndarray], classes: int, dtype: np.dtype
+                ) -> Optional[np.ndarray]:
+    """``w`` in ``dtype`` after checking it has one entry per class."""
+    if w is None:
+        return None
+    if w.shape != (classes,):
+        raise LossError(f"{name}: weights must have shape ({classes},), one per class of "
+                        f"the predictions, got {w.shape}")
+    return w.astype(dtype, copy=False)
+
+
+def scalar(value: Any, dtype: np.dtype) -> np.ndarray:
+    """A 0-d array of ``dtype``."""
+    return np.asarray(value, dtype=dtype)
