@@ -9,7 +9,10 @@ Optimizers: :func:`sgd`, :func:`momentum`, :func:`nesterov`, :func:`adagrad`,
 :func:`rmsprop`, :func:`adam`, :func:`adamw`, :func:`adamax`, :func:`lion`.
 Transforms compose with :func:`chain`, e.g.
 ``chain(clip_by_global_norm(1.0), adam())``; :func:`accumulate` averages
-gradients over ``k`` calls.  Schedules live in :mod:`fundl.optim.schedules`.
+gradients over ``k`` calls.  :func:`freeze`, :func:`masked`,
+:func:`multi_transform` and :func:`scale_lr` freeze parameters or give groups
+of them their own optimizer (:mod:`fundl.optim.masking`).  Schedules live in
+:mod:`fundl.optim.schedules`.
 """
 
 from . import schedules
@@ -18,6 +21,8 @@ from .adagrad import AdagradState, adagrad, scale_by_rss
 from .adam import AdamState, adam, adamax, adamw, scale_by_adam, scale_by_adamax
 from .base import GradientTransform, Optimizer, chain, descend
 from .lion import LionState, lion, scale_by_lion
+from .masking import (MaskedState, MaskError, MultiTransformState, freeze, masked,
+                      multi_transform, scale_lr, set_to_zero)
 from .rmsprop import RMSState, rmsprop, scale_by_rms
 from .schedules import (constant, cosine_decay, exponential_decay, join_schedules,
                         piecewise_constant, warmup_cosine)
@@ -27,7 +32,8 @@ from .transforms import add_weight_decay, clip_by_global_norm, clip_by_value, id
 __all__ = [
     "Optimizer", "GradientTransform", "chain", "descend",
     "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adamax", "lion",
-    "accumulate",
+    "accumulate", "masked", "freeze", "multi_transform", "set_to_zero", "scale_lr",
+    "MaskedState", "MultiTransformState", "MaskError",
     "trace", "scale_by_rss", "scale_by_rms", "scale_by_adam", "scale_by_adamax", "scale_by_lion",
     "clip_by_global_norm", "clip_by_value", "add_weight_decay", "scale", "identity",
     "TraceState", "AdagradState", "RMSState", "AdamState", "LionState", "AccumulateState",
