@@ -312,7 +312,7 @@ def test_key_padding_equals_truncated_sequences():
                                    rtol=0, atol=1e-12)
     # padded steps get exactly zero input gradient when their outputs are not used
     dy = random.normal(random.key(8), y.shape, np.float64) * mask[:, :, None]
-    g, (dx, dmask) = pb(dy)
+    _, (dx, dmask) = pb(dy)
     assert dmask is None
     assert np.all(dx[~mask] == 0) and np.all(dx[mask] != 0)
     g_ref = plain.vjp(p, {}, x[1:2, :1])[2](dy[1:2, :1])
@@ -353,7 +353,8 @@ def test_fully_masked_row_is_zero_not_nan():
     mask = np.ones((2, 3, 4), bool)
     mask[0, 1] = False            # query 1 of example 0 sees nothing
     mask[1] = False               # example 1 sees nothing at all
-    for y in (layer.apply(p, {}, (x, c, mask)), layer.vjp(p, {}, (x, c, mask), key=random.key(3))[0]):
+    ys = (layer.apply(p, {}, (x, c, mask)), layer.vjp(p, {}, (x, c, mask), key=random.key(3))[0])
+    for y in ys:
         assert np.all(np.isfinite(y))
         np.testing.assert_array_equal(y[0, 1], p["b_o"])      # zero attention output: y = b_o
         np.testing.assert_array_equal(y[1], np.broadcast_to(p["b_o"], (3, 4)))
