@@ -13,6 +13,7 @@ from .gradcheck import GradCheckError, GradCheckResult, check_vjp
 from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, conv2d, dense,
                      dropout, elu, embedding, flatten, gelu, global_avg_pool, gru, layer_norm,
                      leaky_relu, log_softmax, lstm, max_pool1d, max_pool2d, multi_head_attention,
+                     positional_embedding, sinusoidal_positions,
                      relu, reshape, rnn, sigmoid, silu, softmax, softplus, tanh)
 from .losses import Loss
 from .summary import summary
@@ -28,6 +29,7 @@ __all__ = [
     "softmax", "log_softmax", "flatten", "reshape", "batch_norm", "layer_norm", "dropout",
     "embedding", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
     "global_avg_pool", "rnn", "gru", "lstm", "bidirectional", "multi_head_attention",
+    "positional_embedding", "sinusoidal_positions",
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
     "TrainState", "make_step", "fit", "evaluate", "NonFiniteLossError", "summary",

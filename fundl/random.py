@@ -16,7 +16,7 @@ layer), so a key's children are unrelated to the numbers it draws itself.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +26,7 @@ DTypeLike = Any
 __all__ = [
     "Key", "key", "split", "fold_in", "generator",
     "uniform", "normal", "truncated_normal", "bernoulli", "randint", "permutation",
+    "categorical",
 ]
 
 _MASK64 = (1 << 64) - 1
@@ -161,3 +162,38 @@ def randint(k: Key, shape: Tuple[int, ...], low: int, high: int,
 def permutation(k: Key, n: int) -> np.ndarray:
     """A random permutation of ``range(n)`` (int64)."""
     return generator(k).permutation(n)
+
+
+def categorical(k: Key, logits: Any, axis: int = -1,
+                shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+    """Class indices (int64) drawn with probabilities ``softmax(logits, axis)``.
+
+    Uses the Gumbel-max trick: ``argmax(logits - log(-log(u)), axis)`` with
+    ``u ~ uniform(k)`` in float64, so the draw is deterministic for a key.
+    ``logits`` is any float array (unnormalised log-probabilities; ``-inf``
+    marks an impossible class); ``axis`` is its class axis.  The result has
+    ``shape``, which defaults to ``logits.shape`` without ``axis`` and must
+    otherwise be broadcast-compatible with it (e.g. ``shape=(1000,)`` for 1000
+    draws from one 1-D ``logits``), as in ``jax.random.categorical``.
+    """
+    logits = np.asarray(logits)
+    if logits.dtype.kind not in "fiu" or logits.ndim < 1:
+        raise ValueError(f"categorical needs real logits with a class axis, got dtype "
+                         f"{logits.dtype} and shape {logits.shape}")
+    if not -logits.ndim <= axis < logits.ndim:
+        raise ValueError(f"categorical: axis {axis} is out of range for logits of shape "
+                         f"{logits.shape}")
+    moved = np.moveaxis(logits.astype(np.float64, copy=False), axis, -1)
+    batch = moved.shape[:-1]
+    shape = batch if shape is None else tuple(int(d) for d in shape)
+    try:
+        ok = np.broadcast_shapes(shape, batch) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"categorical: shape {shape} is not broadcast-compatible with the "
+                         f"logits' batch shape {batch} (logits shape {logits.shape}, axis {axis})")
+    u = generator(k).random(shape + moved.shape[-1:])
+    with np.errstate(divide="ignore"):
+        gumbel = -np.log(-np.log(u))      # u == 0 gives -inf: never chosen
+    return np.argmax(moved + gumbel, axis=-1).astype(np.int64, copy=False)

@@ -95,3 +95,48 @@ def test_bad_keys_and_seeds():
         random.key(-1)
     with pytest.raises(TypeError):
         random.uniform(random.key(0), (2,), np.int32)
+
+
+# --- categorical ----------------------------------------------------------------------
+
+def _softmax(a, axis=-1):
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_categorical_frequencies_match_softmax():
+    logits = np.array([0.5, -1.0, 2.0, 0.0, -np.inf])
+    n = 40000
+    draws = random.categorical(random.key(3), logits, shape=(n,))
+    assert draws.shape == (n,) and draws.dtype == np.int64
+    counts = np.bincount(draws, minlength=5)
+    p = _softmax(logits)
+    assert counts[4] == 0                               # -inf: impossible class
+    sigma = np.sqrt(n * p * (1 - p))
+    assert np.all(np.abs(counts - n * p) < 5 * sigma + 1e-9), (counts, n * p)
+    # deterministic for a key, different for another key
+    np.testing.assert_array_equal(draws, random.categorical(random.key(3), logits, shape=(n,)))
+    assert not np.array_equal(draws, random.categorical(random.key(4), logits, shape=(n,)))
+
+
+def test_categorical_axis_and_batch_shapes():
+    logits = np.log(np.array([[0.7, 0.1], [0.2, 0.3], [0.1, 0.6]]))   # classes on axis 0
+    draws = random.categorical(random.key(5), logits, axis=0, shape=(20000, 2))
+    assert draws.shape == (20000, 2) and draws.min() >= 0 and draws.max() <= 2
+    for col in range(2):
+        freq = np.bincount(draws[:, col], minlength=3) / 20000
+        np.testing.assert_allclose(freq, _softmax(logits[:, col]), atol=0.02)
+    # default shape: logits' shape without the class axis; float32 logits work
+    one = random.categorical(random.key(6), np.zeros((4, 7), np.float32))
+    assert one.shape == (4,) and one.dtype == np.int64
+    # a dominant logit is always chosen
+    assert np.all(random.categorical(random.key(7), np.array([[0.0, 50.0, 0.0]] * 9)) == 1)
+
+
+def test_categorical_errors():
+    with pytest.raises(ValueError, match="broadcast-compatible"):
+        random.categorical(random.key(0), np.zeros((4, 3)), shape=(5,))
+    with pytest.raises(ValueError, match="out of range"):
+        random.categorical(random.key(0), np.zeros((4, 3)), axis=2)
+    with pytest.raises(ValueError, match="class axis"):
+        random.categorical(random.key(0), np.float64(1.0))

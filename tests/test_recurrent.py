@@ -21,21 +21,21 @@ def _sig(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def ref_rnn(p, x, activation="tanh"):
+def ref_rnn(p, x, activation="tanh", h0=None):
     """Per-example, per-step Elman RNN; returns (N, T, H)."""
     act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0.0))
     n_b, steps, _ = x.shape
     hid = p["w_h"].shape[0]
     out = np.zeros((n_b, steps, hid))
     for n in range(n_b):
-        h = np.zeros(hid)
+        h = np.zeros(hid) if h0 is None else h0[n]
         for t in range(steps):
             h = act(np.dot(x[n, t], p["w_x"]) + np.dot(h, p["w_h"]) + p["b"])
             out[n, t] = h
     return out
 
 
-def ref_gru(p, x):
+def ref_gru(p, x, h0=None):
     """Per-example, per-step GRU (Cho et al. / PyTorch form); returns (N, T, H)."""
     n_b, steps, _ = x.shape
     hid = p["w_h"].shape[0]
@@ -44,7 +44,7 @@ def ref_gru(p, x):
     b = {g: p["b"][j * hid:(j + 1) * hid] for j, g in enumerate("rzn")}
     out = np.zeros((n_b, steps, hid))
     for n in range(n_b):
-        h = np.zeros(hid)
+        h = np.zeros(hid) if h0 is None else h0[n]
         for t in range(steps):
             xt = x[n, t]
             r = _sig(np.dot(xt, wx["r"]) + b["r"] + np.dot(h, wh["r"]))
@@ -55,14 +55,16 @@ def ref_gru(p, x):
     return out
 
 
-def ref_lstm(p, x):
-    """Per-example, per-step LSTM (gate order i, f, g, o); returns (N, T, H)."""
+def ref_lstm(p, x, h0=None, c0=None, return_c=False):
+    """Per-example, per-step LSTM (gate order i, f, g, o); returns (N, T, H)
+    (and the final c when ``return_c``)."""
     n_b, steps, _ = x.shape
     hid = p["w_h"].shape[0]
     out = np.zeros((n_b, steps, hid))
+    c_last = np.zeros((n_b, hid))
     for n in range(n_b):
-        h = np.zeros(hid)
-        c = np.zeros(hid)
+        h = np.zeros(hid) if h0 is None else h0[n]
+        c = np.zeros(hid) if c0 is None else c0[n]
         for t in range(steps):
             gates = {}
             for j, g in enumerate("ifgo"):
@@ -72,7 +74,8 @@ def ref_lstm(p, x):
             c = _sig(gates["f"]) * c + _sig(gates["i"]) * np.tanh(gates["g"])
             h = _sig(gates["o"]) * np.tanh(c)
             out[n, t] = h
-    return out
+        c_last[n] = c
+    return (out, c_last) if return_c else out
 
 
 def _params64(layer, in_shape, seed=1):
@@ -288,3 +291,325 @@ def test_errors_inside_models():
     assert "bidirectional_0" in str(err.value) and "(2, 5)" in str(err.value)
     with pytest.raises(LayerError, match="merge='sum'"):
         bidirectional(gru(3), gru(2), merge="sum").init(random.key(0), (5, 4))
+
+
+# --- variable lengths, initial state, final state -------------------------------------
+
+CELLS = [(rnn, ref_rnn), (gru, ref_gru), (lstm, ref_lstm)]
+CELL_IDS = ["rnn", "gru", "lstm"]
+LENGTHS = np.array([5, 1, 3, 0, 5])        # full, length 1, partial, empty
+
+
+def _state(make, n, hidden, seed=5, dtype=np.float32):
+    h = random.normal(random.key(seed), (n, hidden), dtype)
+    if make is lstm:
+        return h, random.normal(random.key(seed + 1), (n, hidden), dtype)
+    return h
+
+
+def _form(make, hidden, x, lengths=None, state=None):
+    """(input, in_shape) for the flags implied by which of lengths/state are given."""
+    inp, shapes = [x], [x.shape[1:]]
+    if lengths is not None:
+        inp.append(lengths)
+        shapes.append(())
+    if state is not None:
+        inp.append(state)
+        shapes.append(((hidden,), (hidden,)) if make is lstm else (hidden,))
+    if len(inp) == 1:
+        return x, x.shape[1:]
+    return tuple(inp), tuple(shapes)
+
+
+def _ref(make, ref, p, x, state=None):
+    """Reference hidden states (N, T, H) and, for the LSTM, the final c."""
+    if make is lstm:
+        h0, c0 = (None, None) if state is None else state
+        return ref(p, x, h0, c0, return_c=True)
+    return ref(p, x, h0=None if state is None else state), None
+
+
+@pytest.mark.parametrize("make", [rnn, gru, lstm], ids=CELL_IDS)
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("with_lengths,with_state,return_state", [
+    (True, False, False), (False, True, False), (False, False, True), (True, True, True),
+    (True, False, True), (False, True, True)])
+def test_check_layer_lengths_and_states(make, return_sequences, with_lengths, with_state,
+                                        return_state):
+    hidden = 3
+    x = random.normal(random.key(1), (5, 5, 2), np.float32)
+    inp, shape = _form(make, hidden, x, LENGTHS if with_lengths else None,
+                       _state(make, 5, hidden) if with_state else None)
+    layer = make(hidden, return_sequences=return_sequences, with_lengths=with_lengths,
+                 with_initial_state=with_state, return_state=return_state)
+    res = check_layer(layer, shape, x=inp)
+    assert res.max_error < 1e-6
+    _, _, out_shape = layer.init(random.key(0), shape)
+    y_shape = (5, hidden) if return_sequences else (hidden,)
+    st = ((hidden,), (hidden,)) if make is lstm else (hidden,)
+    assert out_shape == ((y_shape, st) if return_state else y_shape)
+
+
+@pytest.mark.parametrize("make,ref", CELLS, ids=CELL_IDS)
+def test_lengths_equal_truncated_sequences(make, ref):
+    hidden, steps = 4, 5
+    layer = make(hidden, with_lengths=True, with_initial_state=True, return_state=True)
+    plain = make(hidden, with_initial_state=True, return_state=True)
+    x = _x64(5, steps, 3)
+    state = _state(make, 5, hidden, dtype=np.float64)
+    shape = ((steps, 3), (), ((hidden,),) * 2 if make is lstm else (hidden,))
+    p = _params64(layer, shape)
+    (y, hn), _, pb = layer.vjp(p, {}, (x, LENGTHS, state))
+    valid = np.arange(steps)[None, :] < LENGTHS[:, None]
+    assert np.all(y[~valid] == 0)                     # zeros at padded steps
+    # dy everywhere, also at padded steps (whose outputs are constant zeros)
+    dy = random.normal(random.key(9), y.shape, np.float64)
+    dhn = tree.map(lambda a: random.normal(random.key(10), a.shape, np.float64), hn)
+    g, (dx, dlen, dstate) = pb((dy, dhn))
+    assert dlen is None and np.all(dx[~valid] == 0) and np.all(dx[valid] != 0)
+    g_sum = tree.map(np.zeros_like, g)
+    for n, ln in enumerate(LENGTHS):
+        st_n = tree.map(lambda a: a[n:n + 1], state)
+        dst_n = tree.map(lambda a: a[n:n + 1], dhn)
+        hn_n = tree.map(lambda a: a[n:n + 1], hn)
+        if ln == 0:      # an empty sequence: the state passes through untouched
+            assert tree.all_equal(hn_n, st_n)
+            assert tree.all_equal(tree.map(lambda a: a[n:n + 1], dstate), dst_n)
+            continue
+        (yn, hnn), _, pbn = plain.vjp(p, {}, (x[n:n + 1, :ln], st_n))
+        np.testing.assert_allclose(y[n:n + 1, :ln], yn, rtol=0, atol=1e-12)
+        for a, b in zip(tree.leaves(hn_n), tree.leaves(hnn)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+        gn, (dxn, dstn) = pbn((dy[n:n + 1, :ln], dst_n))
+        np.testing.assert_allclose(dx[n:n + 1, :ln], dxn, rtol=0, atol=1e-12)
+        for a, b in zip(tree.leaves(tree.map(lambda a: a[n:n + 1], dstate)), tree.leaves(dstn)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+        g_sum = tree.map(np.add, g_sum, gn)
+    for k in g:
+        np.testing.assert_allclose(g[k], g_sum[k], rtol=0, atol=1e-12, err_msg=k)
+    # the reference, per example and step, on the truncated sequences
+    hs_ref, _ = _ref(make, ref, p, x, state)
+    for n, ln in enumerate(LENGTHS):
+        if ln:
+            np.testing.assert_allclose(y[n, :ln], hs_ref[n, :ln], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("make,ref", CELLS, ids=CELL_IDS)
+def test_full_lengths_equal_plain_layer(make, ref):
+    layer = make(3, with_lengths=True)
+    last = make(3, with_lengths=True, return_sequences=False)
+    plain = make(3)
+    p = _params64(plain, (4, 2))
+    x = _x64(3, 4, 2)
+    full = np.full(3, 4)
+    np.testing.assert_array_equal(layer.apply(p, {}, (x, full)), plain.apply(p, {}, x))
+    y, _, pb = layer.vjp(p, {}, (x, full))
+    dy = random.normal(random.key(1), y.shape, np.float64)
+    g, (dx, _) = pb(dy)
+    g0, dx0 = plain.vjp(p, {}, x)[2](dy)
+    assert tree.all_equal(g, g0) and np.array_equal(dx, dx0)
+    # return_sequences=False with lengths: the state after each sequence's own last step
+    lengths = np.array([4, 2, 1])
+    want = ref(p, x)
+    np.testing.assert_allclose(last.apply(p, {}, (x, lengths)),
+                               want[np.arange(3), lengths - 1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("make,ref", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_initial_and_final_state_match_reference(make, ref, return_sequences):
+    hidden = 4
+    layer = make(hidden, return_sequences=return_sequences, with_initial_state=True,
+                 return_state=True)
+    shape = ((6, 3), ((hidden,),) * 2 if make is lstm else (hidden,))
+    p = _params64(layer, shape)
+    x = _x64(3, 6, 3)
+    state = _state(make, 3, hidden, dtype=np.float64)
+    hs, c_last = _ref(make, ref, p, x, state)
+    for y, hn in (layer.apply(p, {}, (x, state)), layer.vjp(p, {}, (x, state))[0]):
+        np.testing.assert_allclose(y, hs if return_sequences else hs[:, -1], rtol=0, atol=1e-10)
+        if make is lstm:
+            np.testing.assert_allclose(hn[0], hs[:, -1], rtol=0, atol=1e-10)
+            np.testing.assert_allclose(hn[1], c_last, rtol=0, atol=1e-10)
+        else:
+            np.testing.assert_allclose(hn, hs[:, -1], rtol=0, atol=1e-10)
+    # zero initial state = no initial state
+    zeros = tree.map(np.zeros_like, state)
+    y0 = layer.apply(p, {}, (x, zeros))[0]
+    np.testing.assert_allclose(y0, make(hidden, return_sequences=return_sequences).apply(p, {}, x),
+                               rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("merge", ["concat", "sum"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_bidirectional_lengths(merge, return_sequences):
+    make = lambda: gru(3, return_sequences=return_sequences, with_lengths=True)  # noqa: E731
+    layer = bidirectional(make(), lstm(3, return_sequences=return_sequences, with_lengths=True),
+                          merge=merge)
+    x = random.normal(random.key(1), (5, 5, 2), np.float32)
+    assert check_layer(layer, ((5, 2), ()), x=(x, LENGTHS)).max_error < 1e-6
+    plain = bidirectional(gru(3, return_sequences=return_sequences),
+                          lstm(3, return_sequences=return_sequences), merge=merge)
+    params, state, _ = layer.init(random.key(3), ((5, 2), ()))
+    params = tree.cast(params, np.float64)
+    x64 = x.astype(np.float64)
+    y, _, pb = layer.vjp(params, state, (x64, LENGTHS))
+    dy = random.normal(random.key(2), y.shape, np.float64)
+    _, (dx, dlen) = pb(dy)
+    valid = np.arange(5)[None, :] < LENGTHS[:, None]
+    assert dlen is None and np.all(dx[~valid] == 0)
+    if return_sequences:
+        assert np.all(y[~valid] == 0)
+    for n, ln in enumerate(LENGTHS):
+        if ln == 0:
+            continue
+        yn, _, pbn = plain.vjp(params, state, x64[n:n + 1, :ln])
+        if return_sequences:
+            np.testing.assert_allclose(y[n:n + 1, :ln], yn, rtol=0, atol=1e-12)
+            dyn = dy[n:n + 1, :ln]
+        else:
+            np.testing.assert_allclose(y[n:n + 1], yn, rtol=0, atol=1e-12)
+            dyn = dy[n:n + 1]
+        np.testing.assert_allclose(dx[n:n + 1, :ln], pbn(dyn)[1], rtol=0, atol=1e-12)
+
+
+def test_lengths_and_state_errors():
+    layer = gru(3, with_lengths=True, with_initial_state=True)
+    params, _, _ = layer.init(random.key(0), ((5, 4), (), (3,)))
+    x = np.zeros((2, 5, 4), np.float32)
+    h0 = np.zeros((2, 3), np.float32)
+    with pytest.raises(LayerError) as err:
+        layer.apply(params, {}, x)
+    assert "'gru'" in str(err.value) and "(x, lengths, initial_state)" in str(err.value)
+    with pytest.raises(LayerError, match="integer lengths"):
+        layer.apply(params, {}, (x, np.array([5.0, 2.0]), h0))
+    with pytest.raises(LayerError, match=r"lengths of shape \(2,\)"):
+        layer.apply(params, {}, (x, np.array([5, 2, 1]), h0))
+    with pytest.raises(LayerError, match=r"lengths in \[0, 5\]"):
+        layer.apply(params, {}, (x, np.array([6, 2]), h0))
+    with pytest.raises(LayerError, match=r"initial state of shape \(2, 3\)"):
+        layer.apply(params, {}, (x, np.array([5, 2]), np.zeros((2, 4), np.float32)))
+    with pytest.raises(LayerError, match="dtype float32"):
+        layer.apply(params, {}, (x, np.array([5, 2]), h0.astype(np.float64)))
+    with pytest.raises(LayerError, match="tuple of 3 input shapes"):
+        layer.init(random.key(0), (5, 4))
+    with pytest.raises(LayerError, match=r"initial state shape \(3,\)"):
+        layer.init(random.key(0), ((5, 4), (), (4,)))
+    with pytest.raises(LayerError, match="lengths shape"):
+        layer.init(random.key(0), ((5, 4), (2,), (3,)))
+    cell = lstm(3, with_initial_state=True)
+    params, _, _ = cell.init(random.key(0), ((5, 4), ((3,), (3,))))
+    with pytest.raises(LayerError, match=r"tuple \(h0, c0\)"):
+        cell.apply(params, {}, (x, h0))
+    with pytest.raises(LayerError, match="no return_state"):
+        bidirectional(gru(3, return_state=True)).init(random.key(0), (5, 4))
+    bi = bidirectional(gru(3, with_lengths=True))
+    params, state, _ = bi.init(random.key(0), ((5, 4), ()))
+    with pytest.raises(LayerError) as err:
+        bi.apply(params, state, (x, np.array([1, 9])))
+    assert "'bidirectional'" in str(err.value) and "[0, 5]" in str(err.value)
+
+
+# --- PyTorch equivalence with packed sequences (float64) -------------------------------
+
+def _torch_weights(torch, mod, p, make, suffix=""):
+    hid = p["w_h"].shape[0]
+    t = lambda a: torch.tensor(np.ascontiguousarray(a))   # noqa: E731
+    b_hh = 0.3 * random.normal(random.key(77), (p["b"].shape[0],), np.float64)
+    if make is gru:
+        b_hh[2 * hid:] = p["b_hn"]
+    b_ih = p["b"] - b_hh
+    if make is gru:
+        b_ih[2 * hid:] = p["b"][2 * hid:]
+    with torch.no_grad():
+        getattr(mod, "weight_ih_l0" + suffix).copy_(t(p["w_x"].T))
+        getattr(mod, "weight_hh_l0" + suffix).copy_(t(p["w_h"].T))
+        getattr(mod, "bias_ih_l0" + suffix).copy_(t(b_ih))
+        getattr(mod, "bias_hh_l0" + suffix).copy_(t(b_hh))
+
+
+def _torch_grads(mod, make, hid, suffix=""):
+    g = lambda n: getattr(mod, n + "_l0" + suffix).grad.numpy()   # noqa: E731
+    out = {"w_x": g("weight_ih").T, "w_h": g("weight_hh").T}
+    b_ih, b_hh = g("bias_ih"), g("bias_hh")
+    if make is gru:
+        out["b"] = b_ih
+        out["b_hn"] = b_hh[2 * hid:]
+        np.testing.assert_allclose(b_hh[:2 * hid], b_ih[:2 * hid], atol=1e-12)
+    else:
+        out["b"] = b_ih
+        np.testing.assert_allclose(b_hh, b_ih, atol=1e-12)
+    return out
+
+
+@pytest.mark.parametrize("make", [gru, lstm, rnn], ids=["gru", "lstm", "rnn"])
+def test_matches_torch_packed_sequences(make):
+    torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    hid, steps, feats = 4, 6, 3
+    lengths = np.array([6, 1, 4, 3])
+    layer = make(hid, with_lengths=True, with_initial_state=True, return_state=True)
+    shape = ((steps, feats), (), ((hid,),) * 2 if make is lstm else (hid,))
+    p = _params64(layer, shape)
+    x = _x64(4, steps, feats)
+    state = _state(make, 4, hid, dtype=np.float64)
+    (y, hn), _, pb = layer.vjp(p, {}, (x, lengths, state))
+    dy = random.normal(random.key(3), y.shape, np.float64)
+    dhn = tree.map(lambda a: random.normal(random.key(4), a.shape, np.float64), hn)
+    grads, (dx, _, dstate) = pb((dy, dhn))
+
+    cls = {gru: torch.nn.GRU, lstm: torch.nn.LSTM, rnn: torch.nn.RNN}[make]
+    mod = cls(feats, hid, batch_first=True, dtype=torch.float64)
+    _torch_weights(torch, mod, p, make)
+    xt = torch.tensor(x, requires_grad=True)
+    st = [torch.tensor(a[None], requires_grad=True) for a in tree.leaves(state)]
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), batch_first=True,
+                                  enforce_sorted=False)
+    out, hn_t = mod(packed, tuple(st) if make is lstm else st[0])
+    yt, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
+    hn_t = list(hn_t) if make is lstm else [hn_t]
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=0, atol=1e-6)
+    for a, b in zip(tree.leaves(hn), hn_t):
+        np.testing.assert_allclose(a, b[0].detach().numpy(), rtol=0, atol=1e-6)
+    loss = (yt * torch.tensor(dy)).sum() + sum(
+        (b[0] * torch.tensor(a)).sum() for a, b in zip(tree.leaves(dhn), hn_t))
+    loss.backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-6)
+    for a, b in zip(tree.leaves(dstate), st):
+        np.testing.assert_allclose(a, b.grad[0].numpy(), rtol=0, atol=1e-6)
+    want = _torch_grads(mod, make, hid)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], want[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("make", [gru, lstm], ids=["gru", "lstm"])
+def test_matches_torch_bidirectional_packed(make):
+    torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    hid, steps, feats = 3, 5, 2
+    lengths = np.array([2, 5, 1])
+    layer = bidirectional(make(hid, with_lengths=True))
+    _, state, _ = layer.init(random.key(0), ((steps, feats), ()))
+    params = {k: _params64(make(hid), (steps, feats), seed=s)
+              for k, s in (("forward", 1), ("backward", 2))}
+    x = _x64(3, steps, feats)
+    y, _, pb = layer.vjp(params, state, (x, lengths))
+    dy = random.normal(random.key(3), y.shape, np.float64)
+    grads, (dx, _) = pb(dy)
+
+    cls = torch.nn.GRU if make is gru else torch.nn.LSTM
+    mod = cls(feats, hid, batch_first=True, bidirectional=True, dtype=torch.float64)
+    _torch_weights(torch, mod, params["forward"], make)
+    _torch_weights(torch, mod, params["backward"], make, "_reverse")
+    xt = torch.tensor(x, requires_grad=True)
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), batch_first=True,
+                                  enforce_sorted=False)
+    yt, _ = pad_packed_sequence(mod(packed)[0], batch_first=True, total_length=steps)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=0, atol=1e-6)
+    (yt * torch.tensor(dy)).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-6)
+    for k, suffix in (("forward", ""), ("backward", "_reverse")):
+        want = _torch_grads(mod, make, hid, suffix)
+        for name in grads[k]:
+            np.testing.assert_allclose(grads[k][name], want[name], rtol=0, atol=1e-6,
+                                       err_msg=f"{k}/{name}")

@@ -8,6 +8,7 @@ from .dense import dense
 from .dropout import dropout
 from .embedding import embedding
 from .norm import batch_norm, layer_norm
+from .positional import positional_embedding, sinusoidal_positions
 from .pool import avg_pool1d, avg_pool2d, global_avg_pool, max_pool1d, max_pool2d
 from .recurrent import bidirectional, gru, lstm, rnn
 from .reshape import flatten, reshape
@@ -21,7 +22,7 @@ __all__ = [
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool",
     "batch_norm", "layer_norm",
     "dropout",
-    "embedding",
+    "embedding", "positional_embedding", "sinusoidal_positions",
     "rnn", "gru", "lstm", "bidirectional",
     "multi_head_attention",
 ]

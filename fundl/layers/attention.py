@@ -1,20 +1,22 @@
-"""Multi-head self-attention over ``(batch, time, features)``.
+"""Multi-head attention over ``(batch, time, features)``: self- or cross-attention,
+with optional causal and boolean masks and attention dropout.
 
 Forward and backward are batched matmuls over ``(batch, heads)`` on 4-D arrays
 (``np.matmul``), with the q/k/v projections fused into one BLAS matmul in each
-direction.  No Python loop over heads, examples or positions.
+direction (self-attention; cross-attention fuses k/v).  No Python loop over
+heads, examples or positions.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .. import random
-from ..checks import (LayerError, check_float_input, check_param_dtype, check_sequence_in_shape,
-                      check_trailing_shape)
+from .. import fusion, random
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype,
+                      check_sequence_in_shape, check_trailing_shape, is_shape)
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
@@ -31,116 +33,329 @@ def _softmax_(s: Array) -> Array:
     return s
 
 
+def _masked_softmax_(s: Array) -> Array:
+    """:func:`_softmax_` where ``-inf`` entries are masked out; a row that is all
+    ``-inf`` (fully masked) becomes all zeros instead of NaN."""
+    m = s.max(axis=-1, keepdims=True)
+    m[m == -np.inf] = 0.0
+    s -= m
+    np.exp(s, out=s)            # exp(-inf) = 0 exactly
+    total = s.sum(axis=-1, keepdims=True)
+    total[total == 0] = 1.0     # a fully masked row stays 0 / 1 = 0
+    s /= total
+    return s
+
+
+def _mask4(mask: Any, n: int, heads: int, t: int, s: int) -> Array:
+    """The boolean ``mask`` as a 4-D view broadcastable to ``(n, heads, t, s)``."""
+    forms = ("(batch, k_time), (batch, q_time, k_time) or (batch, heads, q_time, k_time), "
+             f"here with q_time={t}, k_time={s}, heads={heads} (any axis may be 1)")
+    if not isinstance(mask, np.ndarray):
+        raise LayerError(f"expected the mask to be a boolean numpy array, got "
+                         f"{type(mask).__name__}")
+    if mask.dtype != np.bool_:
+        raise LayerError(f"expected a boolean mask (True = attend), got dtype {mask.dtype}")
+    if not 2 <= mask.ndim <= 4:
+        raise LayerError(f"expected a mask of shape {forms}; got shape {tuple(mask.shape)}")
+    m = mask.reshape(mask.shape[:1] + (1,) * (4 - mask.ndim) + mask.shape[1:])
+    if any(a not in (1, b) for a, b in zip(m.shape, (n, heads, t, s))):
+        raise LayerError(f"expected a mask of shape {forms}; got shape {tuple(mask.shape)}")
+    return m
+
+
 def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, causal: bool = False,
+                         cross: bool = False, masked: bool = False, dropout: float = 0.0,
                          use_bias: bool = True, w_init: Initializer = glorot_uniform,
                          b_init: Initializer = zeros, dtype: Any = np.float32,
                          name: str = "multi_head_attention") -> Layer:
-    """Multi-head scaled dot-product self-attention (Vaswani et al., 2017).
+    """Multi-head scaled dot-product attention (Vaswani et al., 2017).
 
-    Shapes: ``x`` ``(batch, time, features)`` -> ``y`` ``(batch, time, features)``.
+    Inputs, by the builder flags (all forms compose with ``fl.parallel``/``fl.fan_out``):
+
+    - default: ``x`` ``(batch, time, features)`` (self-attention);
+    - ``cross=True``: ``(x, context)``, queries from ``x`` and keys/values from
+      ``context`` ``(batch, k_time, c_features)`` (its own length and feature size);
+    - ``masked=True``: ``(x, mask)``, or ``(x, context, mask)`` with ``cross=True``.
+
+    The output ``y`` is ``(batch, time, features)`` (the shape of ``x``).
     With ``h = num_heads``, ``d = head_dim`` (default ``features // num_heads``;
-    ``features`` must then be divisible by ``num_heads``) and ``D = h * d``::
+    ``features`` must then be divisible by ``num_heads``), ``D = h * d`` and
+    ``c = context`` (``c = x`` for self-attention)::
 
-        q, k, v = x @ w_q + b_q, x @ w_k, x @ w_v + b_v          # split into h heads of d
-        p       = softmax(q k^T / sqrt(d) [+ causal mask])          # (batch, h, time, time)
-        y       = concat_heads(p v) @ w_o + b_o
+        q, k, v = x @ w_q + b_q, c @ w_k, c @ w_v + b_v         # split into h heads of d
+        p       = softmax(q k^T / sqrt(d), masked)              # (batch, h, time, k_time)
+        y       = concat_heads(dropout(p) v) @ w_o + b_o
 
-    With ``causal=True`` position ``t`` attends only to positions ``<= t``.
-    Params: ``w_q``, ``w_k``, ``w_v`` ``(features, D)`` and ``w_o`` ``(D, features)``
-    initialised by ``w_init`` (Glorot-uniform); with ``use_bias``, ``b_q``, ``b_v``
-    ``(D,)`` and ``b_o`` ``(features,)`` by ``b_init`` (zeros).  There is no key
-    bias: it would add ``q_i . b_k`` to every score of row ``i``, which the
-    softmax cancels exactly, so its gradient is always zero (a PyTorch ``b_k``
-    can be dropped when loading weights, with identical outputs).
+    Masks.  ``causal=True``: query ``i`` attends only to keys ``j <= i``.  ``mask``
+    is a boolean array, **True = attend**, with the batch on axis 0 (size 1 to
+    share it across the batch) in one of three forms: ``(batch, k_time)`` (key
+    padding), ``(batch, q_time, k_time)`` or ``(batch, heads, q_time, k_time)``
+    (any axis may be 1 to broadcast; a mask shared by all examples is
+    ``m[None]``).  Both masks combine (AND).  PyTorch's masks are the opposite
+    (True = masked out): ``mask = ~key_padding_mask`` (``(N, S)``), or
+    ``~attn_mask[None]`` for a boolean ``(L, S)`` ``attn_mask`` (an
+    ``(N * h, L, S)`` one is ``~attn_mask.reshape(N, h, L, S)``).  A fully masked
+    query row has all-zero attention weights: its attention output is zero (its
+    ``y`` row is ``b_o``), never NaN, and no gradient flows through it (as
+    PyTorch's autograd path; its inference fast path gives NaN there).  The mask
+    gets no gradient (``None`` in its slot of ``dx``).
+
+    Attention dropout (``dropout=rate``, the drop probability, as PyTorch's
+    ``dropout``): in training (``vjp``, ``apply(train=True)``) each attention
+    weight is dropped with probability ``rate`` and the rest scaled by
+    ``1 / (1 - rate)``; the mask depends only on the key and the shapes (same
+    key, same mask).  Training then needs a key; ``apply(train=False)`` does not.
+
+    Params: ``w_q`` ``(features, D)``, ``w_k``, ``w_v`` ``(c_features, D)`` and
+    ``w_o`` ``(D, features)`` initialised by ``w_init`` (Glorot-uniform); with
+    ``use_bias``, ``b_q``, ``b_v`` ``(D,)`` and ``b_o`` ``(features,)`` by ``b_init``
+    (zeros).  There is no key bias: it would add ``q_i . b_k`` to every score of
+    row ``i``, which the softmax cancels exactly, so its gradient is always zero.
+
+    PyTorch ``nn.MultiheadAttention(E, h, batch_first=True)`` (``D = E = features``):
+    ``w_q, w_k, w_v = in_proj_weight.chunk(3)`` transposed (or ``q_proj_weight.T``,
+    ``k_proj_weight.T``, ``v_proj_weight.T`` when ``kdim``/``vdim`` differ),
+    ``b_q = in_proj_bias[:E]``, ``b_v = in_proj_bias[2E:]`` (its ``b_k`` part can be
+    dropped, identical outputs), ``w_o = out_proj.weight.T``, ``b_o = out_proj.bias``;
+    ``y`` is its first output, called as ``mha(x, c, c, key_padding_mask=~mask)``.
     """
     if int(num_heads) < 1:
         raise ValueError(f"multi_head_attention needs num_heads >= 1, got {num_heads}")
     if head_dim is not None and int(head_dim) < 1:
         raise ValueError(f"multi_head_attention needs head_dim >= 1, got {head_dim}")
+    rate = float(dropout)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"multi_head_attention dropout is the probability of dropping and must "
+                         f"be in [0, 1), got {dropout}")
     heads = int(num_heads)
     dtype = np.dtype(dtype)
+    n_inputs = 1 + int(cross) + int(masked)
+    forms = "(x, context, mask)" if cross and masked else (
+        "(x, context)" if cross else "(x, mask)")
+
+    # --- shapes and input checks ---------------------------------------------------
+
+    def split_shapes(in_shape):
+        if n_inputs == 1:
+            return check_sequence_in_shape(in_shape), None, None
+        if is_shape(in_shape) or not isinstance(in_shape, (tuple, list)) \
+                or len(in_shape) != n_inputs:
+            raise LayerError(f"expected a tuple of {n_inputs} input shapes {forms}, "
+                             f"got {in_shape!r}")
+        x_shape = check_sequence_in_shape(in_shape[0])
+        c_shape = check_sequence_in_shape(in_shape[1]) if cross else x_shape
+        m_shape = as_shape(in_shape[-1]) if masked else None
+        return x_shape, c_shape, m_shape
 
     def init(key, in_shape):
-        in_shape = check_sequence_in_shape(in_shape)
-        features = in_shape[1]
+        x_shape, c_shape, m_shape = split_shapes(in_shape)
+        features = x_shape[1]
+        c_features = c_shape[1] if cross else features
         if head_dim is None and features % heads:
             raise LayerError(f"features ({features}) must be divisible by num_heads ({heads}) "
-                             f"when head_dim is not given; got input shape {in_shape}")
+                             f"when head_dim is not given; got input shape {x_shape}")
+        if masked:
+            if not 1 <= len(m_shape) <= 3:
+                raise LayerError(f"expected a per-example mask shape (k_time,), "
+                                 f"(q_time, k_time) or (heads, q_time, k_time), got {m_shape}")
+            _mask4(np.ones((1,) + m_shape, bool), 1, heads, x_shape[0], c_shape[0])
         d = features // heads if head_dim is None else int(head_dim)
         width = heads * d
         ks = random.split(key, 7)
         params = {"w_q": w_init(ks[0], (features, width), dtype),
-                  "w_k": w_init(ks[1], (features, width), dtype),
-                  "w_v": w_init(ks[2], (features, width), dtype),
+                  "w_k": w_init(ks[1], (c_features, width), dtype),
+                  "w_v": w_init(ks[2], (c_features, width), dtype),
                   "w_o": w_init(ks[3], (width, features), dtype)}
         if use_bias:
             params.update(b_q=b_init(ks[4], (width,), dtype), b_v=b_init(ks[5], (width,), dtype),
                           b_o=b_init(ks[6], (features,), dtype))
-        return params, in_shape
+        return params, x_shape
 
-    def check(params, x):
-        check_float_input(x)
-        check_trailing_shape(x, (None, params["w_q"].shape[0]))
+    def check_one(x, features, what):
+        check_float_input(x, what)
+        check_trailing_shape(x, (None, features), what)
         if x.shape[1] < 1:
-            raise LayerError(f"expected at least one time step, got shape {tuple(x.shape)}")
-        check_param_dtype(x, params["w_q"])
+            raise LayerError(f"expected at least one time step in the {what}, got shape "
+                             f"{tuple(x.shape)}")
 
-    def forward(params, x) -> Tuple[Array, Tuple]:
+    def split_inputs(params, inp):
+        """``(x, context or None, 4-D mask or None)``, checked."""
+        if n_inputs == 1:
+            x, ctx, mask = inp, None, None
+        else:
+            if not isinstance(inp, (tuple, list)) or len(inp) != n_inputs:
+                got = (f"an array of shape {tuple(inp.shape)}" if isinstance(inp, np.ndarray)
+                       else f"{type(inp).__name__} of length {len(inp)}"
+                       if isinstance(inp, (tuple, list)) else type(inp).__name__)
+                raise LayerError(f"expected a tuple of {n_inputs} inputs {forms}, got {got}")
+            x = inp[0]
+            ctx = inp[1] if cross else None
+            mask = inp[-1] if masked else None
+        check_one(x, params["w_q"].shape[0], "input")
+        check_param_dtype(x, params["w_q"])
+        if cross:
+            check_one(ctx, params["w_k"].shape[0], "context")
+            if ctx.shape[0] != x.shape[0] or ctx.dtype != x.dtype:
+                raise LayerError(f"expected a context with the input's batch size and dtype, "
+                                 f"got input {tuple(x.shape)} {x.dtype} and context "
+                                 f"{tuple(ctx.shape)} {ctx.dtype}")
+        if masked:
+            s = (ctx if cross else x).shape[1]
+            mask = _mask4(mask, x.shape[0], heads, x.shape[1], s)
+        return x, ctx, mask
+
+    def dropout_mask(shape, dt, key):
+        if key is None:
+            raise LayerError("training mode (vjp or apply(train=True)) with attention dropout "
+                             "needs a random key, e.g. key=fundl.random.key(0); use "
+                             "apply(train=False) for inference")
+        u = random.uniform(key, shape, dt)
+        keep = np.greater_equal(u, rate, out=u)   # 1.0 where kept, 0.0 where dropped
+        keep *= 1.0 / (1.0 - rate)
+        return keep
+
+    # --- forward and backward --------------------------------------------------------
+
+    def forward(params, x, ctx, mask, drop_key, train):
+        """``y`` and the residuals ``(proj, q, k, v, p, drop, o)``."""
         n, t, f = x.shape
         width = params["w_q"].shape[1]
         d = width // heads
-        w_qkv = np.concatenate([params["w_q"], params["w_k"], params["w_v"]], axis=1)
-        qkv = x.reshape(n * t, f) @ w_qkv                     # (N*T, 3D)
-        if use_bias:
-            qkv[:, :width] += params["b_q"]
-            qkv[:, 2 * width:] += params["b_v"]
-        qkv = qkv.reshape(n, t, 3, heads, d)
-        qkv[:, :, 0] *= 1.0 / math.sqrt(d)                    # fold the scale into q
-        q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # (N, h, T, d)
-        p = q @ k.transpose(0, 1, 3, 2)                       # (N, h, T, T)
+        scale = 1.0 / math.sqrt(d)
+        if ctx is None:   # self-attention: one fused projection
+            w_in = np.concatenate([params["w_q"], params["w_k"], params["w_v"]], axis=1)
+            qkv = x.reshape(n * t, f) @ w_in                      # (N*T, 3D)
+            if use_bias:
+                qkv[:, :width] += params["b_q"]
+                qkv[:, 2 * width:] += params["b_v"]
+            qkv = qkv.reshape(n, t, 3, heads, d)
+            qkv[:, :, 0] *= scale                                 # fold the scale into q
+            q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # (N, h, T, d)
+        else:             # cross-attention: q from x, fused k/v from the context
+            s, fc = ctx.shape[1:]
+            qp = x.reshape(n * t, f) @ params["w_q"]
+            if use_bias:
+                qp += params["b_q"]
+            qp *= scale
+            w_in = np.concatenate([params["w_k"], params["w_v"]], axis=1)
+            kv = ctx.reshape(n * s, fc) @ w_in                    # (N*S, 2D)
+            if use_bias:
+                kv[:, width:] += params["b_v"]
+            kv = kv.reshape(n, s, 2, heads, d)
+            q = qp.reshape(n, t, heads, d).transpose(0, 2, 1, 3)
+            k, v = (kv[:, :, j].transpose(0, 2, 1, 3) for j in range(2))
+        p = q @ k.transpose(0, 1, 3, 2)                           # (N, h, T, S)
         if causal:
-            np.copyto(p, -np.inf, where=np.triu(np.ones((t, t), bool), 1))  # j > i
-        _softmax_(p)
-        o = (p @ v).transpose(0, 2, 1, 3).reshape(n * t, width)   # heads concatenated
+            np.copyto(p, -np.inf, where=np.triu(np.ones(p.shape[2:], bool), 1))  # j > i
+        if mask is not None:
+            np.copyto(p, -np.inf, where=~mask)
+            _masked_softmax_(p)
+        else:
+            _softmax_(p)
+        drop = dropout_mask(p.shape, p.dtype, drop_key) if train and rate > 0.0 else None
+        pd = p if drop is None else p * drop
+        o = (pd @ v).transpose(0, 2, 1, 3).reshape(n * t, width)   # heads concatenated
         y = o @ params["w_o"]
         if use_bias:
             y += params["b_o"]
-        return y.reshape(n, t, f), (w_qkv, qkv, p, o)
+        return y.reshape(n, t, f), (w_in, q, k, v, p, drop, o)
 
-    def apply(params, x):
-        check(params, x)
-        return forward(params, x)[0]
-
-    def vjp(params, x, need_dx=True):
-        check(params, x)
-        y, (w_qkv, qkv, p, o) = forward(params, x)
-
-        def pullback(dy):
-            n, t, f = x.shape
-            width = params["w_q"].shape[1]
-            d = width // heads
-            q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))
-            dy2 = dy.reshape(n * t, f)
-            grads: Dict[str, Array] = {"w_o": o.T @ dy2}
-            do = (dy2 @ params["w_o"].T).reshape(n, t, heads, d).transpose(0, 2, 1, 3)
+    def backward(params, x, ctx, res, dy, need_dx):
+        w_in, q, k, v, p, drop, o = res
+        n, t, f = x.shape
+        width = params["w_q"].shape[1]
+        d = width // heads
+        scale = 1.0 / math.sqrt(d)
+        dy2 = dy.reshape(n * t, f)
+        grads: Dict[str, Array] = {"w_o": o.T @ dy2}
+        if use_bias:
+            grads["b_o"] = dy2.sum(axis=0)
+        do = (dy2 @ params["w_o"].T).reshape(n, t, heads, d).transpose(0, 2, 1, 3)
+        pd = p if drop is None else p * drop
+        dv = pd.transpose(0, 1, 3, 2) @ do                        # (N, h, S, d)
+        ds = do @ v.transpose(0, 1, 3, 2)                         # d(pd)
+        if drop is not None:
+            ds *= drop                                            # d(p)
+        ds -= (ds * p).sum(axis=-1, keepdims=True)                # softmax
+        ds *= p
+        dq = ds @ k                                               # d(scaled q)
+        dq *= scale
+        dk = ds.transpose(0, 1, 3, 2) @ q
+        if ctx is None:
             dqkv = np.empty((n, t, 3, heads, d), x.dtype)
-            dqkv[:, :, 2] = (p.transpose(0, 1, 3, 2) @ do).transpose(0, 2, 1, 3)   # dv
-            ds = do @ v.transpose(0, 1, 3, 2)                                      # dp
-            ds -= (ds * p).sum(axis=-1, keepdims=True)                             # softmax
-            ds *= p
-            dqkv[:, :, 0] = (ds @ k).transpose(0, 2, 1, 3)                         # dq (scaled)
-            dqkv[:, :, 0] *= 1.0 / math.sqrt(d)
-            dqkv[:, :, 1] = (ds.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)   # dk
+            for j, g in enumerate((dq, dk, dv)):
+                dqkv[:, :, j] = g.transpose(0, 2, 1, 3)
             dqkv2 = dqkv.reshape(n * t, 3 * width)
             dw = x.reshape(n * t, f).T @ dqkv2
             for j, nm in enumerate(("w_q", "w_k", "w_v")):
                 grads[nm] = np.ascontiguousarray(dw[:, j * width:(j + 1) * width])
             if use_bias:
                 grads.update(b_q=dqkv2[:, :width].sum(axis=0),
-                             b_v=dqkv2[:, 2 * width:].sum(axis=0), b_o=dy2.sum(axis=0))
-            dx = (dqkv2 @ w_qkv.T).reshape(n, t, f) if need_dx else None
-            return {key: grads[key] for key in params}, dx
+                             b_v=dqkv2[:, 2 * width:].sum(axis=0))
+            dx = (dqkv2 @ w_in.T).reshape(n, t, f) if need_dx else None
+            return {key: grads[key] for key in params}, dx, None
+        s, fc = ctx.shape[1:]
+        dq2 = dq.transpose(0, 2, 1, 3).reshape(n * t, width)
+        dkv = np.empty((n, s, 2, heads, d), x.dtype)
+        dkv[:, :, 0] = dk.transpose(0, 2, 1, 3)
+        dkv[:, :, 1] = dv.transpose(0, 2, 1, 3)
+        dkv2 = dkv.reshape(n * s, 2 * width)
+        grads["w_q"] = x.reshape(n * t, f).T @ dq2
+        dw = ctx.reshape(n * s, fc).T @ dkv2
+        grads["w_k"] = np.ascontiguousarray(dw[:, :width])
+        grads["w_v"] = np.ascontiguousarray(dw[:, width:])
+        if use_bias:
+            grads.update(b_q=dq2.sum(axis=0), b_v=dkv2[:, width:].sum(axis=0))
+        dx = (dq2 @ params["w_q"].T).reshape(n, t, f) if need_dx else None
+        dctx = (dkv2 @ w_in.T).reshape(n, s, fc) if need_dx else None
+        return {key: grads[key] for key in params}, dx, dctx
+
+    def input_grads(dx, dctx):
+        """``dx`` in the structure of the input (the mask's slot is None)."""
+        if n_inputs == 1 or dx is None:
+            return dx
+        return (dx,) + ((dctx,) if cross else ()) + ((None,) if masked else ())
+
+    def run_apply(params, inp, key, train):
+        x, ctx, mask = split_inputs(params, inp)
+        return forward(params, x, ctx, mask, key, train)[0]
+
+    def run_vjp(params, inp, key, need_dx=True):
+        x, ctx, mask = split_inputs(params, inp)
+        y, res = forward(params, x, ctx, mask, key, True)
+
+        def pullback(dy):
+            dparams, dx, dctx = backward(params, x, ctx, res, dy, need_dx)
+            return dparams, input_grads(dx, dctx)
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    if rate == 0.0:
+        return stateless_layer(
+            name, lambda key, in_shape: init(key, in_shape),
+            lambda params, x: run_apply(params, x, None, False),
+            lambda params, x, need_dx=True: run_vjp(params, x, None, need_dx), takes=("need_dx",))
+
+    # Attention dropout uses the key: a full Layer (stateless_layer passes no key).
+    def layer_init(key, in_shape):
+        try:
+            params, out_shape = init(key, in_shape)
+        except LayerError as err:
+            raise err.named(name) from None
+        return params, {}, out_shape
+
+    def layer_apply(params, state, x, *, key=None, train=False):
+        try:
+            return run_apply(params, x, key, train)
+        except LayerError as err:
+            raise err.named(name) from None
+
+    def layer_vjp(params, state, x, *, key=None, need_dx=True):
+        try:
+            y, pullback = run_vjp(params, x, key, need_dx)
+        except LayerError as err:
+            raise err.named(name) from None
+        return y, state, pullback
+
+    return Layer(layer_init, layer_apply, layer_vjp, name,
+                 speed=fusion.Speed(takes=frozenset({"need_dx"})))
