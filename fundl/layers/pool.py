@@ -18,7 +18,7 @@ from the kept input and output (compare, then keep the first True per window: a
 few bool ops on output-sized arrays, skipped when one count shows that no window
 has a tie), which was faster per training step than tracking the winning offset
 in the forward.  Inside :func:`fundl.serial` a ReLU directly before a max pool runs
-after it (:func:`fundl.combinators.run_order`): the same results, and the pool then
+after it (:func:`fundl.fusion.run_order`): the same results, and the pool then
 sees the ReLU's input, whose windows rarely tie.
 Average pooling counts only real cells: with padding, a window near the border
 is averaged over the cells it covers inside the input (PyTorch's
@@ -27,14 +27,14 @@ is averaged over the cells it covers inside the input (PyTorch's
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Callable, NamedTuple, Tuple, Union
 
 import numpy as np
 
 from ..checks import LayerError, as_shape, check_float_input, check_trailing_shape
 from ..core import Layer, stateless_layer
-from .conv import (Padding, check_spatial_in_shape, int_tuple, offset_view, offsets, pad_nhwc,
-                   parse_padding, window_geometry)
+from .windows import (Padding, check_spatial_in_shape, int_tuple, offset_view, offsets,
+                      pad_nhwc, parse_padding, window_geometry)
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool"]
 
@@ -69,8 +69,20 @@ def _first_true(masks) -> None:
             np.logical_or(seen, masks[k], out=seen)
 
 
-def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
-    """A ``d``-D max or average pool (d = 1 or 2) on the 2-D offset machinery."""
+class _Windows(NamedTuple):
+    """The window machinery one pool layer needs (built by :func:`_windows`)."""
+
+    init: Callable
+    prepare: Callable      # x -> (x4, xp, pads, out_hw, y_shape): x as NHWC, padded
+    scatter: Callable      # (x4_shape, pads, out_hw, dtype, write) -> dx of x4_shape
+    offs: list             # (k, di, dj) per window offset
+    strides: Tuple[int, int]
+    window2: Tuple[int, int]
+    overlap: bool
+
+
+def _windows(name: str, d: int, window, stride, padding, pad_value: float) -> _Windows:
+    """A ``d``-D pool's window geometry (d = 1 or 2) on the 2-D offset views."""
     win_d = int_tuple(window, d, "window", name)
     str_d = win_d if stride is None else int_tuple(stride, d, "stride", name)
     pad_spec = parse_padding(padding, d, name)
@@ -94,18 +106,8 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
         check_trailing_shape(x, (None,) * (d + 1))
         pads, out_hw, out_d = geometry(x.shape[1:-1])
         x4 = x[:, None] if d == 1 else x
-        xp = pad_nhwc(x4, pads, -np.inf if is_max else 0.0)
+        xp = pad_nhwc(x4, pads, pad_value)
         return x4, xp, pads, out_hw, (x.shape[0],) + out_d + x.shape[-1:]
-
-    def avg_scale(x4_shape, pads, out_hw, dtype):
-        """1 / (number of real cells) per output position: a scalar or (1, OH, OW, 1)."""
-        if not any(lo or hi for lo, hi in pads):
-            return dtype.type(1.0 / len(offs))
-        real = pad_nhwc(np.ones((1,) + x4_shape[1:3] + (1,), dtype), pads)
-        count = np.zeros((1,) + out_hw + (1,), dtype)
-        for _, di, dj in offs:
-            count += offset_view(real, di, dj, out_hw, strides)
-        return np.reciprocal(count, out=count)
 
     def scatter(x4_shape, pads, out_hw, dtype, write):
         """dx of shape ``x4_shape``: ``write(k, view, accumulate)`` puts offset k's share
@@ -123,110 +125,135 @@ def _pool(name: str, d: int, is_max: bool, window, stride, padding) -> Layer:
             write(k, offset_view(dxp, di, dj, out_hw, strides), overlap)
         return dxp[:, t:t + h, l:l + w]
 
-    if is_max:
-        def max_forward(x):
-            """``(y, x4, xp, pads, out_hw, y_shape)``: the max of the offset views."""
-            x4, xp, pads, out_hw, y_shape = prepare(x)
-            views = [offset_view(xp, di, dj, out_hw, strides) for _, di, dj in offs]
-            y = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
-            for v in views[2:]:
-                np.maximum(y, v, out=y)
-            return y, x4, xp, pads, out_hw, y_shape
+    return _Windows(init, prepare, scatter, offs, strides, window2, overlap)
 
-        def apply(params, x):
-            y, *_, y_shape = max_forward(x)
-            return y.reshape(y_shape)
 
-        def vjp(params, x, need_dx=True):
+def _max_pool(name: str, d: int, window, stride, padding) -> Layer:
+    """A ``d``-D max pool: the max of the window's offset views; see the module docstring."""
+    win = _windows(name, d, window, stride, padding, -np.inf)
+    offs, strides, window2 = win.offs, win.strides, win.window2
+
+    def forward(x):
+        """``(y, x4, xp, pads, out_hw, y_shape)``: the max of the offset views."""
+        x4, xp, pads, out_hw, y_shape = win.prepare(x)
+        views = [offset_view(xp, di, dj, out_hw, strides) for _, di, dj in offs]
+        y = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+        for v in views[2:]:
+            np.maximum(y, v, out=y)
+        return y, x4, xp, pads, out_hw, y_shape
+
+    def apply(params, x):
+        y, *_, y_shape = forward(x)
+        return y.reshape(y_shape)
+
+    def vjp(params, x, need_dx=True):
+        if not need_dx:
+            return apply(params, x), lambda dy: ({}, None)
+        # No winner bookkeeping in the forward: the pullback finds each window's
+        # first maximum from (xp, y), which are kept anyway (xp is x when unpadded).
+        y, x4, xp, pads, out_hw, y_shape = forward(x)
+        x4_shape, x_shape = x4.shape, x.shape
+        n, h, w, c = x4_shape
+        (kh, kw), (oh, ow) = window2, out_hw
+        # Non-overlapping windows that tile the whole unpadded input (max_pool2d(2)
+        # on even sizes): x is (N, OH, kh, OW, kw, C) and one broadcast compare /
+        # multiply covers every offset (the per-offset form was ~15% slower).
+        tiled = (strides == window2 and not any(lo or hi for lo, hi in pads)
+                 and oh * kh == h and ow * kw == w)
+
+        def pullback(dy):
+            dy4 = dy.reshape(y.shape)
+            y_has_nan = bool(np.isnan(np.max(y, initial=-np.inf)))
+            if tiled:
+                x6 = xp.reshape(n, oh, kh, ow, kw, c)
+                hit = _equal_or_both_nan(x6, y[:, :, None, :, None, :], y_has_nan)
+                if np.count_nonzero(hit) > y.size:  # some window has tied maxima
+                    _first_true([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])
+                dx = np.empty(x4_shape, dy.dtype)
+                dx6 = dx.reshape(n, oh, kh, ow, kw, c)
+                # Broadcast dy, then multiply by the mask in place: both passes are
+                # contiguous (multiplying the bool mask by the broadcast dy in one
+                # go casts in small buffers and was ~20% slower).
+                dx6[...] = dy4[:, :, None, :, None, :]
+                dx6 *= hit
+                return {}, dx.reshape(x_shape)
+            hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y, y_has_nan)
+                    for _, di, dj in offs]
+            if xp is not x4 and np.min(y, initial=np.inf) == -np.inf:
+                # A window whose real cells are all -inf ties with its (-inf) padding:
+                # only real cells may win, or the gradient would go to the padding.
+                real = pad_nhwc(np.ones((1, h, w, 1), bool), pads, False)
+                for hit, (_, di, dj) in zip(hits, offs):
+                    hit &= offset_view(real, di, dj, out_hw, strides)
+            if sum(np.count_nonzero(hit) for hit in hits) > y.size:
+                _first_true(hits)
+
+            def write(k, view, accumulate):
+                if accumulate:
+                    view += dy4 * hits[k]
+                else:
+                    np.multiply(dy4, hits[k], out=view)
+
+            dx = win.scatter(x4_shape, pads, out_hw, dy.dtype, write)
+            return {}, dx.reshape(x_shape)
+
+        return y.reshape(y_shape), pullback
+
+    # The pullback returns a new dx; it keeps the output to find the winners, so y
+    # is not declared fresh.
+    return stateless_layer(name, win.init, apply, vjp, takes=("need_dx",),
+                           fresh=("dx", "dparams"), kind="max_pool")
+
+
+def _avg_pool(name: str, d: int, window, stride, padding) -> Layer:
+    """A ``d``-D average pool over the real (non-padded) cells of each window."""
+    win = _windows(name, d, window, stride, padding, 0.0)
+    offs, strides = win.offs, win.strides
+
+    def scale_of(x4_shape, pads, out_hw, dtype):
+        """1 / (number of real cells) per output position: a scalar or (1, OH, OW, 1)."""
+        if not any(lo or hi for lo, hi in pads):
+            return dtype.type(1.0 / len(offs))
+        real = pad_nhwc(np.ones((1,) + x4_shape[1:3] + (1,), dtype), pads)
+        count = np.zeros((1,) + out_hw + (1,), dtype)
+        for _, di, dj in offs:
+            count += offset_view(real, di, dj, out_hw, strides)
+        return np.reciprocal(count, out=count)
+
+    def average(x):
+        x4, xp, pads, out_hw, y_shape = win.prepare(x)
+        y = offset_view(xp, 0, 0, out_hw, strides).copy()
+        for _, di, dj in offs[1:]:
+            y += offset_view(xp, di, dj, out_hw, strides)
+        scale = scale_of(x4.shape, pads, out_hw, x.dtype)
+        y *= scale
+        return y.reshape(y_shape), (x4.shape, pads, out_hw, scale)
+
+    def apply(params, x):
+        return average(x)[0]
+
+    def vjp(params, x, need_dx=True):
+        y, (x4_shape, pads, out_hw, scale) = average(x)
+        x_shape = x.shape
+
+        def pullback(dy):
             if not need_dx:
-                return apply(params, x), lambda dy: ({}, None)
-            # No winner bookkeeping in the forward: the pullback finds each window's
-            # first maximum from (xp, y), which are kept anyway (xp is x when unpadded).
-            y, x4, xp, pads, out_hw, y_shape = max_forward(x)
-            x4_shape, x_shape = x4.shape, x.shape
-            n, h, w, c = x4_shape
-            (kh, kw), (oh, ow) = window2, out_hw
-            # Non-overlapping windows that tile the whole unpadded input (max_pool2d(2)
-            # on even sizes): x is (N, OH, kh, OW, kw, C) and one broadcast compare /
-            # multiply covers every offset (the per-offset form was ~15% slower).
-            tiled = (strides == window2 and not any(lo or hi for lo, hi in pads)
-                     and oh * kh == h and ow * kw == w)
+                return {}, None
+            g = dy.reshape((x4_shape[0],) + out_hw + x4_shape[-1:]) * scale
 
-            def pullback(dy):
-                dy4 = dy.reshape(y.shape)
-                y_has_nan = bool(np.isnan(np.max(y, initial=-np.inf)))
-                if tiled:
-                    x6 = xp.reshape(n, oh, kh, ow, kw, c)
-                    hit = _equal_or_both_nan(x6, y[:, :, None, :, None, :], y_has_nan)
-                    if np.count_nonzero(hit) > y.size:  # some window has tied maxima
-                        _first_true([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])
-                    dx = np.empty(x4_shape, dy.dtype)
-                    dx6 = dx.reshape(n, oh, kh, ow, kw, c)
-                    # Broadcast dy, then multiply by the mask in place: both passes are
-                    # contiguous (multiplying the bool mask by the broadcast dy in one
-                    # go casts in small buffers and was ~20% slower).
-                    dx6[...] = dy4[:, :, None, :, None, :]
-                    dx6 *= hit
-                    return {}, dx.reshape(x_shape)
-                hits = [_equal_or_both_nan(offset_view(xp, di, dj, out_hw, strides), y, y_has_nan)
-                        for _, di, dj in offs]
-                if xp is not x4 and np.min(y, initial=np.inf) == -np.inf:
-                    # A window whose real cells are all -inf ties with its (-inf) padding:
-                    # only real cells may win, or the gradient would go to the padding.
-                    real = pad_nhwc(np.ones((1, h, w, 1), bool), pads, False)
-                    for hit, (_, di, dj) in zip(hits, offs):
-                        hit &= offset_view(real, di, dj, out_hw, strides)
-                if sum(np.count_nonzero(hit) for hit in hits) > y.size:
-                    _first_true(hits)
+            def write(k, view, accumulate):
+                if accumulate:
+                    view += g
+                else:
+                    view[...] = g
 
-                def write(k, view, accumulate):
-                    if accumulate:
-                        view += dy4 * hits[k]
-                    else:
-                        np.multiply(dy4, hits[k], out=view)
+            dx = win.scatter(x4_shape, pads, out_hw, dy.dtype, write)
+            return {}, dx.reshape(x_shape)
 
-                dx = scatter(x4_shape, pads, out_hw, dy.dtype, write)
-                return {}, dx.reshape(x_shape)
+        return y, pullback
 
-            return y.reshape(y_shape), pullback
-    else:
-        def average(x):
-            x4, xp, pads, out_hw, y_shape = prepare(x)
-            y = offset_view(xp, 0, 0, out_hw, strides).copy()
-            for _, di, dj in offs[1:]:
-                y += offset_view(xp, di, dj, out_hw, strides)
-            scale = avg_scale(x4.shape, pads, out_hw, x.dtype)
-            y *= scale
-            return y.reshape(y_shape), (x4.shape, pads, out_hw, scale)
-
-        def apply(params, x):
-            return average(x)[0]
-
-        def vjp(params, x, need_dx=True):
-            y, (x4_shape, pads, out_hw, scale) = average(x)
-            x_shape = x.shape
-
-            def pullback(dy):
-                if not need_dx:
-                    return {}, None
-                g = dy.reshape((x4_shape[0],) + out_hw + x4_shape[-1:]) * scale
-
-                def write(k, view, accumulate):
-                    if accumulate:
-                        view += g
-                    else:
-                        view[...] = g
-
-                dx = scatter(x4_shape, pads, out_hw, dy.dtype, write)
-                return {}, dx.reshape(x_shape)
-
-            return y, pullback
-
-    # Both pullbacks return a new dx; the average pool's output is its own too (a max
-    # pool's pullback keeps its output to find the winners).
-    fresh = ("dx", "dparams") if is_max else ("y", "dx", "dparams")
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=fresh,
-                           kind="max_pool" if is_max else "")
+    return stateless_layer(name, win.init, apply, vjp, takes=("need_dx",),
+                           fresh=("y", "dx", "dparams"))
 
 
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
@@ -240,7 +267,7 @@ def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], No
     be smaller than the window.  Gradient: all of a window's ``dy`` goes to its
     first maximum (one cell per window, also on ties).
     """
-    return _pool("max_pool1d", 1, True, window, stride, padding)
+    return _max_pool("max_pool1d", 1, window, stride, padding)
 
 
 def max_pool2d(window: Union[int, Tuple[int, int]],
@@ -256,7 +283,7 @@ def max_pool2d(window: Union[int, Tuple[int, int]],
     window's ``dy`` goes to its first maximum in row-major window order (one cell
     per window, also on ties).
     """
-    return _pool("max_pool2d", 2, True, window, stride, padding)
+    return _max_pool("max_pool2d", 2, window, stride, padding)
 
 
 def avg_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
@@ -266,7 +293,7 @@ def avg_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], No
     Shapes and ``stride``/``padding`` as :func:`max_pool1d`.  With padding, each
     window is averaged over its real (non-padded) cells only.
     """
-    return _pool("avg_pool1d", 1, False, window, stride, padding)
+    return _avg_pool("avg_pool1d", 1, window, stride, padding)
 
 
 def avg_pool2d(window: Union[int, Tuple[int, int]],
@@ -278,7 +305,7 @@ def avg_pool2d(window: Union[int, Tuple[int, int]],
     window is averaged over its real (non-padded) cells only (PyTorch's
     ``count_include_pad=False``).
     """
-    return _pool("avg_pool2d", 2, False, window, stride, padding)
+    return _avg_pool("avg_pool2d", 2, window, stride, padding)
 
 
 def global_avg_pool() -> Layer:
