@@ -2,14 +2,13 @@
 
 Elementwise: relu, leaky_relu, elu, gelu (exact or tanh form), silu, softplus,
 sigmoid, tanh.  Along one axis: softmax, log_softmax.  Each layer's forward and
-backward sit side by side below.  Constants are Python floats, so float32 stays
-float32.  Also here: vectorised :func:`erf` and :func:`erfc` (numpy has none),
-accurate to float64 precision, used by the exact gelu.
+backward sit side by side below; the array kernels that other layers and losses
+share (sigmoid, softmax, log-softmax, relu) are in :mod:`fundl.kernels`, erf in
+:mod:`fundl.special`.  Constants are Python floats, so float32 stays float32.
 
-Speed note: ``np.where`` / ``np.copyto(where=)`` with a data-dependent mask and
-``np.logaddexp`` measured 20-100x slower than plain arithmetic on (128, 512)
-float32 here, so branches are written as ``max``/``min`` or as a blend with a
-0/1 float mask.
+Speed note: ``np.where`` / ``np.copyto(where=)`` with a data-dependent mask
+measured 20-100x slower than plain arithmetic here, so branches are written as
+``max``/``min`` or as a blend with a 0/1 float mask.
 """
 
 from __future__ import annotations
@@ -19,13 +18,15 @@ from typing import Callable, Tuple
 
 import numpy as np
 
+from .. import kernels
 from ..checks import LayerError, as_shape, check_float_input
 from ..core import Layer, elementwise_layer, stateless_layer
+from ..special import erfcx_nonneg, exp_neg_half_sq
 
 Array = np.ndarray
 
 __all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
-           "softmax", "log_softmax", "erf", "erfc"]
+           "softmax", "log_softmax"]
 
 
 def _local_grad_layer(name: str, forward: Callable[[Array], Array],
@@ -59,10 +60,6 @@ def _mask(cond_fn, a, b):
 
 # --- relu ---------------------------------------------------------------------------
 
-def _relu_forward(x, out=None):
-    return np.maximum(x, 0, out=out)
-
-
 def _relu_backward(x, y, dy, out=None):
     # y > 0 exactly where x > 0; the gradient at 0 is taken as 0.  ``dy * (y > 0)``
     # with a bool mask (1 byte per element) moves the least memory: inside a CNN
@@ -80,7 +77,7 @@ def relu() -> Layer:
     CNN and 0.3 ms of the MLP at batch 512.  A ReLU followed by a max pool runs
     after the pool there (the same results, on a 4x smaller array for 2x2 pools).
     """
-    return elementwise_layer("relu", _relu_forward, _relu_backward, saves="y",
+    return elementwise_layer("relu", kernels.relu, _relu_backward, saves="y",
                              in_place=("forward", "backward"), fresh=("dx",), kind="relu")
 
 
@@ -144,126 +141,6 @@ def elu(alpha: float = 1.0) -> Layer:
     return elementwise_layer("elu", forward, backward, saves="y" if a >= 0 else "x")
 
 
-# --- erf / erfc ---------------------------------------------------------------------
-#
-# erfc(z) = exp(-z^2) * erfcx(z) for z >= 0, with the scaled function written as
-# erfcx(z) = exp(F(u)) / (z + 2),  u = (z - 2) / (z + 2) in [-1, 1),
-# and F a Chebyshev series.  The coefficients were computed (40 digits, mpmath)
-# at 100 Chebyshev nodes; the dropped tail is below 3e-18.  12 terms suffice for
-# float32.  exp(-z^2) is formed from a split z = zh + zl with zh^2 exact, so erfc
-# keeps its relative accuracy far into the tail.
-
-_ERFCX_COEFFS = (
-    0.04182032066909059, -0.6419697923564902, 0.019476473204185836, 0.009561514786808632,
-    -0.0009465953444820369, -0.00036683949785276145, 4.252332480690777e-05,
-    2.0278578112534242e-05, -1.6242900046470256e-06, -1.3036558355805232e-06,
-    1.5626441722066142e-08, 8.523809591492654e-08, 6.5290544390988515e-09,
-    -5.059343495551469e-09, -9.91364156493033e-10, 2.273651222931836e-10,
-    9.646791102015527e-11, -2.3940380830391146e-12, -6.886027526497553e-12,
-    -8.944879273090725e-13, 3.130921399342958e-13, 1.1270822361367252e-13,
-    3.810905255189232e-16, -7.106097613609237e-15, -1.5230282014571043e-15,
-    9.457494571291233e-17, 1.210237189224279e-16, 2.816663087747177e-17,
-)
-_ERFCX_TERMS_F32 = 12
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-# erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)); 13 terms for |x| < 0.5.
-_ERF_TAYLOR = tuple((-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(13))
-
-
-def _erfcx_nonneg(z: Array) -> Array:
-    """``exp(z**2) * erfc(z)`` for ``z >= 0`` (a fresh array of z's dtype)."""
-    coeffs = _ERFCX_COEFFS if z.dtype.itemsize >= 8 else _ERFCX_COEFFS[:_ERFCX_TERMS_F32]
-    d = z + 2.0
-    two_u = np.divide(4.0, d)
-    np.subtract(1.0, two_u, out=two_u)         # u = (z - 2) / (z + 2), also for z = inf
-    two_u *= 2.0
-    # Clenshaw: b_k = 2u b_{k+1} - b_{k+2} + c_k, three rotating buffers, no temporaries
-    b2 = np.full_like(z, coeffs[-1])
-    b1 = np.multiply(two_u, coeffs[-1])
-    b1 += coeffs[-2]
-    t = np.empty_like(z)
-    for c in coeffs[-3:0:-1]:
-        np.multiply(two_u, b1, out=t)
-        t -= b2
-        t += c
-        b1, b2, t = t, b1, b2
-    two_u *= 0.5                               # F = u b_1 - b_2 + c_0
-    two_u *= b1
-    two_u -= b2
-    two_u += coeffs[0]
-    np.exp(two_u, out=two_u)
-    two_u /= d
-    return two_u
-
-
-def _exp_neg_half_sq(x: Array, scale: float) -> Array:
-    """``exp(-scale * x**2)`` for ``x >= 0`` with ``scale`` 1 or 1/2, accurate in float64.
-
-    ``x`` is split as ``xh + xl`` with ``xh`` on a 2**-16 grid, so ``xh**2`` is
-    exact and only the small product ``xl * (x + xh)`` is rounded.
-    """
-    x = np.minimum(x, 40.0)                    # exp underflows long before; avoids inf - inf
-    if x.dtype.itemsize < 8:
-        x *= x
-        x *= -scale
-        return np.exp(x, out=x)
-    xh = np.multiply(x, 65536.0)
-    np.floor(xh, out=xh)
-    xh *= 1.0 / 65536.0
-    lo = x + xh
-    x -= xh                                    # x is our own copy (from np.minimum)
-    lo *= x
-    lo *= -scale
-    np.exp(lo, out=lo)
-    np.multiply(xh, xh, out=xh)
-    xh *= -scale
-    np.exp(xh, out=xh)
-    xh *= lo
-    return xh
-
-
-def erfc(x: Array) -> Array:
-    """The complementary error function ``1 - erf(x)``, elementwise, in ``x``'s float dtype.
-
-    Relative error about 1e-15 in float64 for all ``x`` (also deep in the tail).
-    """
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
-    z = np.abs(x)
-    r = _erfcx_nonneg(z)
-    r *= _exp_neg_half_sq(z, 1.0)
-    neg = x < 0
-    if neg.any():
-        r[neg] = 2.0 - r[neg]
-    return r
-
-
-def erf(x: Array) -> Array:
-    """The error function, elementwise, in ``x``'s float dtype (float64 accuracy ~1e-16 relative).
-
-    A Taylor series for ``|x| < 0.5``; ``sign(x) * (1 - erfc(|x|))`` beyond.
-    """
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
-    z = np.abs(x)
-    big = 1.0 - _erfcx_nonneg(z) * _exp_neg_half_sq(z, 1.0)
-    np.copysign(big, x, out=big)
-    small = z < 0.5
-    if small.any():
-        xs = x[small]
-        t = xs * xs
-        p = np.full_like(xs, _ERF_TAYLOR[-1])
-        for c in _ERF_TAYLOR[-2::-1]:
-            p *= t
-            p += c
-        p *= xs
-        p *= _TWO_OVER_SQRT_PI
-        big[small] = p
-    return big
-
-
 # --- gelu ---------------------------------------------------------------------------
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -274,9 +151,9 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 def _gelu_exact(x: Array, need_grad: bool):
     """``y = x * Phi(x)`` and (if asked) ``g = Phi(x) + x * phi(x)``; Phi = normal CDF."""
     z = np.abs(x)
-    ez = _exp_neg_half_sq(z, 0.5)              # exp(-x^2 / 2)
+    ez = exp_neg_half_sq(z, 0.5)              # exp(-x^2 / 2)
     z *= _INV_SQRT2
-    half_tail = _erfcx_nonneg(z)               # Phi(-|x|) = 0.5 * exp(-x^2/2) * erfcx(|x|/sqrt2)
+    half_tail = erfcx_nonneg(z)               # Phi(-|x|) = 0.5 * exp(-x^2/2) * erfcx(|x|/sqrt2)
     half_tail *= ez
     half_tail *= 0.5
     # Phi = h where x < 0, else 1 - h; as h + pos * (1 - 2h), exact where pos == 0
@@ -332,21 +209,9 @@ def gelu(approximate: bool = False) -> Layer:
 
 # --- silu, softplus, sigmoid, tanh --------------------------------------------------
 
-def _sigmoid_forward(x, out=None):
-    # exp(min(x, 0)) / (1 + exp(-|x|)): exp only of non-positive numbers, no branch.
-    den = np.abs(x)
-    np.negative(den, out=den)
-    np.exp(den, out=den)
-    den += 1.0
-    num = np.minimum(x, 0, out=out)  # x is not read after this: ``out`` may be x
-    np.exp(num, out=num)
-    num /= den
-    return num
-
-
 def _silu(x: Array, need_grad: bool):
     """``y = x * s`` with ``s = sigmoid(x)``; derivative ``s + y (1 - s)``."""
-    s = _sigmoid_forward(x)
+    s = kernels.sigmoid(x)
     y = x * s
     if not need_grad:
         return y, None
@@ -398,14 +263,10 @@ def _tanh_backward(x, y, dy):
     return g
 
 
-def _tanh_forward(x, out=None):
-    return np.tanh(x, out=out)
-
-
 def tanh() -> Layer:
     """``tanh(x)``; gradient ``1 - tanh(x)**2``.  Any shape.  Works in place on a
     donated input (see :func:`relu`)."""
-    return elementwise_layer("tanh", _tanh_forward, _tanh_backward, saves="y",
+    return elementwise_layer("tanh", kernels.tanh, _tanh_backward, saves="y",
                              in_place=("forward",), fresh=("dx",))
 
 
@@ -419,7 +280,7 @@ def _sigmoid_backward(x, y, dy):
 def sigmoid() -> Layer:
     """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``.  Any shape.
     Works in place on a donated input (see :func:`relu`)."""
-    return elementwise_layer("sigmoid", _sigmoid_forward, _sigmoid_backward, saves="y",
+    return elementwise_layer("sigmoid", kernels.sigmoid, _sigmoid_backward, saves="y",
                              in_place=("forward",), fresh=("dx",))
 
 
@@ -457,13 +318,6 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
     return stateless_layer(name, init, apply, vjp)
 
 
-def _softmax_forward(x, ax):
-    e = x - x.max(axis=ax, keepdims=True)      # subtract the max: no overflow
-    np.exp(e, out=e)
-    e /= e.sum(axis=ax, keepdims=True)
-    return e
-
-
 def _softmax_backward(y, dy, ax):
     if ax == y.ndim - 1:                       # no full-size temporary
         s = np.einsum("...i,...i->...", dy, y)[..., None]
@@ -480,13 +334,7 @@ def softmax(axis: int = -1) -> Layer:
     Stable for any logits (the max is subtracted first).  Backward
     ``y * (dy - sum(dy * y))`` from ``y`` alone.
     """
-    return _axis_layer("softmax", axis, _softmax_forward, _softmax_backward)
-
-
-def _log_softmax_forward(x, ax):
-    s = x - x.max(axis=ax, keepdims=True)
-    s -= np.log(np.exp(s).sum(axis=ax, keepdims=True))
-    return s
+    return _axis_layer("softmax", axis, kernels.softmax, _softmax_backward)
 
 
 def _log_softmax_backward(y, dy, ax):
@@ -502,4 +350,4 @@ def log_softmax(axis: int = -1) -> Layer:
 
     Stable for any logits.  Backward ``dy - exp(y) * sum(dy)`` from ``y`` alone.
     """
-    return _axis_layer("log_softmax", axis, _log_softmax_forward, _log_softmax_backward)
+    return _axis_layer("log_softmax", axis, kernels.log_softmax, _log_softmax_backward)

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .. import fusion, random
+from .. import fusion, kernels, random
 from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape)
 from ..core import Layer, stateless_layer
@@ -25,16 +25,8 @@ __all__ = ["multi_head_attention"]
 Array = np.ndarray
 
 
-def _softmax_(s: Array) -> Array:
-    """In place on our own buffer: a numerically stable softmax over the last axis."""
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
-    return s
-
-
 def _masked_softmax_(s: Array) -> Array:
-    """:func:`_softmax_` where ``-inf`` entries are masked out; a row that is all
+    """An in-place softmax over the last axis (:func:`fundl.kernels.softmax`) where ``-inf`` entries are masked out; a row that is all
     ``-inf`` (fully masked) becomes all zeros instead of NaN."""
     m = s.max(axis=-1, keepdims=True)
     m[m == -np.inf] = 0.0
@@ -251,7 +243,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
             np.copyto(p, -np.inf, where=~mask)
             _masked_softmax_(p)
         else:
-            _softmax_(p)
+            kernels.softmax(p, out=p)
         drop = dropout_mask(p.shape, p.dtype, drop_key) if train and rate > 0.0 else None
         pd = p if drop is None else p * drop
         o = (pd @ v).transpose(0, 2, 1, 3).reshape(n * t, width)   # heads concatenated

@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .. import fusion, random
+from .. import fusion, kernels, random
 from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape, normalize_shapes)
 from ..combinators import apply_child, init_child, split_key, vjp_child
@@ -58,18 +58,6 @@ Array = np.ndarray
 
 
 # --- shared pieces -----------------------------------------------------------------
-
-def _sigmoid_(a: Array) -> Array:
-    """In place on our own buffer: ``a <- 1 / (1 + exp(-a)) = (1 + tanh(a / 2)) / 2``.
-
-    The tanh form cannot overflow and needs one transcendental per entry.
-    """
-    a *= 0.5
-    np.tanh(a, out=a)
-    a += 1.0
-    a *= 0.5
-    return a
-
 
 def _gate_init(w_x_init: Initializer, w_h_init: Initializer, b_init: Initializer,
                gates: int) -> Callable[[Any, int, int, Any], Dict[str, Array]]:
@@ -327,14 +315,6 @@ def _check_state(state: Any, n_state: int, n: int, hidden: int, dtype: Any) -> T
 
 # --- simple RNN --------------------------------------------------------------------
 
-def _tanh_(a: Array) -> Array:
-    return np.tanh(a, out=a)
-
-
-def _relu_(a: Array) -> Array:
-    return np.maximum(a, 0, out=a)
-
-
 def _tanh_grad(h: Array, g: Array, out: Array) -> None:
     np.multiply(h, h, out=out)
     np.subtract(1.0, out, out=out)
@@ -345,7 +325,7 @@ def _relu_grad(h: Array, g: Array, out: Array) -> None:
     np.multiply(g, h > 0, out=out)
 
 
-_RNN_ACTIVATIONS = {"tanh": (_tanh_, _tanh_grad), "relu": (_relu_, _relu_grad)}
+_RNN_ACTIVATIONS = {"tanh": (kernels.tanh, _tanh_grad), "relu": (kernels.relu, _relu_grad)}
 
 
 def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
@@ -376,7 +356,7 @@ def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
             a = hs[:, t]
             if h is not None:
                 a += h @ w_h
-            act_(a)
+            act_(a, out=a)
             _blend_(a, 0.0 if h is None else h, steps.valid_at(t))
             h = a
         return hs, None, (hs[:, -1],)
@@ -447,7 +427,7 @@ def gru(hidden: int, *, return_sequences: bool = True,
             a = acts[:, t]
             rz = a[:, :2 * hdim]
             rz += hp[:, :2 * hdim]
-            _sigmoid_(rz)
+            kernels.sigmoid_tanh(rz, out=rz)
             r, z = a[:, :hdim], a[:, hdim:2 * hdim]
             hn = hp[:, 2 * hdim:]
             hn += b_hn
@@ -544,9 +524,9 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
             a = acts[:, t]
             if h is not None:
                 a += h @ w_h
-            _sigmoid_(a[:, :2 * hdim])
+            kernels.sigmoid_tanh(a[:, :2 * hdim], out=a[:, :2 * hdim])
             np.tanh(a[:, 2 * hdim:3 * hdim], out=a[:, 2 * hdim:3 * hdim])
-            _sigmoid_(a[:, 3 * hdim:])
+            kernels.sigmoid_tanh(a[:, 3 * hdim:], out=a[:, 3 * hdim:])
             i, f, g, o = (a[:, k * hdim:(k + 1) * hdim] for k in range(4))
             c_new = np.multiply(i, g, out=cs[:, t] if keep else None)
             if c is not None:

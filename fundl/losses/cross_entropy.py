@@ -18,6 +18,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from .. import kernels
+
 from ._base import (Loss, LossError, check_labels, check_pred, check_probabilities,
                     class_weights, scalar, weights_for)
 
@@ -50,8 +52,7 @@ def _sce_value(pred: np.ndarray, target: Any) -> np.ndarray:
     """Mean softmax cross-entropy ``-mean_i sum_c t_ic log softmax(z_i)_c`` over the examples."""
     check_pred(_SCE, pred, class_axis=True)
     labels, onehot = _targets(_SCE, pred, target)
-    shifted = pred - pred.max(axis=-1, keepdims=True)
-    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # log softmax
+    shifted = kernels.log_softmax(pred)
     if labels is not None:
         picked = np.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
         return scalar(-picked.mean(), pred.dtype)

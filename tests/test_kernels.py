@@ -1,0 +1,42 @@
+"""fundl.kernels: the shared array kernels, against plain formulas, in place and not."""
+
+import numpy as np
+import pytest
+
+from fundl import kernels
+
+X = np.array([[-800.0, -3.0, -0.5, 0.0, 0.5, 3.0, 800.0]])
+
+
+@pytest.mark.parametrize("fn, ref", [
+    (kernels.relu, lambda x: np.where(x > 0, x, 0.0)),
+    (kernels.tanh, np.tanh),
+    (kernels.sigmoid, lambda x: 0.5 * (1 + np.tanh(x / 2))),
+    (kernels.sigmoid_tanh, lambda x: 0.5 * (1 + np.tanh(x / 2))),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elementwise_kernels_match_their_formula_and_work_in_place(fn, ref, dtype):
+    x = X.astype(dtype)
+    x.flags.writeable = False
+    y = fn(x)
+    assert y.dtype == dtype and not np.shares_memory(y, x)
+    np.testing.assert_allclose(y, ref(X).astype(dtype), rtol=1e-6, atol=1e-30)
+    assert np.isfinite(y).all()
+    buf = X.astype(dtype)
+    out = fn(buf, out=buf)
+    assert out is buf
+    np.testing.assert_array_equal(out, y)          # the same bits in place
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_and_log_softmax_are_stable_and_agree(axis):
+    x = np.array([[1000.0, 1001.0, 999.0], [-5.0, 0.0, 5.0]])
+    p = kernels.softmax(x, axis)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    np.testing.assert_allclose(p, e / e.sum(axis=axis, keepdims=True), rtol=1e-14)
+    np.testing.assert_allclose(p.sum(axis=axis), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(np.exp(kernels.log_softmax(x, axis)), p, rtol=1e-13)
+    buf = x.copy()
+    assert kernels.softmax(buf, axis, out=buf) is buf
+    np.testing.assert_array_equal(buf, p)
+    assert kernels.log_softmax(np.float32(x), axis).dtype == np.float32
