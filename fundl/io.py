@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 import numpy as np
 
@@ -219,9 +219,10 @@ def _describe_like(node: Any) -> str:
 
 
 class _Decoder:
-    def __init__(self, file: str, npz: Any):
+    def __init__(self, file: str, npz: Any, types: Dict[str, type]):
         self.file = file
         self.npz = npz
+        self.types = types
         self.names = set(npz.files)
 
     def fail(self, path: str, msg: str) -> CheckpointError:
@@ -298,26 +299,61 @@ class _Decoder:
 
     def namedtuple_class(self, spec: Dict[str, Any], path: str) -> type:
         qualified = spec["type"]
-        module_name, _, qualname = qualified.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as err:
-            raise self.fail(path, f"cannot import the named tuple class {qualified} ({err}); "
-                                  "pass a template: load(path, like=...)") from None
-        if not (isinstance(obj, type) and issubclass(obj, tuple)
-                and list(getattr(obj, "_fields", ())) == list(spec["fields"])):
+        cls = self.types.get(qualified)
+        if cls is None:
+            short = qualified.rpartition(":")[2] or qualified
+            raise self.fail(path, f"cannot import the named tuple class {qualified}: a checkpoint "
+                                  "never imports the modules it names; pass the class, "
+                                  f"load(path, types=({short},)), or a template: load(path, like=...)")
+        if list(cls._fields) != list(spec["fields"]):
             raise self.fail(path, f"{qualified} is no longer a named tuple with fields "
-                                  f"{spec['fields']}; pass a template: load(path, like=...)")
-        return obj
+                                  f"{spec['fields']} (it has {list(cls._fields)}); pass a template: "
+                                  "load(path, like=...)")
+        return cls
 
 
-def load(path: PathLike, like: Optional[Any] = None) -> Any:
+# fundl's own named-tuple states, rebuilt without ``like=``: (module, class name) pairs
+# fixed here, imported by this code, never taken from a file.
+_FUNDL_TYPES = (
+    ("fundl.step", "TrainState"),
+    ("fundl.optim.sgd", "TraceState"),
+    ("fundl.optim.adagrad", "AdagradState"),
+    ("fundl.optim.rmsprop", "RMSState"),
+    ("fundl.optim.adam", "AdamState"),
+    ("fundl.optim.lion", "LionState"),
+    ("fundl.optim.accumulate", "AccumulateState"),
+    ("fundl.data.preprocess", "Standardizer"),
+    ("fundl.metrics", "Mean"),
+)
+
+
+def _type_name(cls: type) -> str:
+    """How a named tuple class is recorded in a checkpoint: ``module:qualname``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _allowed_types(extra: Iterable[type] = ()) -> Dict[str, type]:
+    """The named tuple classes ``load`` may rebuild: fundl's states plus ``extra``."""
+    table: Dict[str, type] = {}
+    for module_name, name in _FUNDL_TYPES:
+        cls = getattr(importlib.import_module(module_name), name)
+        table[_type_name(cls)] = cls
+    for cls in extra:
+        if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+            raise TypeError(f"load(types=...) takes named tuple classes, got {cls!r}")
+        table[_type_name(cls)] = cls
+    return table
+
+
+def load(path: PathLike, like: Optional[Any] = None, *, types: Iterable[type] = ()) -> Any:
     """Read a pytree written by :func:`save`.
 
-    Without ``like`` the stored structure is rebuilt (named tuples by importing
-    their class).  With ``like`` (a tree of the expected structure, e.g. freshly
+    Without ``like`` the stored structure is rebuilt.  A named tuple is rebuilt
+    only as a class from an allow-list, never by importing what the file names:
+    fundl's own states (``TrainState``, the optimizer states of
+    :mod:`fundl.optim`, ``Standardizer``, ``metrics.Mean``) and the named tuple
+    classes given in ``types`` (``load(path, types=(MyState,))``); any other
+    raises :class:`CheckpointError` saying so.  With ``like`` (a tree of the expected structure, e.g. freshly
     initialised params or a ``TrainState``) the result takes ``like``'s
     container types and dict order, and every container, key, field, leaf kind,
     array shape and dtype must match: otherwise :class:`CheckpointError` names
@@ -326,6 +362,7 @@ def load(path: PathLike, like: Optional[Any] = None) -> Any:
     (``FileNotFoundError`` if there is no file at all).
     """
     file = os.fspath(path)
+    allowed = _allowed_types(types)
     if not os.path.exists(file):
         raise FileNotFoundError(f"no checkpoint at {file}")
     try:
@@ -343,7 +380,7 @@ def load(path: PathLike, like: Optional[Any] = None) -> Any:
             if meta.get("version", 0) > _VERSION:
                 raise CheckpointError(f"{file}: written by a newer fundl (format version "
                                       f"{meta.get('version')}, this one reads {_VERSION})")
-            return _Decoder(file, npz).decode(meta["tree"], "", like, like is not None)
+            return _Decoder(file, npz, allowed).decode(meta["tree"], "", like, like is not None)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, TypeError,

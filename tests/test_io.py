@@ -45,7 +45,7 @@ def test_round_trip_is_bit_identical(tmp_path):
     t = _tree()
     path = tmp_path / "t.npz"
     io.save(path, t)
-    back = io.load(path)
+    back = io.load(path, types=(Pair,))  # Pair is no fundl type: the caller names it
     _same(t, back)
     assert isinstance(back["pair"], Pair) and isinstance(back["pair"].first, tuple)
     assert isinstance(back["pair"].first[1], list) and back["params"]["relu_1"] == {}
@@ -193,3 +193,86 @@ def test_namedtuple_class_that_cannot_be_imported(tmp_path):
         io.load(tmp_path / "n.npz")
     back = io.load(tmp_path / "n.npz", like=Local(0))
     assert back == Local(3) and isinstance(back, Local)
+
+
+# --- hostile files: loading never imports or runs anything the file names ---------
+
+def _rezip(src, dst, replace=None, drop=(), add=None):
+    """Copy the archive ``src`` to ``dst`` with some members replaced, dropped or added."""
+    replace, add = dict(replace or {}), dict(add or {})
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename in drop:
+                continue
+            zout.writestr(info.filename, replace.pop(info.filename, None) or zin.read(info))
+        for name, blob in {**replace, **add}.items():
+            zout.writestr(name, blob)
+
+
+def _structure_blob(record):
+    """The ``__fundl_structure__.npy`` member holding the JSON ``record``."""
+    import io as _pyio
+    import json
+    buf = _pyio.BytesIO()
+    np.save(buf, np.frombuffer(json.dumps(record).encode(), np.uint8))
+    return buf.getvalue()
+
+
+def _record(path):
+    import json
+    with np.load(path) as z:
+        return json.loads(z["__fundl_structure__"].tobytes())
+
+
+def test_load_never_imports_a_module_named_by_the_file(tmp_path, monkeypatch):
+    marker = tmp_path / "PWNED"
+    (tmp_path / "evil_ckpt_mod.py").write_text(
+        "import pathlib, typing\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "class S(typing.NamedTuple):\n    a: int\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = tmp_path / "good.npz"
+    io.save(good, Pair(1, 2))
+    rec = _record(good)
+    rec["tree"]["type"] = "evil_ckpt_mod:S"
+    rec["tree"]["fields"] = ["a", "b"]
+    _rezip(good, tmp_path / "evil.npz", replace={"__fundl_structure__.npy": _structure_blob(rec)})
+    with pytest.raises(CheckpointError, match=r"evil\.npz.*evil_ckpt_mod:S.*types="):
+        io.load(tmp_path / "evil.npz")
+    assert not marker.exists()
+    import sys
+    assert "evil_ckpt_mod" not in sys.modules
+
+
+def test_named_tuple_types_come_from_an_allow_list(tmp_path):
+    # fundl's own states load without help; the caller's own types through `types=`
+    ts_like = (fl.optim.AdamState(np.int64(3), {"w": np.ones(2)}, {"w": np.zeros(2)}),
+               fl.optim.TraceState({"w": np.ones(1)}), Pair(np.ones(1), 2))
+    io.save(tmp_path / "s.npz", ts_like)
+    with pytest.raises(CheckpointError, match=r"test_io:Pair.*types=\(Pair,\)"):
+        io.load(tmp_path / "s.npz")
+    back = io.load(tmp_path / "s.npz", types=(Pair,))
+    _same(ts_like, back)
+    assert type(back[0]) is fl.optim.AdamState and type(back[2]) is Pair
+    # a type with the right name but other fields is refused
+    Other = NamedTuple("Pair", [("first", int)])
+    Other.__module__, Other.__qualname__ = Pair.__module__, Pair.__qualname__
+    with pytest.raises(CheckpointError, match="fields"):
+        io.load(tmp_path / "s.npz", types=[Other])
+    with pytest.raises(TypeError, match="named tuple"):
+        io.load(tmp_path / "s.npz", types=[dict])
+
+
+def test_every_optimizer_state_is_allowed():
+    import importlib
+    import inspect
+    states = set()
+    for mod_name in ("sgd", "adagrad", "rmsprop", "adam", "lion", "accumulate", "transforms"):
+        mod = importlib.import_module(f"fundl.optim.{mod_name}")
+        for _, obj in inspect.getmembers(mod, inspect.isclass):
+            if issubclass(obj, tuple) and hasattr(obj, "_fields") and obj.__name__.endswith("State"):
+                states.add(obj)
+    assert {fl.optim.TraceState, fl.optim.AdagradState, fl.optim.RMSState, fl.optim.AdamState,
+            fl.optim.LionState, fl.optim.AccumulateState} <= states
+    assert states | {fl.TrainState} <= set(io._allowed_types().values())
