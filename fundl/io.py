@@ -22,7 +22,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 import zipfile
 from typing import Any, Dict, Iterable, Optional, Union
 
@@ -38,6 +40,7 @@ _STRUCT_KEY = "__fundl_structure__"
 _FORMAT = "fundl.io"
 _VERSION = 1
 _ROOT_NAME = "<root>"
+_MAX_DEPTH = 128  # containers nested in containers; far beyond any real pytree
 
 
 class CheckpointError(ValueError):
@@ -66,7 +69,10 @@ class _Encoder:
         self.arrays[name] = value
         return name
 
-    def encode(self, node: Any, path: str) -> Dict[str, Any]:
+    def encode(self, node: Any, path: str, depth: int = 0) -> Dict[str, Any]:
+        if depth > _MAX_DEPTH:
+            raise CheckpointError(f"{self.file}: cannot save '{path}': the tree is nested deeper "
+                                  f"than {_MAX_DEPTH} levels")
         if node is None:
             return {"t": "none"}
         if isinstance(node, dict):
@@ -75,15 +81,15 @@ class _Encoder:
                 raise CheckpointError(f"{self.file}: dict keys must be strings, got {bad[0]!r} "
                                       f"at '{path or _ROOT_NAME}'")
             return {"t": "dict", "keys": list(node),
-                    "items": [self.encode(v, join_path(path, k)) for k, v in node.items()]}
+                    "items": [self.encode(v, join_path(path, k), depth + 1) for k, v in node.items()]}
         if is_namedtuple(node):
             cls = type(node)
             return {"t": "namedtuple", "type": f"{cls.__module__}:{cls.__qualname__}",
                     "fields": list(node._fields),
-                    "items": [self.encode(v, join_path(path, f)) for f, v in zip(node._fields, node)]}
+                    "items": [self.encode(v, join_path(path, f), depth + 1) for f, v in zip(node._fields, node)]}
         if isinstance(node, (tuple, list)):
             return {"t": "tuple" if isinstance(node, tuple) else "list",
-                    "items": [self.encode(v, join_path(path, str(i))) for i, v in enumerate(node)]}
+                    "items": [self.encode(v, join_path(path, str(i)), depth + 1) for i, v in enumerate(node)]}
         if isinstance(node, np.ndarray):
             return {"t": "array", "name": self.entry(path, node)}
         if isinstance(node, np.generic):
@@ -112,10 +118,15 @@ def save(path: PathLike, tree: Any) -> None:
     """Write ``tree`` (any pytree: params, state, a whole ``TrainState``) to ``path``.
 
     The file is written exactly at ``path`` (no suffix is added) and atomically:
-    into a temporary file in the same directory, flushed and fsynced, then moved
-    over ``path`` with ``os.replace``; a crash leaves the previous file intact.
-    Raises :class:`CheckpointError` for leaves that cannot be stored
-    (object arrays, arbitrary Python objects) or non-string dict keys.
+    into a temporary file ``.{name}.{host}.{pid}.{random}.tmp`` in the same
+    directory, flushed and fsynced, then moved over ``path`` with ``os.replace``;
+    a crash leaves the previous file intact.  A symlink at ``path`` is followed:
+    its target is replaced atomically and the link stays.  A new file gets the
+    mode a plain ``open()`` would give (``0o666`` less the umask); an existing
+    one keeps its mode.  Temporary files of ``path`` left by writers on this host
+    that are no longer running are removed.  Raises :class:`CheckpointError` for
+    leaves that cannot be stored (object arrays, arbitrary Python objects),
+    non-string dict keys, or a tree nested deeper than 128 levels.
     """
     file = os.fspath(path)
     enc = _Encoder(file)
@@ -124,17 +135,19 @@ def save(path: PathLike, tree: Any) -> None:
     arrays = dict(enc.arrays)
     arrays[_STRUCT_KEY] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
 
-    directory = os.path.dirname(os.path.abspath(file))
-    mode = (os.stat(file).st_mode & 0o777) if os.path.exists(file) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(file) + ".", suffix=".tmp",
-                               dir=directory)
+    target = os.path.realpath(file)  # through symlinks: replace the file, keep the link
+    directory, name = os.path.split(target)
+    _remove_stale_temps(directory, name)
+    mode = (os.stat(target).st_mode & 0o7777) if os.path.exists(target) else None
+    fd, tmp = _create_temp(directory, name)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, file)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -142,6 +155,63 @@ def save(path: PathLike, tree: Any) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def _host_tag() -> str:
+    """This host's name as it appears in temporary file names (``[A-Za-z0-9-]`` only)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _create_temp(directory: str, name: str) -> "tuple[int, str]":
+    """A new, empty temporary file for ``name``, created like ``open()`` creates files.
+
+    ``O_CREAT | O_EXCL`` with mode ``0o666``: the kernel applies the umask (and any
+    default ACL), exactly as for a plain ``open(path, "wb")``.
+    """
+    prefix = f".{name}.{_host_tag()}.{os.getpid()}."
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, prefix + secrets.token_hex(4) + ".tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another save of this process (a thread) may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process, or unknowable: keep the file
+    return True
+
+
+def _remove_stale_temps(directory: str, name: str) -> None:
+    """Delete ``name``'s temporary files left by dead writers of this host.
+
+    A temporary file records its writer's host and pid; one whose pid is not a
+    running process of this host was left by a killed save and can never be
+    renamed into place.  Files of other hosts (a shared file system) and of
+    live pids (possibly a reused pid: then the file waits for a later save)
+    are left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.{re.escape(_host_tag())}\.([0-9]+)\.[0-9a-f]+\.tmp")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass
 
 
 def _fsync_dir(directory: str) -> None:

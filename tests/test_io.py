@@ -276,3 +276,84 @@ def test_every_optimizer_state_is_allowed():
     assert {fl.optim.TraceState, fl.optim.AdagradState, fl.optim.RMSState, fl.optim.AdamState,
             fl.optim.LionState, fl.optim.AccumulateState} <= states
     assert states | {fl.TrainState} <= set(io._allowed_types().values())
+
+
+# --- save: permissions, symlinks, stale temp files -----------------------------------
+
+def test_new_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        io.save(tmp_path / "private.npz", {"a": np.ones(1)})
+        os.umask(0o022)
+        io.save(tmp_path / "shared.npz", {"a": np.ones(1)})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "private.npz").st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "shared.npz").st_mode & 0o777 == 0o644
+
+
+def test_save_through_a_symlink_writes_its_target(tmp_path):
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "ckpt-7.npz"
+    io.save(target, {"a": np.ones(2)})
+    link = tmp_path / "latest.npz"
+    link.symlink_to(target)
+    io.save(link, {"a": np.zeros(3)})
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    _same({"a": np.zeros(3)}, io.load(target))
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "runs"]
+    assert os.listdir(tmp_path / "runs") == ["ckpt-7.npz"]
+    # a dangling link: the file is created where it points, the link stays
+    dangling = tmp_path / "next.npz"
+    dangling.symlink_to(tmp_path / "runs" / "ckpt-8.npz")
+    io.save(dangling, {"a": np.ones(1)})
+    assert dangling.is_symlink()
+    _same({"a": np.ones(1)}, io.load(tmp_path / "runs" / "ckpt-8.npz"))
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_save_removes_stale_temp_files_of_dead_writers(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    io.save(path, {"a": np.ones(1)})
+    host = io._host_tag()
+    dead = tmp_path / f".ckpt.npz.{host}.{_dead_pid()}.0123abcd.tmp"
+    alive = tmp_path / f".ckpt.npz.{host}.{os.getpid()}.4567abcd.tmp"   # a writer still at work
+    elsewhere = tmp_path / f".ckpt.npz.other-host.{_dead_pid()}.89abcdef.tmp"  # not ours to judge
+    other = tmp_path / f".other.npz.{host}.{_dead_pid()}.0123abcd.tmp"  # another checkpoint's
+    for p in (dead, alive, elsewhere, other):
+        p.write_bytes(b"half a checkpoint")
+    io.save(path, {"a": np.zeros(1)})
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (path, alive, elsewhere, other))
+    _same({"a": np.zeros(1)}, io.load(path))
+
+
+def test_temp_file_is_named_for_its_writer(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    io.save(tmp_path / "c.npz", {"a": np.ones(1)})
+    import re
+    assert re.fullmatch(rf"\.c\.npz\.{re.escape(io._host_tag())}\.{os.getpid()}\.[0-9a-f]+\.tmp",
+                        seen[0])
+
+
+def test_depth_limit(tmp_path):
+    deep = np.ones(1)
+    for _ in range(128):
+        deep = [deep]
+    io.save(tmp_path / "d.npz", deep)
+    _same(deep, io.load(tmp_path / "d.npz"))
+    with pytest.raises(CheckpointError, match="deeper than 128"):
+        io.save(tmp_path / "e.npz", [deep])
