@@ -635,8 +635,9 @@ class _Decoder:
             value = self.read(spec)
             if value.ndim != 0:
                 raise self.fail(path, f"a numpy scalar entry has shape {value.shape}")
-            if use_like and value.dtype != like.dtype:
-                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {like.dtype}")
+            want = np.asarray(like).dtype if use_like else value.dtype  # as save stores it:
+            if value.dtype != want:  # np.bytes_(b"") is S0, its array S1
+                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {want}")
             return value[()]
         if kind == "bool":
             return bool(spec["v"])

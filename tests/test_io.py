@@ -629,3 +629,10 @@ def test_unreferenced_and_duplicate_members_are_refused(tmp_path):
         _rezip(good, tmp_path / "dup.npz", add={"a.npy": _npy(np.zeros(2))})
     with pytest.raises(CheckpointError, match=r"dup\.npz.*'a\.npy'.*twice"):
         io.load(tmp_path / "dup.npz")
+
+
+def test_empty_string_scalars_round_trip_with_like(tmp_path):
+    t = [np.bytes_(b""), np.str_(""), np.bytes_(b"ab")]
+    io.save(tmp_path / "s.npz", t)
+    _same(t, io.load(tmp_path / "s.npz", like=t))
+    assert [v.dtype for v in io.load(tmp_path / "s.npz", like=t)] == [v.dtype for v in t]
