@@ -17,21 +17,25 @@ What a checkpoint promises:
 * **Bit-exact.**  Arrays come back with their dtype, shape, memory order and
   every bit (NaN payloads too); Python ``int``/``float``/``bool``/``str`` leaves,
   ``None``, dict key order, tuple vs list vs named tuple and empty containers
-  are kept.  Any dict keys work, including ones that look like file names
-  (``"k"`` next to ``"k.npy"``).
-* **Never runs code.**  Nothing is unpickled, nothing is imported: a named tuple
-  is rebuilt only as a class from an allow-list -- fundl's own states
+  are kept.  Any string dict keys work, including ones that look like file
+  names (``"k"`` next to ``"k.npy"``).
+* **Never runs code.**  Nothing is unpickled and no module a file names is
+  imported: a named tuple is rebuilt only as a class from an allow-list -- fundl's own states
   (``TrainState``, the optimizer states of :mod:`fundl.optim`,
   ``data.Standardizer``, ``metrics.Mean``) and the classes passed as
   ``types=`` -- or as the class of the ``like=`` template.
-* **Checked.**  A file that is not one :func:`save` wrote (truncated, altered,
-  compressed members, headers that disagree with the data, a malformed
-  structure record) raises :class:`CheckpointError` naming the file, before any
-  allocation larger than the file itself.
+* **Checked.**  A damaged or crafted file (truncated, bytes the zip CRCs
+  catch, compressed or encrypted members, ``.npy`` headers that disagree with
+  their data, a structure record that is not exactly of the form :func:`save`
+  writes) raises :class:`CheckpointError` naming the file, never another
+  exception and never a partly read tree.  Nothing
+  is allocated from what a header claims: each array's declared size must equal
+  the bytes its member really holds, and the members may not claim more bytes
+  than the file has.
 
 The format: a zip of uncompressed ``.npy`` members, one per array leaf, named
 by its tree path (``params/dense_0/w.npy``; ``#1``, ``#2`` ... appended where
-paths would collide), so ``np.load(path).files`` lists readable names and
+names would collide or end in ``.npy``), so ``np.load(path).files`` lists readable names and
 ``np.load(path)[name]`` reads one leaf.  The structure is JSON in the member
 ``__fundl_structure__.npy``; each leaf there records the exact member holding
 its data, and loading reads exactly that member.
@@ -203,7 +207,7 @@ def save(path: PathLike, tree: Any) -> None:
     target = os.path.realpath(file)  # through symlinks: replace the file, keep the link
     directory, name = os.path.split(target)
     _remove_stale_temps(directory, name)
-    mode = (os.stat(target).st_mode & 0o7777) if os.path.exists(target) else None
+    mode = (os.stat(target).st_mode & 0o777) if os.path.exists(target) else None
     fd, tmp = _create_temp(directory, name)
     try:
         with os.fdopen(fd, "wb") as f:
