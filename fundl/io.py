@@ -5,26 +5,55 @@
     fundl.io.save("run/ckpt.npz", train_state)      # atomic: old file intact on a crash
     ts = fundl.io.load("run/ckpt.npz")              # a TrainState again
     params = fundl.io.load("params.npz", like=params_template)
+    state = fundl.io.load("mine.npz", types=(MyState,))   # your own named tuples
 
-Every array leaf is stored under its tree path (``params/dense_0/w``), so
-``np.load(path).files`` lists readable names and ``np.load(path)[name]`` reads
-one leaf with its dtype and shape.  The structure (dict keys in order, tuple vs
-list vs named tuple, ``None``, empty containers, and Python ``int``/``float``/
-``bool``/``str`` leaves such as ``TrainState.step``) is stored as JSON in the
-entry ``__fundl_structure__``.  A named tuple is stored with its
-module-qualified class name and fields and rebuilt from them, or from the
-``like=`` template.  Loading never unpickles (``allow_pickle=False``): a
-round trip is bit-identical and a checkpoint cannot run code.
+What a checkpoint promises:
+
+* **Atomic.**  :func:`save` writes a temporary file next to the target, fsyncs
+  it and renames it over the target: a reader sees the old file or the new one,
+  never half of one.  A symlink is followed (its target is replaced, the link
+  stays); a new file's mode follows the umask, an existing file keeps its mode;
+  temporary files left by killed writers are cleaned up by the next save.
+* **Bit-exact.**  Arrays come back with their dtype, shape, memory order and
+  every bit (NaN payloads too); Python ``int``/``float``/``bool``/``str`` leaves,
+  ``None``, dict key order, tuple vs list vs named tuple and empty containers
+  are kept.  Any string dict keys work, including ones that look like file
+  names (``"k"`` next to ``"k.npy"``).
+* **Never runs code.**  Nothing is unpickled and no module a file names is
+  imported: a named tuple is rebuilt only as a class from an allow-list -- fundl's own states
+  (``TrainState``, the optimizer states of :mod:`fundl.optim`,
+  ``data.Standardizer``, ``metrics.Mean``) and the classes passed as
+  ``types=`` -- or as the class of the ``like=`` template.
+* **Checked.**  A damaged or crafted file (truncated, bytes the zip CRCs
+  catch, compressed or encrypted members, ``.npy`` headers that disagree with
+  their data, a structure record that is not exactly of the form :func:`save`
+  writes) raises :class:`CheckpointError` naming the file, never another
+  exception and never a partly read tree.  Nothing
+  is allocated from what a header claims: each array's declared size must equal
+  the bytes its member really holds, and the members may not claim more bytes
+  than the file has.
+
+The format: a zip of uncompressed ``.npy`` members, one per array leaf, named
+by its tree path (``params/dense_0/w.npy``; ``#1``, ``#2`` ... appended where
+names would collide or end in ``.npy``), so ``np.load(path).files`` lists readable names and
+``np.load(path)[name]`` reads one leaf.  The structure is JSON in the member
+``__fundl_structure__.npy``; each leaf there records the exact member holding
+its data, and loading reads exactly that member.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import socket
+import struct
 import zipfile
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -35,9 +64,14 @@ __all__ = ["save", "load", "CheckpointError"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 _STRUCT_KEY = "__fundl_structure__"
+_STRUCT_MEMBER = _STRUCT_KEY + ".npy"
 _FORMAT = "fundl.io"
-_VERSION = 1
+_VERSION = 2  # 2: leaves record their exact member name; 1 (still read): name + ".npy"
 _ROOT_NAME = "<root>"
+_MAX_DEPTH = 128  # containers nested in containers; far beyond any real pytree
+_NPY_MAGIC = b"\x93NUMPY"
+_MAX_HEADER = 10000  # bytes of an .npy header dict (numpy's own default limit)
+_MAX_NAME = 1024  # bytes of a member name taken from a tree path
 
 
 class CheckpointError(ValueError):
@@ -49,24 +83,60 @@ class CheckpointError(ValueError):
 
 # --- encoding ---------------------------------------------------------------------
 
+def _plain_name(path: str) -> str:
+    """``path`` made usable as a zip member name: no NUL, valid UTF-8, bounded length."""
+    name = path.replace("\x00", "?").encode("utf-8", "replace")
+    if len(name) > _MAX_NAME:
+        name = name[:_MAX_NAME] + "~".encode()
+    return name.decode("utf-8", "replace").replace("\ufffd", "?")
+
+
+def _float_text(x: float) -> str:
+    """A Python float as exact text: ``float.hex``, or the raw bits of a NaN."""
+    if x != x:
+        return "nan:" + struct.pack(">d", x).hex()
+    return x.hex()
+
+
+def _parse_float(text: str) -> Optional[float]:
+    """The float of :func:`_float_text` (``None`` if ``text`` is not one)."""
+    if text.startswith("nan:"):
+        digits = text[4:]
+        if len(digits) != 16 or digits.strip("0123456789abcdef"):
+            return None
+        value = struct.unpack(">d", bytes.fromhex(digits))[0]
+        return value if value != value else None
+    try:
+        return float.fromhex(text)
+    except (ValueError, OverflowError):
+        return None
+
+
 class _Encoder:
     def __init__(self, file: str):
         self.file = file
-        self.arrays: Dict[str, np.ndarray] = {}
+        self.arrays: Dict[str, np.ndarray] = {}  # exact member name -> array
+        self.taken = {_STRUCT_KEY}  # names as numpy lists them (member minus ".npy")
 
-    def entry(self, path: str, value: np.ndarray) -> str:
-        name = path or _ROOT_NAME
-        base, i = name, 1
-        while name in self.arrays or name == _STRUCT_KEY:
-            name = f"{base}#{i}"
-            i += 1
+    def member(self, path: str, value: np.ndarray) -> str:
+        """A new member for the leaf at ``path``; its name is unique in the zip and in
+        numpy's ``.npy``-stripped view (no name ends in ``.npy`` before the suffix)."""
         if value.dtype.hasobject:
             raise CheckpointError(f"{self.file}: cannot save '{path or _ROOT_NAME}': object arrays "
                                   "are not supported (they would need pickle)")
-        self.arrays[name] = value
-        return name
+        base = _plain_name(path or _ROOT_NAME)
+        name, i = base, 0
+        while name in self.taken or name.endswith(".npy"):
+            i += 1
+            name = f"{base}#{i}"
+        self.taken.add(name)
+        self.arrays[name + ".npy"] = value
+        return name + ".npy"
 
-    def encode(self, node: Any, path: str) -> Dict[str, Any]:
+    def encode(self, node: Any, path: str, depth: int = 0) -> Dict[str, Any]:
+        if depth > _MAX_DEPTH:
+            raise CheckpointError(f"{self.file}: cannot save '{path}': the tree is nested deeper "
+                                  f"than {_MAX_DEPTH} levels")
         if node is None:
             return {"t": "none"}
         if isinstance(node, dict):
@@ -74,28 +144,30 @@ class _Encoder:
             if bad:
                 raise CheckpointError(f"{self.file}: dict keys must be strings, got {bad[0]!r} "
                                       f"at '{path or _ROOT_NAME}'")
-            return {"t": "dict", "keys": list(node),
-                    "items": [self.encode(v, join_path(path, k)) for k, v in node.items()]}
+            return {"t": "dict", "keys": [str(k) for k in node],
+                    "items": [self.encode(v, join_path(path, k), depth + 1)
+                              for k, v in node.items()]}
         if is_namedtuple(node):
             cls = type(node)
-            return {"t": "namedtuple", "type": f"{cls.__module__}:{cls.__qualname__}",
-                    "fields": list(node._fields),
-                    "items": [self.encode(v, join_path(path, f)) for f, v in zip(node._fields, node)]}
+            return {"t": "namedtuple", "type": _type_name(cls), "fields": list(node._fields),
+                    "items": [self.encode(v, join_path(path, f), depth + 1)
+                              for f, v in zip(node._fields, node)]}
         if isinstance(node, (tuple, list)):
             return {"t": "tuple" if isinstance(node, tuple) else "list",
-                    "items": [self.encode(v, join_path(path, str(i))) for i, v in enumerate(node)]}
+                    "items": [self.encode(v, join_path(path, str(i)), depth + 1)
+                              for i, v in enumerate(node)]}
         if isinstance(node, np.ndarray):
-            return {"t": "array", "name": self.entry(path, node)}
+            return {"t": "array", "member": self.member(path, node)}
         if isinstance(node, np.generic):
-            return {"t": "scalar", "name": self.entry(path, np.asarray(node))}
+            return {"t": "scalar", "member": self.member(path, np.asarray(node))}
         if isinstance(node, bool):
-            return {"t": "bool", "v": node}
+            return {"t": "bool", "v": bool(node)}
         if isinstance(node, int):
             return {"t": "int", "v": int(node)}
         if isinstance(node, float):
-            return {"t": "float", "v": float(node).hex()}
+            return {"t": "float", "v": _float_text(float(node))}
         if isinstance(node, str):
-            return {"t": "str", "v": node}
+            return {"t": "str", "v": str(node)}
         raise CheckpointError(f"{self.file}: cannot save a leaf of type {type(node).__name__} "
                               f"at '{path or _ROOT_NAME}' (arrays, numpy scalars, int, float, "
                               "bool, str and None are supported)")
@@ -103,38 +175,48 @@ class _Encoder:
 
 def _write_npz(f: Any, arrays: Dict[str, np.ndarray]) -> None:
     with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, value in arrays.items():
-            with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        for member, value in arrays.items():
+            with zf.open(member, mode="w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
 
 
 def save(path: PathLike, tree: Any) -> None:
     """Write ``tree`` (any pytree: params, state, a whole ``TrainState``) to ``path``.
 
     The file is written exactly at ``path`` (no suffix is added) and atomically:
-    into a temporary file in the same directory, flushed and fsynced, then moved
-    over ``path`` with ``os.replace``; a crash leaves the previous file intact.
-    Raises :class:`CheckpointError` for leaves that cannot be stored
-    (object arrays, arbitrary Python objects) or non-string dict keys.
+    into a temporary file ``.{name}.{host}.{pid}.{random}.tmp`` in the same
+    directory, flushed and fsynced, then moved over ``path`` with ``os.replace``;
+    a crash leaves the previous file intact.  A symlink at ``path`` is followed:
+    its target is replaced atomically and the link stays.  A new file gets the
+    mode a plain ``open()`` would give (``0o666`` less the umask); an existing
+    one keeps its mode.  Temporary files of ``path`` left by writers on this host
+    that are no longer running are removed.  Raises :class:`CheckpointError` for
+    leaves that cannot be stored (object arrays, arbitrary Python objects),
+    non-string dict keys, or a tree nested deeper than 128 levels.
     """
     file = os.fspath(path)
     enc = _Encoder(file)
     spec = enc.encode(tree, "")
-    meta = json.dumps({"format": _FORMAT, "version": _VERSION, "tree": spec})
+    try:
+        meta = json.dumps({"format": _FORMAT, "version": _VERSION, "tree": spec})
+    except ValueError as err:  # an int beyond Python's int-to-text limit
+        raise CheckpointError(f"{file}: cannot save the tree: {err}") from None
     arrays = dict(enc.arrays)
-    arrays[_STRUCT_KEY] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
+    arrays[_STRUCT_MEMBER] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
 
-    directory = os.path.dirname(os.path.abspath(file))
-    mode = (os.stat(file).st_mode & 0o777) if os.path.exists(file) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(file) + ".", suffix=".tmp",
-                               dir=directory)
+    target = os.path.realpath(file)  # through symlinks: replace the file, keep the link
+    directory, name = os.path.split(target)
+    _remove_stale_temps(directory, name)
+    mode = (os.stat(target).st_mode & 0o777) if os.path.exists(target) else None
+    fd, tmp = _create_temp(directory, name)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, file)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -142,6 +224,64 @@ def save(path: PathLike, tree: Any) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def _host_tag() -> str:
+    """This host's name as it appears in temporary file names (``[A-Za-z0-9-]`` only)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _create_temp(directory: str, name: str) -> "tuple[int, str]":
+    """A new, empty temporary file for ``name``, created like ``open()`` creates files.
+
+    ``O_CREAT | O_EXCL`` with mode ``0o666``: the kernel applies the umask (and any
+    default ACL), exactly as for a plain ``open(path, "wb")``.
+    """
+    prefix = f".{name}.{_host_tag()}.{os.getpid()}."
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, prefix + secrets.token_hex(4) + ".tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another save of this process (a thread) may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process, or unknowable: keep the file
+    return True
+
+
+def _remove_stale_temps(directory: str, name: str) -> None:
+    """Delete ``name``'s temporary files left by dead writers of this host.
+
+    A temporary file records its writer's host and pid; one whose pid is not a
+    running process of this host was left by a killed save and can never be
+    renamed into place.  Files of other hosts (a shared file system) and of
+    live pids (possibly a reused pid: then the file waits for a later save)
+    are left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.{re.escape(_host_tag())}"
+                         r"\.([0-9]+)\.[0-9a-f]+\.tmp")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass
 
 
 def _fsync_dir(directory: str) -> None:
@@ -158,10 +298,231 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-# --- decoding ---------------------------------------------------------------------
+# --- reading: the archive -----------------------------------------------------------
 
-_LEAF_KINDS = ("array", "scalar", "bool", "int", "float", "str")
+class _Archive:
+    """A checkpoint's zip members, checked before any of them is read.
 
+    Only stored (uncompressed), unencrypted members are accepted and together
+    they may not claim more bytes than the file has, so no read or allocation
+    made from them can exceed the file's size.
+    """
+
+    def __init__(self, file: str, zf: zipfile.ZipFile, file_size: int):
+        self.file, self.zf = file, zf
+        self.members: Dict[str, zipfile.ZipInfo] = {}
+        total = 0
+        for info in zf.infolist():
+            name = info.filename
+            if name in self.members:
+                raise self.fail(name, "appears twice in the archive")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise self.fail(name, f"is compressed (zip method {info.compress_type}); "
+                                      "fundl writes only stored members")
+            if info.flag_bits & 0x1:
+                raise self.fail(name, "is encrypted")
+            if info.compress_size != info.file_size:
+                raise self.fail(name, f"is stored in {info.compress_size} bytes but claims "
+                                      f"{info.file_size}")
+            total += info.file_size
+            self.members[name] = info
+        if total > file_size:
+            raise CheckpointError(f"{file}: corrupt checkpoint: its members claim {total} bytes, "
+                                  f"the file has {file_size}")
+
+    def fail(self, member: str, msg: str) -> CheckpointError:
+        return CheckpointError(f"{self.file}: member {member!r} {msg}")
+
+    def _header(self, name: str, f: Any) -> "tuple[np.dtype, tuple, bool, int]":
+        """Parse an .npy header: dtype, shape, Fortran order, and the data's offset."""
+        magic = f.read(8)
+        if len(magic) < 8 or magic[:6] != _NPY_MAGIC:
+            raise self.fail(name, "is not an .npy array (bad magic)")
+        version = (magic[6], magic[7])
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise self.fail(name, f"has an unknown .npy format version {version[0]}.{version[1]}")
+        size_len = 2 if version == (1, 0) else 4
+        raw = f.read(size_len)
+        length = int.from_bytes(raw, "little")
+        if len(raw) < size_len or length > _MAX_HEADER:
+            raise self.fail(name, f"has a bad .npy header length ({length} bytes, at most "
+                                  f"{_MAX_HEADER})")
+        text = f.read(length)
+        try:
+            # literal_eval evaluates Python literals only: it cannot call anything
+            header = ast.literal_eval(text.decode("utf-8" if version == (3, 0) else "latin1"))
+        except Exception as err:  # SyntaxError, ValueError, RecursionError, MemoryError ...
+            raise self.fail(name, f"has an unreadable .npy header ({type(err).__name__})") from None
+        if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+            raise self.fail(name, "has an .npy header without exactly descr, fortran_order, shape")
+        shape, fortran = header["shape"], header["fortran_order"]
+        if not (isinstance(shape, tuple) and len(shape) <= 64
+                and all(type(d) is int and d >= 0 for d in shape)):
+            raise self.fail(name, f"has a bad shape {shape!r}")
+        if type(fortran) is not bool:
+            raise self.fail(name, f"has a bad fortran_order {fortran!r}")
+        try:
+            dtype = np.lib.format.descr_to_dtype(header["descr"])
+        except Exception:
+            raise self.fail(name, f"has a bad dtype {header['descr']!r}") from None
+        if dtype.hasobject:
+            raise self.fail(name, "holds Python objects (they would need pickle)")
+        return dtype, shape, fortran, 8 + size_len + length
+
+    def array(self, name: str) -> np.ndarray:
+        """The array in member ``name``, after its header is checked against its size."""
+        info = self.members[name]
+        with self.zf.open(info) as f:
+            dtype, shape, fortran, offset = self._header(name, f)
+            count = math.prod(shape)
+            nbytes, actual = count * dtype.itemsize, info.file_size - offset
+            if nbytes != actual:
+                raise self.fail(name, f"declares {nbytes} bytes of data ({dtype} of shape "
+                                      f"{shape}) but has {actual}")
+            data = f.read(nbytes)
+            if len(data) != nbytes or f.read(1):  # reading to the end checks the CRC
+                raise self.fail(name, "is truncated")
+        flat = np.frombuffer(data, dtype=dtype, count=count) if dtype.itemsize else \
+            np.empty(count, dtype)
+        value = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+        return value.copy(order="K")  # writable, owning its memory
+
+    def record(self) -> Any:
+        """The parsed JSON structure record."""
+        raw = self.array(_STRUCT_MEMBER)
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise CheckpointError(f"{self.file}: not a fundl checkpoint (the structure record is "
+                                  f"{raw.dtype} of shape {raw.shape}, not bytes)")
+        try:
+            return json.loads(raw.tobytes().decode("utf-8"), object_pairs_hook=_unique_pairs)
+        except (ValueError, RecursionError) as err:  # incl. UnicodeDecodeError, JSONDecodeError
+            raise CheckpointError(f"{self.file}: corrupt checkpoint: the structure record is not "
+                                  f"valid JSON ({type(err).__name__}: {err})") from None
+
+
+def _unique_pairs(pairs: List[Any]) -> Dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a JSON object repeats a key")
+    return out
+
+
+# --- reading: the structure record ---------------------------------------------------
+
+_NODE_FIELDS = {
+    "none": {"t"}, "dict": {"t", "keys", "items"}, "tuple": {"t", "items"},
+    "list": {"t", "items"}, "namedtuple": {"t", "type", "fields", "items"},
+    "array": {"t", "member"}, "scalar": {"t", "member"},
+    "bool": {"t", "v"}, "int": {"t", "v"}, "float": {"t", "v"}, "str": {"t", "v"},
+}
+_LEAF_OK = {
+    "bool": lambda v: type(v) is bool,
+    "int": lambda v: type(v) is int,
+    "float": lambda v: isinstance(v, str) and _parse_float(v) is not None,
+    "str": lambda v: isinstance(v, str),
+}
+
+
+def _check_meta(file: str, meta: Any) -> int:
+    """The format version of a parsed record, after checking its top level."""
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise CheckpointError(f"{file}: not a fundl checkpoint (bad structure record)")
+    version = meta.get("version")
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{file}: corrupt checkpoint: format version {version!r}")
+    if version > _VERSION:
+        raise CheckpointError(f"{file}: written by a newer fundl (format version {version}, "
+                              f"this one reads {_VERSION})")
+    if set(meta) != {"format", "version", "tree"}:
+        raise CheckpointError(f"{file}: corrupt checkpoint: the structure record has fields "
+                              f"{sorted(meta)}, expected format, version, tree")
+    return version
+
+
+def _member_of(spec: Dict[str, Any], version: int) -> str:
+    """The zip member an array/scalar node reads (version 1 named it without ``.npy``)."""
+    return spec["name"] + ".npy" if version == 1 else spec["member"]
+
+
+class _Checker:
+    """Strict validation of a structure record against the archive's members.
+
+    Every node kind known with exactly its fields; keys/fields distinct strings,
+    as many as items; leaves of the right JSON types; every member named exists
+    and is used once.  :attr:`used` maps each used member to its tree path.
+    """
+
+    def __init__(self, file: str, members: Iterable[str], version: int):
+        self.file, self.members, self.version = file, set(members), version
+        self.fields = dict(_NODE_FIELDS)
+        if version == 1:
+            self.fields.update(array={"t", "name"}, scalar={"t", "name"})
+        self.used: Dict[str, str] = {}
+
+    def fail(self, path: str, msg: str) -> CheckpointError:
+        return CheckpointError(f"{self.file}: at '{path or _ROOT_NAME}': {msg}")
+
+    def names(self, spec: Dict[str, Any], key: str, word: str, path: str, count: int) -> List[str]:
+        names = spec[key]
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise self.fail(path, f"malformed {spec['t']} node: {key} is not a list of strings")
+        if len(names) != count:
+            raise self.fail(path, f"malformed {spec['t']} node: {len(names)} {key} for "
+                                  f"{count} items")
+        seen = set()
+        for n in names:
+            if n in seen:
+                raise self.fail(path, f"malformed {spec['t']} node: duplicate {word} {n!r}")
+            seen.add(n)
+        return names
+
+    def check(self, spec: Any, path: str, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            raise self.fail(path, f"the structure is nested deeper than {_MAX_DEPTH} levels")
+        if not isinstance(spec, dict):
+            raise self.fail(path, f"malformed structure record (a node is a "
+                                  f"{type(spec).__name__})")
+        kind = spec.get("t")
+        if not isinstance(kind, str):
+            raise self.fail(path, f"malformed structure record (node type {kind!r})")
+        fields = self.fields.get(kind)
+        if fields is None:
+            raise self.fail(path, f"unknown node type {kind!r} (written by a newer fundl?)")
+        if set(spec) != fields:
+            raise self.fail(path, f"malformed {kind} node: fields {sorted(spec)}, expected "
+                                  f"{sorted(fields)}")
+        if kind in ("dict", "tuple", "list", "namedtuple"):
+            items = spec["items"]
+            if not isinstance(items, list):
+                raise self.fail(path, f"malformed {kind} node: items is not a list")
+            if kind == "dict":
+                names = self.names(spec, "keys", "key", path, len(items))
+            elif kind == "namedtuple":
+                if not isinstance(spec["type"], str):
+                    raise self.fail(path, "malformed namedtuple node: type is not a string")
+                names = self.names(spec, "fields", "field", path, len(items))
+            else:
+                names = [str(i) for i in range(len(items))]
+            for name, item in zip(names, items):
+                self.check(item, join_path(path, name), depth + 1)
+        elif kind in ("array", "scalar"):
+            ref = spec["name" if self.version == 1 else "member"]
+            if not isinstance(ref, str):
+                raise self.fail(path, f"malformed {kind} node: the member is not a string")
+            member = _member_of(spec, self.version)
+            if member == _STRUCT_MEMBER:
+                raise self.fail(path, "a leaf names the structure record as its data")
+            if member not in self.members:
+                raise self.fail(path, f"missing array entry {member!r} (the file is incomplete)")
+            if member in self.used:
+                raise self.fail(path, f"member {member!r} is used twice (also at "
+                                      f"'{self.used[member]}')")
+            self.used[member] = path or _ROOT_NAME
+        elif kind in _LEAF_OK and not _LEAF_OK[kind](spec["v"]):
+            raise self.fail(path, f"malformed {kind} leaf {spec['v']!r}")
+
+
+# --- reading: rebuilding the tree ------------------------------------------------------
 
 def _kind_of(node: Any) -> str:
     """The spec kind a template node would be saved as."""
@@ -219,23 +580,18 @@ def _describe_like(node: Any) -> str:
 
 
 class _Decoder:
-    def __init__(self, file: str, npz: Any):
-        self.file = file
-        self.npz = npz
-        self.names = set(npz.files)
+    """Rebuild a tree from a record that :class:`_Checker` accepted."""
+
+    def __init__(self, file: str, archive: _Archive, types: Dict[str, type], version: int):
+        self.file, self.archive, self.types, self.version = file, archive, types, version
 
     def fail(self, path: str, msg: str) -> CheckpointError:
         return CheckpointError(f"{self.file}: at '{path or _ROOT_NAME}': {msg}")
 
-    def read(self, spec: Dict[str, Any], path: str) -> np.ndarray:
-        name = spec.get("name")
-        if name not in self.names:
-            raise self.fail(path, f"missing array entry {name!r} (the file is incomplete)")
-        return self.npz[name]
+    def read(self, spec: Dict[str, Any]) -> np.ndarray:
+        return self.archive.array(_member_of(spec, self.version))
 
     def decode(self, spec: Any, path: str, like: Any, use_like: bool) -> Any:
-        if not isinstance(spec, dict) or "t" not in spec:
-            raise self.fail(path, "malformed structure record")
         kind = spec["t"]
         if use_like:
             want = _kind_of(like)
@@ -273,80 +629,128 @@ class _Decoder:
             cls = type(like) if use_like else self.namedtuple_class(spec, path)
             return cls(*values)
         if kind == "array":
-            value = self.read(spec, path)
+            value = self.read(spec)
             if use_like and (value.shape != like.shape or value.dtype != like.dtype):
                 raise self.fail(path, f"the file has an array of shape {value.shape} and dtype "
                                       f"{value.dtype}, `like` has shape {like.shape} and dtype "
                                       f"{like.dtype}")
             return value
         if kind == "scalar":
-            value = self.read(spec, path)
+            value = self.read(spec)
             if value.ndim != 0:
                 raise self.fail(path, f"a numpy scalar entry has shape {value.shape}")
-            if use_like and value.dtype != like.dtype:
-                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {like.dtype}")
+            want = np.asarray(like).dtype if use_like else value.dtype  # as save stores it:
+            if value.dtype != want:  # np.bytes_(b"") is S0, its array S1
+                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {want}")
             return value[()]
         if kind == "bool":
             return bool(spec["v"])
         if kind == "int":
             return int(spec["v"])
         if kind == "float":
-            return float.fromhex(spec["v"])
+            return _parse_float(spec["v"])
         if kind == "str":
             return str(spec["v"])
         raise self.fail(path, f"unknown node type {kind!r} (written by a newer fundl?)")
 
     def namedtuple_class(self, spec: Dict[str, Any], path: str) -> type:
         qualified = spec["type"]
-        module_name, _, qualname = qualified.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as err:
-            raise self.fail(path, f"cannot import the named tuple class {qualified} ({err}); "
-                                  "pass a template: load(path, like=...)") from None
-        if not (isinstance(obj, type) and issubclass(obj, tuple)
-                and list(getattr(obj, "_fields", ())) == list(spec["fields"])):
+        cls = self.types.get(qualified)
+        if cls is None:
+            short = qualified.rpartition(":")[2] or qualified
+            raise self.fail(path, f"cannot import the named tuple class {qualified}: a checkpoint "
+                                  "never imports the modules it names; pass the class, "
+                                  f"load(path, types=({short},)), or a template: "
+                                  "load(path, like=...)")
+        if list(cls._fields) != list(spec["fields"]):
             raise self.fail(path, f"{qualified} is no longer a named tuple with fields "
-                                  f"{spec['fields']}; pass a template: load(path, like=...)")
-        return obj
+                                  f"{spec['fields']} (it has {list(cls._fields)}); pass a "
+                                  "template: load(path, like=...)")
+        return cls
 
 
-def load(path: PathLike, like: Optional[Any] = None) -> Any:
+# fundl's own named-tuple states, rebuilt without ``like=``: (module, class name) pairs
+# fixed here, imported by this code, never taken from a file.
+_FUNDL_TYPES = (
+    ("fundl.step", "TrainState"),
+    ("fundl.optim.sgd", "TraceState"),
+    ("fundl.optim.adagrad", "AdagradState"),
+    ("fundl.optim.rmsprop", "RMSState"),
+    ("fundl.optim.adam", "AdamState"),
+    ("fundl.optim.lion", "LionState"),
+    ("fundl.optim.accumulate", "AccumulateState"),
+    ("fundl.data.preprocess", "Standardizer"),
+    ("fundl.metrics", "Mean"),
+)
+
+
+def _type_name(cls: type) -> str:
+    """How a named tuple class is recorded in a checkpoint: ``module:qualname``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _allowed_types(extra: Iterable[type] = ()) -> Dict[str, type]:
+    """The named tuple classes ``load`` may rebuild: fundl's states plus ``extra``."""
+    table: Dict[str, type] = {}
+    for module_name, name in _FUNDL_TYPES:
+        cls = getattr(importlib.import_module(module_name), name)
+        table[_type_name(cls)] = cls
+    for cls in extra:
+        if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+            raise TypeError(f"load(types=...) takes named tuple classes, got {cls!r}")
+        table[_type_name(cls)] = cls
+    return table
+
+
+def load(path: PathLike, like: Optional[Any] = None, *, types: Iterable[type] = ()) -> Any:
     """Read a pytree written by :func:`save`.
 
-    Without ``like`` the stored structure is rebuilt (named tuples by importing
-    their class).  With ``like`` (a tree of the expected structure, e.g. freshly
-    initialised params or a ``TrainState``) the result takes ``like``'s
-    container types and dict order, and every container, key, field, leaf kind,
-    array shape and dtype must match: otherwise :class:`CheckpointError` names
-    the first differing path.  A missing, corrupt or truncated file, or one not
+    Without ``like`` the stored structure is rebuilt.  A named tuple is rebuilt
+    only as a class from an allow-list, never by importing what the file names:
+    fundl's own states (``TrainState``, the optimizer states of
+    :mod:`fundl.optim`, ``Standardizer``, ``metrics.Mean``) and the named tuple
+    classes given in ``types`` (``load(path, types=(MyState,))``); any other
+    raises :class:`CheckpointError` saying so.  With ``like`` (a tree of the
+    expected structure, e.g. freshly initialised params or a ``TrainState``)
+    the result takes ``like``'s container types (named tuples included) and
+    dict order, and every container, key, field, leaf kind, array shape and
+    dtype must match: otherwise :class:`CheckpointError` names the first
+    differing path.  A missing, corrupt or truncated file, or one not
     written by :func:`save`, also raises :class:`CheckpointError` naming ``path``
     (``FileNotFoundError`` if there is no file at all).
     """
     file = os.fspath(path)
+    allowed = _allowed_types(types)
     if not os.path.exists(file):
         raise FileNotFoundError(f"no checkpoint at {file}")
     try:
-        npz = np.load(file, allow_pickle=False)
-        if not hasattr(npz, "files"):
+        return _load(file, like, allowed)
+    except (CheckpointError, MemoryError):
+        raise
+    except Exception as err:  # whatever a damaged zip or record makes the readers raise
+        raise CheckpointError(f"{file}: corrupt or truncated checkpoint "
+                              f"({type(err).__name__}: {err})") from err
+
+
+def _load(file: str, like: Any, types: Dict[str, type]) -> Any:
+    with open(file, "rb") as fh:
+        if fh.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
             raise CheckpointError(f"{file}: not a fundl checkpoint (a single .npy array, "
                                   "not an .npz archive)")
-        with npz:
-            if _STRUCT_KEY not in npz.files:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(0)
+        with zipfile.ZipFile(fh) as zf:
+            if _STRUCT_MEMBER not in zf.namelist():
                 raise CheckpointError(f"{file}: not a fundl checkpoint (no {_STRUCT_KEY} entry; "
                                       "was it written by fundl.io.save?)")
-            meta = json.loads(npz[_STRUCT_KEY].tobytes().decode("utf-8"))
-            if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "tree" not in meta:
-                raise CheckpointError(f"{file}: not a fundl checkpoint (bad structure record)")
-            if meta.get("version", 0) > _VERSION:
-                raise CheckpointError(f"{file}: written by a newer fundl (format version "
-                                      f"{meta.get('version')}, this one reads {_VERSION})")
-            return _Decoder(file, npz).decode(meta["tree"], "", like, like is not None)
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, TypeError,
-            UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file}: corrupt or truncated checkpoint "
-                              f"({type(err).__name__}: {err})") from None
+            archive = _Archive(file, zf, size)
+            meta = archive.record()
+            version = _check_meta(file, meta)
+            checker = _Checker(file, archive.members, version)
+            checker.check(meta["tree"], "", 0)
+            unused = [m for m in archive.members if m != _STRUCT_MEMBER and m not in checker.used]
+            if unused:
+                raise CheckpointError(f"{file}: member {unused[0]!r} is not used by the structure "
+                                      "record (the file was altered)")
+            return _Decoder(file, archive, types, version).decode(meta["tree"], "", like,
+                                                                 like is not None)
