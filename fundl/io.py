@@ -679,6 +679,8 @@ _FUNDL_TYPES = (
     ("fundl.optim.adam", "AdamState"),
     ("fundl.optim.lion", "LionState"),
     ("fundl.optim.accumulate", "AccumulateState"),
+    ("fundl.optim.masking", "MaskedState"),
+    ("fundl.optim.masking", "MultiTransformState"),
     ("fundl.data.preprocess", "Standardizer"),
     ("fundl.metrics", "Mean"),
 )
