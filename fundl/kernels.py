@@ -13,7 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-Array = np.ndarray
+from .checks import Array
+
 
 __all__ = ["relu", "tanh", "sigmoid", "sigmoid_tanh", "softmax", "log_softmax"]
 

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-Array = np.ndarray
+from .checks import Array
+
 
 __all__ = ["erf", "erfc", "erfcx_nonneg", "exp_neg_half_sq"]
 

@@ -19,11 +19,10 @@ from typing import Callable, Tuple
 import numpy as np
 
 from .. import kernels
-from ..checks import LayerError, as_shape, check_float_input
+from ..checks import Array, LayerError, as_shape, check_float_input
 from ..core import Layer, elementwise_layer, stateless_layer
 from ..special import erfcx_nonneg, exp_neg_half_sq
 
-Array = np.ndarray
 
 __all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
            "softmax", "log_softmax"]
@@ -71,12 +70,12 @@ def _relu_backward(x, y, dy, out=None):
 def relu() -> Layer:
     """``max(x, 0)``; gradient 1 where ``x > 0``, else 0.  Any shape.
 
-    Inside :func:`fundl.serial`, after a layer that donates its output (dense,
+    Inside :func:`fundl.serial`, after a layer whose output is fresh (dense,
     conv) it works in place on that output, and its pullback in place on a
-    donated ``dy`` (see :mod:`fundl.core`): about 1 ms per step of the benchmark
-    CNN and 0.3 ms of the MLP at batch 512.  A ReLU followed by a max pool runs
+    fresh ``dy`` (see :mod:`fundl.fusion`).  A ReLU followed by a max pool runs
     after the pool there (the same results, on a 4x smaller array for 2x2 pools).
     """
+    # In place: about 1 ms per step of the benchmark CNN, 0.3 ms of the MLP at batch 512.
     return elementwise_layer("relu", kernels.relu, _relu_backward, saves="y",
                              in_place=("forward", "backward"), fresh=("dx",), kind="relu")
 

@@ -15,14 +15,13 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .. import fusion, kernels, random
-from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype,
+from ..checks import (Array, LayerError, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape)
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["multi_head_attention"]
 
-Array = np.ndarray
 
 
 def _masked_softmax_(s: Array) -> Array:

@@ -8,8 +8,7 @@ im2col matrix ``cols`` of shape ``(N*OH*OW, kh*kw*c_in [+ 1])`` and multiplies i
 by the kernel reshaped to ``(kh*kw*c_in, c_out)``.  With a bias, ``cols`` has a last
 column of ones and the kernel matrix a last row ``b``: the matmul adds the bias,
 and the backward's ``cols.T @ dy`` gives ``dW`` and, in its last row, ``db``
-(this saved a pass over ``y`` and one over ``dy``: ~1 ms per step of the
-benchmark CNN).  The input gradient is one matmul ``dy @ W[i, j].T`` per kernel
+(a pass over ``y`` and one over ``dy`` saved).  The input gradient is one matmul ``dy @ W[i, j].T`` per kernel
 offset (a Python loop over the ``kh*kw`` offsets), added into ``dx`` through a
 strided slice.
 

@@ -10,14 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import (LayerError, check_float_input, check_param_dtype, check_sequence_in_shape,
-                      check_trailing_shape)
+from ..checks import (Array, LayerError, check_float_input, check_param_dtype,
+                      check_sequence_in_shape, check_trailing_shape)
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, normal
 
 __all__ = ["positional_embedding", "sinusoidal_positions"]
 
-Array = np.ndarray
 
 
 def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),

@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from .. import fusion, kernels, random
-from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype,
+from ..checks import (Array, LayerError, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape, normalize_shapes)
 from ..combinators import apply_child, init_child, split_key, vjp_child
 from ..core import Layer, stateless_layer
@@ -54,7 +54,6 @@ from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
 
 __all__ = ["rnn", "gru", "lstm", "bidirectional"]
 
-Array = np.ndarray
 
 
 # --- shared pieces -----------------------------------------------------------------
