@@ -14,8 +14,9 @@ import numpy as np
 Array = np.ndarray
 Shape = Tuple[int, ...]
 
-__all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_shapes", "check_float_input",
-           "check_param_dtype", "check_trailing_shape", "check_sequence_in_shape"]
+__all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_shapes",
+           "check_float_input", "check_param_dtype", "check_trailing_shape",
+           "check_sequence_in_shape"]
 
 
 class LayerError(ValueError):

@@ -34,7 +34,8 @@ never inspect a function at run time.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import numpy as np
 
@@ -166,7 +167,7 @@ def serial_plan(layers: Sequence[Any]) -> SerialPlan:
 # --- the step: handing gradients to an optimizer that reuses their memory ---------------
 
 def owned_update(model: Any, optimizer: Any) -> Callable[..., Tuple[Any, Any]]:
-    """``update(ts, grads, new_state, batch, lr) -> (params, opt_state)`` for :func:`fundl.make_step`.
+    """``update(ts, grads, new_state, batch, lr) -> (params, opt_state)`` for the step.
 
     The step owns the gradients it computed.  If the optimizer declares
     ``update_owning_grads`` (``sgd``) they are handed to it -- directly when the
