@@ -161,7 +161,8 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         keys = split_key(key, len(layers), plan.speed.uses_key)
         for p, (j, k, layer, _) in enumerate(runs):
-            _check_moved_relu(plan, p, names, layers, x)
+            if plan.moved_relu[p] is not None:
+                _check_moved_relu(plan.moved_relu[p], names, layers, x)
             x = apply_child(k, layer, params[k], state[k], x, keys[j], train)
         return x
 
@@ -169,7 +170,8 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         keys = split_key(key, len(layers), plan.speed.uses_key)
         new_state, pullbacks = {}, []
         for p, (j, k, _, run) in enumerate(runs):
-            _check_moved_relu(plan, p, names, layers, x)
+            if plan.moved_relu[p] is not None:
+                _check_moved_relu(plan.moved_relu[p], names, layers, x)
             x, new_state[k], pb = vjp_child(
                 k, run, params[k], state[k], x, keys[j], need_dx or p > 0,
                 plan.x_donated[p] or (p == 0 and x_donated),
@@ -187,15 +189,13 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     return Layer(init, apply, vjp, name, tuple(zip(names, layers)), plan.speed)
 
 
-def _check_moved_relu(plan: fusion.SerialPlan, p: int, names: List[str],
-                      layers: Sequence[Layer], x: Any) -> None:
-    """The input check of a ReLU that runs after its pool, before the pool (errors name it)."""
-    j = plan.moved_relu[p]
-    if j is not None:
-        try:
-            check_float_input(x)
-        except LayerError as err:
-            raise err.named(layers[j].name).within(names[j]) from None
+def _check_moved_relu(j: int, names: List[str], layers: Sequence[Layer], x: Any) -> None:
+    """The input check of ReLU ``j``, which runs after its pool: before the pool, so that
+    an error names the ReLU."""
+    try:
+        check_float_input(x)
+    except LayerError as err:
+        raise err.named(layers[j].name).within(names[j]) from None
 
 
 # --- parallel ----------------------------------------------------------------------
