@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from . import fusion, random
+from .validate import ModelGuard
 from .checks import LayerError, Shape, as_shape, check_float_input, is_shape
 from .core import Layer, stateless_layer
 
@@ -156,9 +157,13 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         params, state, shape = {}, {}, in_shape
         for k, layer, sub in zip(names, layers, random.split(key, len(layers))):
             params[k], state[k], shape = init_child(k, layer, sub, shape)
+        guard.record(in_shape, params, state)
         return params, state, shape
 
+    guard = ModelGuard(init)
+
     def apply(params, state, x, *, key=None, train=False):
+        guard.check(params, state, x)
         keys = split_key(key, len(layers), plan.speed.uses_key)
         for p, (j, k, layer, _) in enumerate(runs):
             if plan.moved_relu[p] is not None:
@@ -167,6 +172,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         return x
 
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
+        guard.check(params, state, x)
         keys = split_key(key, len(layers), plan.speed.uses_key)
         new_state, pullbacks = {}, []
         for p, (j, k, _, run) in enumerate(runs):
@@ -230,7 +236,10 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
         for (k, layer), sub, shape in zip(pairs, random.split(key, n), shapes):
             params[k], state[k], out = init_child(k, layer, sub, shape)
             out_shapes.append(out)
+        guard.record(in_shape, params, state)
         return params, state, tuple(out_shapes)
+
+    guard = ModelGuard(init)
 
     def split_inputs(x):
         try:
@@ -239,6 +248,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
             raise err.named(name) from None
 
     def apply(params, state, x, *, key=None, train=False):
+        guard.check(params, state, x)
         xs = split_inputs(x)
         ys = []
         for (k, layer), sub, xi in zip(pairs, split_key(key, n, uses_key), xs):
@@ -246,6 +256,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
         return tuple(ys)
 
     def vjp(params, state, x, *, key=None, need_dx=True):
+        guard.check(params, state, x)
         xs = split_inputs(x)
         ys, pullbacks = [], []
         new_state: Dict[str, Any] = {}
@@ -441,7 +452,10 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
                 and as_shape(in_shape) == as_shape(out_shape)):
             raise LayerError(f"the branch '{k}' maps shape {in_shape} to {out_shape}; "
                              "x + branch(x) needs them equal", name)
+        guard.record(in_shape, {k: params}, {k: state})
         return {k: params}, {k: state}, out_shape
+
+    guard = ModelGuard(init)
 
     def add(x, b):
         check_float_input(x)
@@ -453,6 +467,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
         return np.add(x, b)  # a new array: never write into the branch's output
 
     def apply(params, state, x, *, key=None, train=False):
+        guard.check(params, state, x)
         b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1, uses_key)[0], train)
         try:
             return add(x, b)
@@ -460,6 +475,7 @@ def residual(layer: Layer, *, name: str = "residual") -> Layer:
             raise err.named(name) from None
 
     def vjp(params, state, x, *, key=None, need_dx=True):
+        guard.check(params, state, x)
         b, new_state, pb = vjp_child(k, run, params[k], state[k], x,
                                      split_key(key, 1, uses_key)[0], need_dx)
         try:

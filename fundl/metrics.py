@@ -29,6 +29,9 @@ def _labels(logits: np.ndarray, labels: Any, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if logits.ndim < 1:
         raise ValueError(f"{name}: logits need a class axis, got a scalar")
+    if logits.shape[-1] < 2:
+        raise ValueError(f"{name}: needs scores for at least 2 classes on the last axis, got "
+                         f"shape {logits.shape} (a one-output regression? use 'mse' or 'mae')")
     if labels.dtype.kind in "iu" and labels.shape == logits.shape[:-1]:
         classes = logits.shape[-1]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):

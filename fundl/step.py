@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, NamedTuple, Tuple, Union
 
+import numpy as np
+
 from . import fusion, random
 from .core import Layer
 from .losses import Loss
-from .optim.base import Optimizer
+from .optim.base import Optimizer, as_lr
 from .optim.schedules import Schedule
+from .validate import SpecError, TreeSpec
 
 __all__ = ["TrainState", "make_step", "Schedule"]
 
@@ -51,17 +54,59 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
         raise TypeError(f"make_step: model must be a fundl Layer, got {type(model).__name__}")
     if not isinstance(loss, Loss):
         raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        hint = " (did you forget to call it, e.g. fl.optim.adam()?)" if callable(optimizer) else ""
+        raise TypeError(f"make_step: optimizer must be a fundl Optimizer, got "
+                        f"{type(optimizer).__name__}{hint}")
     forward = fusion.runner(model)
     update = fusion.owned_update(model, optimizer)
+    opt_state_spec = _OptStateSpec(optimizer)
 
     def step(ts: TrainState, batch: Tuple[Any, Any], lr: Union[float, Schedule]):
-        x, y = batch
+        x, y = _check_batch(batch)
+        opt_state_spec.check(ts)
+        rate = as_lr(lr(ts.step) if callable(lr) else lr)
         key, sub = random.split(ts.key)
         out, new_state, pullback = forward(ts.params, ts.state, x, sub, need_dx=False)
         value, dout = loss.value_and_grad(out, y)
         grads, _ = pullback(dout)
-        rate = lr(ts.step) if callable(lr) else lr
         params, opt_state = update(ts, grads, new_state, batch, rate)
         return TrainState(params, new_state, opt_state, key, ts.step + 1), {"loss": float(value)}
 
     return step
+
+
+def _check_batch(batch: Any) -> Tuple[Any, Any]:
+    """``batch`` as ``(x, y)``, or a clear error (not a 3-tuple unpacking error, not an empty batch)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+               else type(batch).__name__)
+        raise ValueError(f"step: batch must be a pair (x, y), got {got}")
+    x, y = batch
+    first = x
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    if isinstance(first, np.ndarray) and first.ndim >= 1 and first.shape[0] == 0:
+        raise ValueError("step: the batch is empty (0 examples); skip it or drop the last batch")
+    return x, y
+
+
+class _OptStateSpec:
+    """The structure of the optimizer's state for the params it trains (from ``init``, once),
+    so that a missing or foreign ``opt_state`` (another optimizer's) gets a clear error."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.spec: Any = None
+
+    def check(self, ts: Any) -> None:
+        if not isinstance(ts, TrainState):
+            raise TypeError(f"step: expected a TrainState, got {type(ts).__name__}")
+        if self.spec is None:
+            self.spec = TreeSpec(self.optimizer.init(ts.params))
+        try:
+            self.spec.check(ts.opt_state, "opt_state")
+        except SpecError as err:
+            raise SpecError(f"{err}; is the train state from another optimizer than "
+                            f"{self.optimizer.name}? (TrainState.create(key, model, optimizer, "
+                            f"in_shape) makes a matching one)") from None

@@ -102,7 +102,9 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
                             f"vjp gives per-example shape {_shapes(y_t)}")
     y_train = layer.apply(params, state, x, key=k_fwd, train=True)
     if not tree.all_equal(y_train, y_t):
-        raise ContractError(f"{layer.name}: apply(train=True) differs from vjp's output")
+        raise ContractError(f"{layer.name}: apply(train=True) differs from vjp's output "
+                            f"({_difference(y_train, y_t)}); the two must agree bit for bit "
+                            f"(the same key, the same operations)")
     try:
         tree.map(lambda a, b: None, state, new_state)
     except tree.TreeError as err:
@@ -141,6 +143,19 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
         return None
     x64 = None if x is None else x
     return check_vjp(layer, in_shape, x=x64, key=key, tol=tol, **check_vjp_kwargs)
+
+
+def _difference(a: Any, b: Any) -> str:
+    """How two trees of arrays differ: the largest absolute difference, or their shapes."""
+    try:
+        diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+                 for x, y in zip(tree.leaves(a), tree.leaves(b)) if np.shape(x) == np.shape(y)
+                 and np.size(x)]
+    except (TypeError, ValueError):
+        diffs = []
+    if len(diffs) == len(tree.leaves(a)) == len(tree.leaves(b)) and diffs:
+        return f"max abs difference {max(diffs):.3g}"
+    return f"shapes {[np.shape(x) for x in tree.leaves(a)]} vs {[np.shape(y) for y in tree.leaves(b)]}"
 
 
 def _writeable_copy(t: Any) -> Any:

@@ -313,9 +313,14 @@ def _gather(skel: Any, node: Any, out: List[Any]) -> bool:
             return False
         for k, s in skel.items():
             v = node.get(k, _MISMATCH)
-            if s is LEAF and not _is_node(v) and v is not _MISMATCH:
+            if s is LEAF:
+                if type(v) is not np.ndarray and (v is _MISMATCH or _is_node(v)):
+                    return False
                 out.append(v)
-            elif v is _MISMATCH or s is LEAF or not _gather(s, v, out):
+            elif type(s) is dict and not s:  # an empty dict (a layer without params)
+                if type(v) is not dict or v:
+                    return False
+            elif v is _MISMATCH or not _gather(s, v, out):
                 return False
         return True
     if skel is LEAF:

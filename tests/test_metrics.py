@@ -75,3 +75,8 @@ def test_resolve_names_losses_and_functions():
     assert list(metrics.resolve(losses.mse)) == ["mse"]
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.get("f1")
+
+
+def test_accuracy_refuses_a_one_output_regression():
+    with pytest.raises(ValueError, match=r"at least 2 classes.*one-output regression"):
+        accuracy(np.zeros((4, 1), np.float32), np.zeros(4, np.int64))

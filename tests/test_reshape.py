@@ -63,3 +63,8 @@ def test_reshape_errors_name_both_shapes():
         reshape((-1, -1))
     with pytest.raises(LayerError, match="numpy array"):
         flatten().apply({}, {}, [[1.0, 2.0]])
+
+
+def test_flatten_refuses_a_rank_1_array_instead_of_treating_it_as_a_batch():
+    with pytest.raises(LayerError, match=r"at least one axis after the batch, got shape \(6,\)"):
+        flatten().apply({}, {}, np.zeros(6, np.float32))

@@ -164,3 +164,17 @@ def test_check_layer_catches_fresh_dparams_that_alias_a_param_or_each_other():
         check_layer(_scaled(fresh=("dparams",), grad_is_param=True), (3,), gradcheck=False)
     with pytest.raises(ContractError, match="declares 'dparams' fresh"):
         check_layer(_scaled(fresh=("dparams",), shared=True), (3,), gradcheck=False)
+
+
+def test_check_layer_says_how_much_apply_and_vjp_differ_and_that_it_must_be_exact():
+    def init(key, in_shape):
+        return {}, in_shape
+
+    def apply(p, x):
+        return x * 2.0
+
+    def vjp(p, x):
+        return x * 2.0 + 1e-3, lambda dy: ({}, dy * 2.0)
+
+    with pytest.raises(ContractError, match=r"max abs difference 0\.001.*bit for bit"):
+        check_layer(stateless_layer("off", init, apply, vjp), (3,), gradcheck=False)

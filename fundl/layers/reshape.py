@@ -20,8 +20,9 @@ __all__ = ["flatten", "reshape"]
 def _check_array(x: Any) -> None:
     if not isinstance(x, np.ndarray):
         raise LayerError(f"expected a numpy array, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise LayerError(f"expected an input of shape (batch, ...), got a scalar of shape {x.shape}")
+    if x.ndim < 2:
+        raise LayerError(f"expected an input of shape (batch, ...) with at least one axis after "
+                         f"the batch, got shape {x.shape}")
 
 
 def flatten() -> Layer:

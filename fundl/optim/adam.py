@@ -43,6 +43,16 @@ class AdamState(NamedTuple):
     nu: Any
 
 
+def _check_eps(who: str, eps: float, eps_used: float, dtype: np.dtype) -> None:
+    """Raise if ``eps`` rounds to 0 in the params' dtype (float16 with the default 1e-8): the
+    update would divide 0 by 0 for every zero gradient."""
+    if eps > 0.0 and dtype.type(eps_used) == 0:
+        tiny = float(np.finfo(dtype).smallest_subnormal)
+        raise ValueError(f"{who}: eps={eps:g} is 0 in {dtype} (the update would divide by zero); "
+                         f"use eps of at least {tiny / max(eps_used / eps, 1e-300):.1e} for "
+                         f"{dtype} params, e.g. {who}(eps=1e-4), or train in float32")
+
+
 def _init_adam(params) -> AdamState:
     return AdamState(count_array(0), tree.zeros_like(params), tree.zeros_like(params))
 
@@ -60,6 +70,8 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         scale = s2 / (1.0 - b1 ** t)
 
         def rule(p, g, m, v):
+            if g.dtype.itemsize < 4:
+                _check_eps("adam", eps, eps_t, g.dtype)
             u = np.multiply(g, 1.0 - b1)
             m = np.multiply(m, b1)            # fresh: new state
             m += u
@@ -88,6 +100,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         c1 = 1.0 / (1.0 - b1 ** t)
 
         def rule(p, g, m, v):
+            if g.dtype.itemsize < 4:
+                _check_eps("adamax", eps, eps, g.dtype)
             u = np.multiply(g, 1.0 - b1)
             m = np.multiply(m, b1)            # fresh: new state
             m += u

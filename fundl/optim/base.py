@@ -33,6 +33,7 @@ nobody may write into it; :func:`descend` allocates the new params.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -40,7 +41,7 @@ import numpy as np
 from .. import tree
 
 __all__ = ["Optimizer", "GradientTransform", "PerLeaf", "leafwise", "chain", "descend",
-           "descend_leaf", "count_array", "as_lr", "check_decay"]
+           "descend_leaf", "count_array", "as_lr", "check_decay", "check_grads"]
 
 
 class PerLeaf(NamedTuple):
@@ -86,11 +87,19 @@ class GradientTransform(NamedTuple):
 
 
 def as_lr(lr: Any) -> float:
-    """``lr`` as a Python float (so float32 arrays stay float32); a schedule must be called first."""
+    """``lr`` as a Python float (so float32 arrays stay float32), checked finite and >= 0;
+    a schedule must be called first."""
     if callable(lr):
         raise TypeError("update needs the learning rate as a number; call the schedule with the step "
                         "(fundl.make_step does this when given a schedule)")
-    return float(lr)
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, (int, float, np.integer, np.floating)) \
+            and not (isinstance(lr, np.ndarray) and lr.ndim == 0 and lr.dtype.kind in "if"):
+        raise TypeError(f"the learning rate must be a number or a schedule lr(step) -> float, "
+                        f"got {type(lr).__name__} {lr!r}")
+    value = float(lr)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"the learning rate must be finite and >= 0, got {value}")
+    return value
 
 
 def check_decay(name: str, value: float) -> float:
@@ -106,9 +115,20 @@ def count_array(n: int = 0) -> np.ndarray:
     return np.asarray(int(n), dtype=np.int64)
 
 
+def check_grads(ps: Sequence[Any], gs: Sequence[Any], treedef: tree.TreeDef) -> None:
+    """Raise ``ValueError`` naming the path of the first gradient whose shape is not its
+    parameter's (numpy would broadcast it silently)."""
+    for i, (p, g) in enumerate(zip(ps, gs)):
+        if p is not None and np.shape(g) != np.shape(p):
+            path = tree.paths(treedef.unflatten(list(range(treedef.num_leaves))))[i]
+            raise ValueError(f"the gradient of '{path}' has shape {np.shape(g)}, its parameter "
+                             f"{np.shape(p)}")
+
+
 def _run_rule(step: PerLeaf, ps: Sequence[Any], gs: Sequence[Any],
               treedef: tree.TreeDef) -> Tuple[List[Any], Any]:
     """The updates (a list in ``treedef``'s order) and the new state of one rule step."""
+    check_grads(ps, gs, treedef)
     cols = [treedef.leaves_of(t) for t in step.trees]
     outs = [step.rule(*xs) for xs in zip(ps, gs, *cols)]
     columns = list(zip(*outs)) if outs else [()] * (1 + len(cols))
@@ -150,6 +170,7 @@ def descend(transform: GradientTransform, name: str = "") -> Optimizer:
         else:
             updates, state = transform.update(params, grads, state)
             us = treedef.leaves_of(updates)
+            check_grads(ps, us, treedef)
         return treedef.unflatten([descend_leaf(p, u, lr) for p, u in zip(ps, us)]), state
 
     return Optimizer(transform.init, update, name or transform.name)

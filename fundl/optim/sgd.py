@@ -26,10 +26,17 @@ from .base import GradientTransform, Optimizer, PerLeaf, as_lr, check_decay, des
 __all__ = ["sgd", "momentum", "nesterov", "trace", "TraceState"]
 
 
+def _descend(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
+    """``p - lr * g`` as a new array (a gradient of another shape is an error, never broadcast)."""
+    if g.shape != p.shape:
+        raise ValueError(f"sgd: a gradient of shape {g.shape} for a parameter of shape {p.shape}")
+    return descend_leaf(p, g, lr)
+
+
 def _descend_into_grad(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:
     """``p - lr * g`` written into ``g`` (which the caller owns and hands over)."""
     if g.dtype != p.dtype or g.shape != p.shape:
-        return descend_leaf(p, g, lr)
+        return _descend(p, g, lr)
     g *= -lr
     g += p
     return g
@@ -55,7 +62,7 @@ def sgd() -> Optimizer:
             return tree.map(lambda p, g: leaf(p, g, lr), params, grads), opt_state
         return update
 
-    return Optimizer(init, descend_with(descend_leaf), "sgd", descend_with(_descend_into_grad))
+    return Optimizer(init, descend_with(_descend), "sgd", descend_with(_descend_into_grad))
 
 
 class TraceState(NamedTuple):

@@ -1,0 +1,224 @@
+"""Params, state and optimizer state checked against what ``init`` produced.
+
+A tree that does not match its model would otherwise be used silently: a bias
+of shape ``(5, 3)`` broadcasts, an LSTM weight of the wrong height gives output
+of the wrong width, a float64 leaf among float32 params stays float64.  A
+:class:`TreeSpec` records the structure, shapes and dtypes of a tree once;
+:meth:`TreeSpec.check` compares another tree with it in one walk and raises a
+:class:`SpecError` that names the path (``params/dense_0/b``), the expected and
+the actual shape and dtype, and lists missing and unexpected keys as
+``load_state_dict`` does.
+
+Floating-point leaves may be cast together to another float dtype (the
+gradient checks run every model in float64): what must hold is that each
+float dtype of the spec maps to one dtype of the tree.
+
+:class:`ModelGuard` is what the combinators use: it holds the specs of the
+trees ``init`` made, per input shape, and checks the ``params`` and ``state``
+given to ``apply``/``vjp`` against them (computing them from ``init`` once,
+when the model was built in another process and never initialised here).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import random, tree
+
+__all__ = ["SpecError", "TreeSpec", "ModelGuard", "data_shapes"]
+
+
+class SpecError(ValueError):
+    """A tree that does not match the structure, shapes or dtypes it must have."""
+
+
+class _Leaf:
+    __slots__ = ("shape", "dtype", "kind")
+
+    def __init__(self, value: Any) -> None:
+        if isinstance(value, np.ndarray):
+            self.shape, self.dtype, self.kind = value.shape, value.dtype, "array"
+        else:
+            self.shape, self.dtype, self.kind = None, None, type(value).__name__
+
+    def describe(self) -> str:
+        if self.kind == "array":
+            return f"shape {self.shape}, dtype {self.dtype}"
+        return f"a {self.kind}"
+
+
+def _describe(value: Any) -> str:
+    return _Leaf(value).describe()
+
+
+def _node_paths(t: Any, prefix: str = "") -> List[str]:
+    """Every path in ``t``: containers (dict keys) as well as leaves."""
+    out: List[str] = []
+    if isinstance(t, dict):
+        for k, v in t.items():
+            p = tree.join_path(prefix, str(k))
+            out.append(p)
+            out.extend(_node_paths(v, p))
+    elif isinstance(t, (list, tuple)):
+        names = t._fields if tree.is_namedtuple(t) else [str(i) for i in range(len(t))]
+        for name, v in zip(names, t):
+            p = tree.join_path(prefix, name)
+            out.append(p)
+            out.extend(_node_paths(v, p))
+    return out
+
+
+class TreeSpec:
+    """The structure, shapes and dtypes of a tree, recorded once (``TreeSpec(tree)``)."""
+
+    def __init__(self, t: Any) -> None:
+        values, self.treedef = tree.flatten(t)
+        self.leaves = [_Leaf(v) for v in values]
+        self.exact = [(leaf.shape, leaf.dtype) for leaf in self.leaves]
+        self.paths = tree.paths(t)
+        self.node_paths = _node_paths(t)
+
+    def matches(self, t: Any) -> bool:
+        """Whether ``t`` matches (no exception, no message)."""
+        try:
+            self.check(t)
+        except SpecError:
+            return False
+        return True
+
+    def check(self, t: Any, root: str = "params") -> None:
+        """Raise :class:`SpecError` unless ``t`` matches this spec (see the module docstring)."""
+        try:
+            values = self.treedef.leaves_of(t)
+        except tree.TreeError:
+            raise self._structure_error(t, root) from None
+        for value, (shape, dtype) in zip(values, self.exact):  # the common case: all as made
+            if type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype:
+                break
+        else:
+            return
+        casts: Dict[Any, Any] = {}
+        for value, spec, path in zip(values, self.leaves, self.paths):
+            if spec.kind != "array":
+                if isinstance(value, np.ndarray):
+                    raise SpecError(f"{root}/{path}: expected {spec.describe()}, got "
+                                    f"{_describe(value)}")
+                continue
+            if type(value) is not np.ndarray and not isinstance(value, np.ndarray):
+                raise SpecError(f"{root}/{path}: expected an array of {spec.describe()}, got "
+                                f"{_describe(value)}")
+            if value.shape != spec.shape:
+                raise SpecError(f"{root}/{path}: expected shape {spec.shape}, got shape "
+                                f"{value.shape}")
+            if value.dtype != spec.dtype:
+                if not (spec.dtype.kind == value.dtype.kind == "f"):
+                    raise SpecError(f"{root}/{path}: expected dtype {spec.dtype}, got dtype "
+                                    f"{value.dtype}")
+            if spec.dtype.kind == "f":
+                seen = casts.setdefault(spec.dtype, (value.dtype, path))
+                if seen[0] != value.dtype:
+                    raise SpecError(
+                        f"{root}/{path}: dtype {value.dtype} differs from {root}/{seen[1]} "
+                        f"({seen[0]}); every float leaf must have one dtype -- cast the whole "
+                        f"tree (fundl.tree.cast({root}, np.{seen[0]}))")
+
+    def _structure_error(self, t: Any, root: str) -> SpecError:
+        want, got = self.node_paths, _node_paths(t)
+        got_set, want_set = set(got), set(want)
+        missing = [p for p in want if p not in got_set]
+        unexpected = [p for p in got if p not in want_set]
+        parts = []
+        if missing:
+            parts.append("missing keys: " + ", ".join(f"{root}/{p}" for p in _top(missing)))
+        if unexpected:
+            parts.append("unexpected keys: " + ", ".join(f"{root}/{p}" for p in _top(unexpected)))
+        if not parts:
+            parts.append("containers of another kind (e.g. a list for a dict, or another "
+                         "named tuple type)")
+        return SpecError(f"{root} do not match the model: " + "; ".join(parts))
+
+
+def _top(paths: List[str]) -> List[str]:
+    """The outermost of ``paths`` (a missing ``dense_0`` hides its ``dense_0/w``)."""
+    out: List[str] = []
+    for p in paths:
+        if not any(p.startswith(q + "/") for q in out):
+            out.append(p)
+    return out
+
+
+def data_shapes(x: Any) -> Any:
+    """The per-example shape of a batch (a tuple of them for a tuple of batches)."""
+    if isinstance(x, np.ndarray):
+        return tuple(x.shape[1:])
+    if isinstance(x, (tuple, list)):
+        return tuple(data_shapes(a) for a in x)
+    return None
+
+
+class ModelGuard:
+    """The specs of a model's ``(params, state)``, per input shape, for its apply/vjp checks.
+
+    :meth:`record` is called by ``init``; :meth:`check` by ``apply`` and ``vjp``.
+    A model that was never initialised in this process gets its specs from
+    ``init(key(0), in_shape)`` once per input shape (shapes and dtypes do not
+    depend on the key).  A model whose ``init`` cannot take the data's shapes
+    is not checked.
+    """
+
+    def __init__(self, init: Any) -> None:
+        self._init = init
+        self._specs: Dict[Any, Optional[Tuple[TreeSpec, TreeSpec]]] = {}
+        self._last: Optional[Tuple[TreeSpec, TreeSpec]] = None
+
+    def record(self, in_shape: Any, params: Any, state: Any) -> None:
+        try:
+            key = _hashable(in_shape)
+        except TypeError:
+            return
+        if key not in self._specs and len(self._specs) < 32:
+            self._specs[key] = self._last = (TreeSpec(params), TreeSpec(state))
+
+    def check(self, params: Any, state: Any, x: Any) -> None:
+        last = self._last
+        if last is not None and last[0].matches(params) and last[1].matches(state):
+            return
+        candidates = [s for s in self._specs.values() if s is not None]
+        for spec in candidates:
+            if spec[0].matches(params) and spec[1].matches(state):
+                self._last = spec
+                return
+        spec = self._spec_for(data_shapes(x))
+        if spec is None:
+            if not candidates:
+                return  # nothing to check against
+            spec = candidates[-1]
+        spec[0].check(params, "params")
+        spec[1].check(state, "state")
+        self._last = spec
+
+    def _spec_for(self, in_shape: Any) -> Optional[Tuple[TreeSpec, TreeSpec]]:
+        try:
+            key = _hashable(in_shape)
+        except TypeError:
+            return None
+        if key not in self._specs:
+            if len(self._specs) >= 32:
+                return None
+            try:
+                params, state, _ = self._init(random.key(0), in_shape)
+            except Exception:  # noqa: BLE001 - the data's shapes are not an init's shapes
+                self._specs[key] = None
+            else:
+                self._specs[key] = (TreeSpec(params), TreeSpec(state))
+        return self._specs[key]
+
+
+def _hashable(shape: Any) -> Any:
+    if isinstance(shape, (list, tuple)):
+        return tuple(_hashable(s) for s in shape)
+    if shape is None or isinstance(shape, (int, np.integer)):
+        return None if shape is None else int(shape)
+    raise TypeError(f"not a shape: {shape!r}")
