@@ -148,7 +148,7 @@ def test_fit_with_comm(ranks):
 def test_fusion_mean_gradients_and_broadcast(ranks):
     for r in ranks:
         assert r["fusion"] == {"buckets": 3, "reused": True, "sum_ok": True,
-                               "held_unchanged": True}
+                               "weighted_ok": True, "held_unchanged": True}
         assert r["mean_gradients"]["ok"]
         assert r["broadcast"] == {"equal_root": True, "step": 4, "key_read_only": True}
 
@@ -178,3 +178,25 @@ def test_fundl_imports_without_mpi4py_and_distributed_names_the_extra():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert 'pip install "fundl[mpi]"' in proc.stdout
+
+
+def test_the_example_trains_on_two_ranks():
+    proc, _ = launch(2, "examples/distributed.py", "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "2 rank(s), global batch 100 (50-50 per rank)" in lines[0]   # rank 0 prints alone
+    accuracy = float(next(l for l in lines if l.startswith("test accuracy")).split()[2][:-1])
+    assert accuracy > 30.0                                     # 10 classes: chance is 10%
+    assert any("examples/s on 2 rank(s)" in l and l.endswith("for 40 steps)") for l in lines)
+
+
+def test_scaling_benchmark_smoke():
+    if NO_MPI:
+        pytest.skip(NO_MPI)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--smoke"], cwd=ROOT,
+                          env=mpi_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [l.split() for l in proc.stdout.splitlines()]
+    for config in ("1x1", "1x2", "2x1"):
+        assert sum(len(r) > 2 and r[2] == config for r in rows) == 2   # mlp and cnn
+    assert "gradient averaging alone" in proc.stdout and "N=64" in proc.stdout

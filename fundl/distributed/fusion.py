@@ -60,10 +60,11 @@ def _plan(leaves: List[Any], bucket_bytes: int) -> Tuple[_Bucket, ...]:
 class Fusion:
     """Sums pytrees over the ranks of ``comm``, one ``Allreduce`` per bucket.
 
-    ``fusion.sum(tree, pre=None, post=None)`` returns a tree like ``tree`` whose
-    floating-point array leaves are ``post * sum over ranks of (pre * leaf)``
-    (``pre`` and ``post`` Python floats, ``None`` for 1; ``pre`` may differ per
-    rank); other leaves (ints, Python numbers) are returned as they are.  Every
+    ``fusion.sum(tree, weight=None)`` returns a tree like ``tree`` whose
+    floating-point array leaves are the sum over ranks of ``weight * leaf``
+    (``weight`` a Python float, ``None`` for 1, and it may differ per rank: it
+    is applied while packing, so a mean costs no extra pass); other leaves
+    (ints, Python numbers) are returned as they are.  Every
     rank must call it with trees of the same structure, shapes and dtypes.
     Nothing passed in is written.  Not thread-safe (one per training loop).
     """
@@ -88,7 +89,7 @@ class Fusion:
             self._buffers[b] = buf
         return buf
 
-    def sum(self, values: Any, pre: Optional[float] = None, post: Optional[float] = None) -> Any:
+    def sum(self, values: Any, weight: Optional[float] = None) -> Any:
         leaves, treedef = tree.flatten(values)
         signature = tuple((a.shape, a.dtype.str) if isinstance(a, np.ndarray) else None
                           for a in leaves)
@@ -101,13 +102,11 @@ class Fusion:
             buf = self._buffer(b)
             for i, offset, size, shape in bucket.members:
                 view = buf[offset:offset + size].reshape(shape)
-                if pre is None:
+                if weight is None:
                     np.copyto(view, leaves[i])
                 else:
-                    np.multiply(leaves[i], pre, out=view)
+                    np.multiply(leaves[i], weight, out=view)
             self.comm.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            if post is not None:
-                buf *= post
             for i, offset, size, shape in bucket.members:
                 out[i] = buf[offset:offset + size].reshape(shape)
         return treedef.unflatten(out)

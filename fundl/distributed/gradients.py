@@ -19,7 +19,8 @@ def mean_gradients(comm: Any, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Gradi
     rank clips, decays and updates with the same averaged gradients and the
     params stay bit-identical across ranks.  The leaves are packed into flat
     buffers of up to ``bucket_bytes`` per dtype and summed with one
-    ``Allreduce`` per bucket (:class:`Fusion`), then scaled by ``1 / size``.
+    ``Allreduce`` per bucket (:class:`Fusion`), each leaf scaled by ``1 / size``
+    while it is packed.
     The outputs are views of those buffers (read them, do not write them);
     the gradients passed in are not written.  With one rank, the gradients
     pass unchanged.
@@ -40,6 +41,6 @@ def mean_gradients(comm: Any, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Gradi
     def update(params, grads, state):
         if comm.size == 1:
             return grads, state
-        return fusion.sum(grads, post=scale), state
+        return fusion.sum(grads, weight=scale), state
 
     return GradientTransform(init, update, "mean_gradients")

@@ -89,7 +89,7 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
         if not n:
             grads = tree.zeros_like(ts.params)
         if average_state and comm.size > 1:
-            new_state = state_sum.sum(new_state, pre=n / count)
+            new_state = state_sum.sum(new_state, weight=n / count)
         rate = lr(ts.step) if callable(lr) else lr
         params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate)
         metrics = {"loss": total / count, "examples": int(count)}

@@ -237,12 +237,13 @@ tree = read_only({"a": np.arange(10, dtype=np.float32) * (comm.rank + 1),
 tri = comm.size * (comm.size + 1) / 2
 first = fusion.sum(tree)
 held = first["b"]["c"].copy()
-second = fusion.sum(tree, pre=2.0, post=0.5)       # ``first`` is still alive: new buffers
+second = fusion.sum(tree, weight=0.5)       # ``first`` is still alive: new buffers
+weighted_ok = bool(np.array_equal(second["a"], np.arange(10) * tri * 0.5))
 addresses = [b.__array_interface__["data"][0] for b in fusion._buffers]
 del first, second
 third = fusion.sum(tree)                           # nothing alive: the buffers are reused
 reused = [b.__array_interface__["data"][0] for b in fusion._buffers] == addresses
-R["fusion"] = {"buckets": len(fusion._buffers), "reused": reused,
+R["fusion"] = {"buckets": len(fusion._buffers), "reused": reused, "weighted_ok": weighted_ok,
                "sum_ok": bool(np.array_equal(third["a"], np.arange(10) * tri)
                               and np.array_equal(third["b"]["c"], np.full((3, 4), tri))
                               and third["b"]["n"] == 3 and third["d"].dtype == np.float64
