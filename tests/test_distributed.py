@@ -48,14 +48,14 @@ def mpi_env():
     return env
 
 
-def launch(n, *args, timeout=TIMEOUT):
+def launch(n, *args, timeout=TIMEOUT, env=None):
     """``mpiexec -n n python args...``; returns (CompletedProcess, seconds).  Skips without MPI."""
     if NO_MPI:
         pytest.skip(NO_MPI)
     cmd = [MPIEXEC, "--oversubscribe", "--bind-to", "none", "-n", str(n), sys.executable, *args]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**mpi_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
     return proc, time.monotonic() - start
 
 
@@ -180,8 +180,10 @@ def test_fundl_imports_without_mpi4py_and_distributed_names_the_extra():
     assert 'pip install "fundl[mpi]"' in proc.stdout
 
 
-def test_the_example_trains_on_two_ranks():
-    proc, _ = launch(2, "examples/distributed.py", "--epochs", "1")
+def test_the_example_trains_on_two_ranks(tmp_path):
+    # MNIST-1D if the mnist1d package is installed (built into tmp_path), else the stand-in
+    proc, _ = launch(2, "examples/distributed.py", "--epochs", "1",
+                     env={"FUNDL_CACHE": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "2 rank(s), global batch 100 (50-50 per rank)" in lines[0]   # rank 0 prints alone
