@@ -124,6 +124,17 @@ def test_sync_batch_norm_forward_and_vjp_equal_batch_norm_on_the_global_batch(ra
         assert ranks[1][f"sync_bn_{layout}_{dtype}"]["shapes"][0][0] == 0
 
 
+def test_sync_batch_norm_passes_the_layer_contract_and_names_itself_in_errors(ranks):
+    for r in ranks:
+        got = r["sync_bn_contract"]
+        assert got["worst_error"] < 1e-6
+        wide, ints, f64 = got["errors"]
+        assert "sync_batch_norm" in wide and "expected input of shape (batch, 4)" in wide \
+            and "(2, 5)" in wide
+        assert "sync_batch_norm" in ints and "int64" in ints
+        assert "sync_batch_norm" in f64 and "float64" in f64 and "float32" in f64
+
+
 def test_sync_batch_norm_vjp_matches_finite_differences_of_the_global_loss(ranks):
     worst = [r["sync_bn_fd"]["worst_rel_error"] for r in ranks]
     assert len(set(worst)) == 1 and worst[0] < 1e-7

@@ -16,7 +16,7 @@ import numpy as np
 
 import fundl as fl
 from fundl import distributed as dist
-from fundl.testing import read_only
+from fundl.testing import check_layer, read_only
 
 comm = dist.world()
 out_dir = sys.argv[1]
@@ -156,6 +156,23 @@ for label, shape, axis in [("nc", (4,), -1), ("nwc", (5, 3), -1), ("ncw", (3, 5)
             "apply_train": max_diff(y_train, y), "dtype_kept": bool(y.dtype == dx.dtype == dtype),
             "eval": max_diff(y_eval, ref_bn.apply(params, rstate, xr, train=False)),
             "shapes": [list(y.shape), list(dx.shape)]}
+
+# the layer contract (fundl.testing.check_layer) with the same input on every rank: then each
+# rank's finite differences move every rank's input together, which the global VJP matches
+worst_contract = 0.0
+for shape, kw in [((4,), {}), ((5, 3), {}), ((3, 5), {"axis": 1}), ((2, 2, 3), {"use_scale": False}),
+                  ((4,), {"use_bias": False})]:
+    result = check_layer(dist.sync_batch_norm(comm, **kw), shape, batch=4)
+    worst_contract = max(worst_contract, result.max_error)
+errors = []
+layer = dist.sync_batch_norm(comm)
+params, state, _ = layer.init(fl.random.key(0), (4,))
+for bad in (np.ones((2, 5), np.float32), np.ones((2, 4), np.int64), np.ones((2, 4), np.float64)):
+    try:
+        layer.vjp(params, state, bad)
+    except fl.LayerError as err:
+        errors.append(str(err))
+R["sync_bn_contract"] = {"worst_error": worst_contract, "errors": errors}
 
 # float64 finite differences of the global function sum_r <u_r, y_r> through the reduction
 x_all = fl.random.normal(fl.random.key(21), (sum(counts), 3, 2), np.float64) * 2 - 1
