@@ -164,6 +164,12 @@ def test_fusion_mean_gradients_and_broadcast(ranks):
         assert r["broadcast"] == {"equal_root": True, "step": 4, "key_read_only": True}
 
 
+def test_the_step_refuses_an_optimizer_that_does_not_average(ranks):
+    for r in ranks:
+        assert "'adam' does not average gradients across ranks" in r["no_mean_gradients"]
+        assert "dist.mean_gradients(comm)" in r["no_mean_gradients"]
+
+
 @pytest.mark.parametrize("mode,message", [
     ("layer", "LayerError: layer 'dense_0' (dense): expected input of shape (batch, ..., 3), "
               "got shape (4, 5)"),

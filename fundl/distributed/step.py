@@ -20,7 +20,7 @@ __all__ = ["make_step"]
 
 
 def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
-              average_state: bool = True
+              average_state: bool = True, check_optimizer: bool = True
               ) -> Callable[[TrainState, Tuple[Any, Any], Union[float, Schedule]],
                             Tuple[TrainState, Dict[str, Any]]]:
     """The pure data-parallel step ``step(train_state, (x, y), lr) -> (train_state, metrics)``.
@@ -50,16 +50,19 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
     layers with collectives such as :func:`~fundl.distributed.sync_batch_norm`
     meet their peers) and contributes zero gradients.  The key and step
     counter advance identically on every rank; the train state passed in is
-    not written.  ``optimizer``'s name must show ``mean_gradients`` (as
-    ``chain(mean_gradients(comm), ...)`` does) when ``comm.size > 1``:
-    without it the ranks would drift apart silently.
+    not written.  With ``check_optimizer`` (the default) and ``comm.size > 1``,
+    ``optimizer``'s name must show ``mean_gradients`` (as
+    ``chain(mean_gradients(comm), ...)`` and ``accumulate(chain(...), k)`` do),
+    else ``ValueError``: without it the ranks would drift apart silently.
+    Pass ``check_optimizer=False`` for an optimizer that averages gradients
+    across ranks under another name.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"make_step: model must be a fundl Layer, got {type(model).__name__}")
     if not isinstance(loss, Loss):
         raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
     comm = as_comm(comm)
-    if comm.size > 1 and "mean_gradients" not in optimizer.name:
+    if check_optimizer and comm.size > 1 and "mean_gradients" not in optimizer.name:
         raise ValueError(f"distributed.make_step: the optimizer {optimizer.name!r} does not "
                          "average gradients across ranks; use "
                          "fl.optim.chain(dist.mean_gradients(comm), <optimizer>)")

@@ -276,5 +276,11 @@ root_ts = fl.TrainState.create(fl.random.key(0), mlp(), fl.optim.adam(), (5,))._
 R["broadcast"] = {"equal_root": fl.tree.all_equal(bc, root_ts), "step": bc.step,
                   "key_read_only": not bc.key.flags.writeable}
 
+try:
+    dist.make_step(mlp(), fl.losses.softmax_cross_entropy, fl.optim.adam(), comm)
+    R["no_mean_gradients"] = "accepted"
+except ValueError as err:
+    R["no_mean_gradients"] = str(err)
+
 with open(os.path.join(out_dir, f"rank_{comm.rank}.json"), "w") as f:
     json.dump(R, f)
