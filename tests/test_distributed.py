@@ -154,6 +154,8 @@ def test_fit_with_comm(ranks):
         assert got["val_acc"][0] == got["val_acc"][1]
         assert got["checkpoint_is_final"] and got["resume_identical"] and got["in_sync"]
         assert got["files"] == ["fit.npz"]     # one checkpoint (rank 0's), no temporary left
+    assert ranks[0]["fit"]["progress_chars"] > 0                # rank 0 shows progress ...
+    assert all(r["fit"]["progress_chars"] == 0 for r in ranks[1:])   # ... the others print nothing
 
 
 def test_fusion_mean_gradients_and_broadcast(ranks):

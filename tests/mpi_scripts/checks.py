@@ -8,6 +8,7 @@ a comparison within one process.  Usage: ``checks.py OUT``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -236,7 +237,15 @@ resumed, _ = fl.fit(mlp(), fl.losses.softmax_cross_entropy, d_opt, (x, y), epoch
                     train_state=fl.io.load(ckpt1), comm=comm, **kw)
 straight, _ = fl.fit(mlp(), fl.losses.softmax_cross_entropy, d_opt, (x, y), epochs=3,
                      comm=comm, **kw)
-R["fit"] = {"param_diff": max_diff(d_ts.params, s_ts.params),
+real_stderr, sys.stderr = sys.stderr, io.StringIO()
+try:
+    fl.fit(mlp(), fl.losses.softmax_cross_entropy, d_opt, (x, y), epochs=1, comm=comm,
+           **{**kw, "progress": True})
+    shown = sys.stderr.getvalue()
+finally:
+    sys.stderr = real_stderr
+R["fit"] = {"progress_chars": len(shown),
+"param_diff": max_diff(d_ts.params, s_ts.params),
             "loss_diff": float(np.max(np.abs(np.subtract(d_hist["loss"], s_hist["loss"])))),
             "val_acc": [d_hist["val_accuracy"], s_hist["val_accuracy"]],
             "val_loss_diff": float(np.max(np.abs(np.subtract(d_hist["val_loss"],
