@@ -105,9 +105,10 @@ def _evaluate_shared(model: Layer, params: Any, state: Any, x: np.ndarray, y: np
     n = x.shape[0]
     names = list(fns)
     count = num_batches(n, batch_size)
-    if not comm.gather_all((n, count)) == [(n, count)] * comm.size:
+    plans = comm.gather_all((n, count))
+    if plans != [(n, count)] * comm.size:
         raise ValueError(f"evaluate: every rank must pass the same data and batch_size; "
-                         f"(examples, batches) per rank: {comm.gather_all((n, count))}")
+                         f"(examples, batches) per rank: {plans}")
     table = np.zeros((count, len(names)), np.float64)
     for b in range(comm.rank, count, comm.size):
         lo = b * batch_size
