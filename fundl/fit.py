@@ -55,7 +55,8 @@ def _pair(data: Any, what: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(model: Layer, params: Any, state: Any, data: Tuple[Any, Any],
-             metrics: Metrics = None, batch_size: int = 256) -> Dict[str, float]:
+             metrics: Metrics = None, batch_size: int = 256, comm: Any = None
+             ) -> Dict[str, float]:
     """Metrics of ``model`` on ``data = (x, y)`` in eval mode (``apply(train=False)``).
 
     ``metrics``: a mapping ``{name: metric}`` or a sequence of metrics; a metric
@@ -64,6 +65,11 @@ def evaluate(model: Layer, params: Any, state: Any, data: Tuple[Any, Any],
     ``fn(pred, y) -> float`` returning a batch mean.  Runs batches of
     ``batch_size`` in data order and returns ``{name: float}``, each the mean
     over all examples (batch means weighted by batch size).
+
+    ``comm`` (a :class:`fundl.distributed.Comm`; every rank passes the whole
+    ``data``): the ranks share the batches (rank ``r`` runs batches
+    ``r, r + size, ...``) and every rank returns exactly the single-process
+    result: the per-batch sums are gathered and added in batch order.
     """
     fns = resolve(metrics)
     if not fns:
@@ -73,12 +79,48 @@ def evaluate(model: Layer, params: Any, state: Any, data: Tuple[Any, Any],
         raise ValueError(f"evaluate: batch_size must be an integer >= 1, got {batch_size!r}")
     x, y = _pair(data, "evaluate: data")
     n = x.shape[0]
+    batch_size = int(batch_size)
+    if comm is not None:
+        return _evaluate_shared(model, params, state, x, y, fns, batch_size, comm)
     totals = dict.fromkeys(fns, 0.0)
-    for lo in range(0, n, int(batch_size)):
+    for lo in range(0, n, batch_size):
         xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
         out = model.apply(params, state, xb, key=None, train=False)
         for name, fn in fns.items():
             totals[name] += float(fn(out, yb)) * xb.shape[0]
+    return {name: total / n for name, total in totals.items()}
+
+
+def _evaluate_shared(model: Layer, params: Any, state: Any, x: np.ndarray, y: np.ndarray,
+                     fns: Dict[str, Any], batch_size: int, comm: Any) -> Dict[str, float]:
+    """:func:`evaluate` with the batches shared round-robin by the ranks of ``comm``.
+
+    Each rank fills its batches' rows of a ``(batches, metrics)`` table of
+    ``metric * batch size`` (zeros elsewhere); one sum over ranks (adding
+    zeros is exact) gives every rank the whole table, which is then added up
+    in batch order exactly as the single-process loop does.
+    """
+    from .distributed.comm import as_comm
+    comm = as_comm(comm)
+    n = x.shape[0]
+    names = list(fns)
+    count = num_batches(n, batch_size)
+    plans = comm.gather_all((n, count))
+    if plans != [(n, count)] * comm.size:
+        raise ValueError(f"evaluate: every rank must pass the same data and batch_size; "
+                         f"(examples, batches) per rank: {plans}")
+    table = np.zeros((count, len(names)), np.float64)
+    for b in range(comm.rank, count, comm.size):
+        lo = b * batch_size
+        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+        out = model.apply(params, state, xb, key=None, train=False)
+        for j, name in enumerate(names):
+            table[b, j] = float(fns[name](out, yb)) * xb.shape[0]
+    table = comm.sum(table)
+    totals = dict.fromkeys(names, 0.0)
+    for b in range(count):
+        for j, name in enumerate(names):
+            totals[name] += float(table[b, j])
     return {name: total / n for name, total in totals.items()}
 
 
@@ -138,8 +180,8 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
         val_data: Optional[Tuple[Any, Any]] = None, metrics: Metrics = (),
         train_state: Optional[TrainState] = None, checkpoint_path: Any = None,
         checkpoint_every: Optional[int] = None, callbacks: Iterable[Callback] = (),
-        progress: Union[bool, str] = "auto", shuffle: bool = True, drop_last: bool = False
-        ) -> Tuple[TrainState, Dict[str, List[Any]]]:
+        progress: Union[bool, str] = "auto", shuffle: bool = True, drop_last: bool = False,
+        comm: Any = None) -> Tuple[TrainState, Dict[str, List[Any]]]:
     """Train ``model`` on ``train_data = (x, y)``; returns ``(train_state, history)``.
 
     - ``key`` initialises the model (``TrainState.create`` with in_shape
@@ -172,6 +214,21 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
       installed, else a one-line ``\\r`` display).
     - A non-finite loss raises :class:`NonFiniteLossError` with the last finite
       train state (saved to ``checkpoint_path`` when checkpointing is on).
+    - ``comm`` (a :class:`fundl.distributed.Comm`, e.g. ``dist.world()``):
+      data-parallel training; every rank calls ``fit`` with the same
+      arguments and the whole ``train_data``.  ``batch_size`` is the global
+      batch; each rank trains on its shard of it
+      (``batches(..., shard=(rank, size))``) with
+      :func:`fundl.distributed.make_step` (``optimizer`` must contain
+      :func:`~fundl.distributed.mean_gradients`); the initial (or given)
+      train state is rank 0's, broadcast.  The losses in ``history``, the
+      validation scores (:func:`evaluate` with ``comm``) and so the callbacks'
+      logs are global and identical on every rank; a callback's ``"stop"`` on
+      any rank stops every rank.  Only rank 0 shows progress and writes
+      checkpoints; every rank returns after the last one is written, so each
+      can resume from the same file (``train_state=fundl.io.load(path)``).
+      A non-finite loss is global too: every rank raises
+      :class:`NonFiniteLossError` at the same step.
     """
     x, y = _pair(train_data, "fit: train_data")
     if (epochs is None) == (steps is None):
@@ -196,7 +253,22 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
     k_init, k_data = random.split(key)
     ts = train_state if train_state is not None else TrainState.create(k_init, model, optimizer,
                                                                         x.shape[1:])
-    step_fn = make_step(model, loss, optimizer)
+    shard = None
+    if comm is None:
+        step_fn = make_step(model, loss, optimizer)
+    else:
+        from . import distributed
+        comm = distributed.as_comm(comm)
+        plan = (n, batch_size, per_epoch, target)
+        plans = comm.gather_all(plan)
+        if plans != [plan] * comm.size:
+            raise ValueError("fit: every rank must pass the same data, batch_size and "
+                             f"epochs/steps; (examples, batch_size, steps per epoch, target) "
+                             f"per rank: {plans}")
+        ts = distributed.broadcast(comm, ts)
+        step_fn = distributed.make_step(model, loss, optimizer, comm)
+        shard = (comm.rank, comm.size)
+    lead = comm is None or comm.rank == 0
     history: Dict[str, List[Any]] = {"epoch": [], "step": [], "loss": []}
     if val_data is not None:
         for name in val_metrics:
@@ -210,26 +282,30 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
 
     def checkpoint(state: TrainState) -> None:
         if checkpoint_path is not None and saved[0] != state.step:
-            io.save(checkpoint_path, state)
+            if lead:
+                io.save(checkpoint_path, state)
             saved[0] = state.step
 
-    bar = _Progress(progress, target, ts.step)
+    bar = _Progress(progress if lead else False, target, ts.step)
     stop = False
     try:
         while ts.step < target and not stop:
             epoch, first = divmod(ts.step, per_epoch)
             order = random.permutation(random.fold_in(k_data, epoch), n) if shuffle else None
             loss_sum, seen = 0.0, 0
-            for batch in iter_batches((x, y), False, order, batch_size, per_epoch, start=first):
+            for batch in iter_batches((x, y), False, order, batch_size, per_epoch, start=first,
+                                      shard=shard):
                 if ts.step >= target:
                     break
                 new_ts, out = step_fn(ts, batch, lr)
                 value = out["loss"]
                 if not math.isfinite(value):
                     checkpoint(ts)
+                    if comm is not None:
+                        comm.barrier()  # the checkpoint is on disk before any rank goes on
                     raise NonFiniteLossError(ts.step, value, ts, history)
                 ts = new_ts
-                size = batch[0].shape[0]
+                size = batch[0].shape[0] if comm is None else out["examples"]
                 loss_sum += value * size
                 seen += size
                 bar.update(ts.step, epoch + 1, value)
@@ -239,7 +315,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
                                     "loss": loss_sum / seen if seen else float("nan")}
             if val_data is not None:
                 scores = evaluate(model, ts.params, ts.state, val_data, val_metrics,
-                                  batch_size=max(batch_size, 256))
+                                  batch_size=max(batch_size, 256), comm=comm)
                 logs.update({f"val_{k}": v for k, v in scores.items()})
             for k, v in logs.items():
                 history[k].append(v)
@@ -247,6 +323,10 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
             for cb in callbacks:
                 if cb(ts, dict(logs)) == "stop":
                     stop = True
+            if comm is not None:
+                stop = comm.any(stop)
     finally:
         bar.close()
+    if comm is not None:
+        comm.barrier()  # rank 0's last checkpoint is written before fit returns anywhere
     return ts, history

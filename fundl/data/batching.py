@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence, Tuple, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import random
 
-__all__ = ["batches", "num_batches", "as_arrays"]
+__all__ = ["batches", "num_batches", "as_arrays", "shard_range", "check_shard"]
 
 Arrays = Union[np.ndarray, Sequence[np.ndarray]]
+Shard = Optional[Tuple[int, int]]
 
 
 def as_arrays(arrays: Arrays, what: str = "batches") -> Tuple[Tuple[np.ndarray, ...], bool]:
@@ -42,8 +43,33 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+def check_shard(shard: Any, what: str = "batches") -> Shard:
+    """``shard`` as ``(rank, size)`` ints with ``0 <= rank < size`` (or ``None``); else ``ValueError``."""
+    if shard is None:
+        return None
+    try:
+        rank, size = shard
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (rank, size))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 0 <= rank < size:
+        raise ValueError(f"{what}: shard must be a pair (rank, size) of ints with "
+                         f"0 <= rank < size, got {shard!r}")
+    return int(rank), int(size)
+
+
+def shard_range(n: int, rank: int, size: int) -> Tuple[int, int]:
+    """``(lo, hi)``: the part ``[lo, hi)`` of ``n`` items that rank ``rank`` of ``size`` takes.
+
+    The parts are contiguous, disjoint, in rank order and cover ``[0, n)``;
+    their lengths differ by at most one (``floor(r n / size)`` to
+    ``floor((r + 1) n / size)``), and a rank gets ``0`` items when ``n < size``.
+    """
+    return rank * n // size, (rank + 1) * n // size
+
+
 def batches(key: Any, arrays: Arrays, batch_size: int, shuffle: bool = True,
-            drop_last: bool = False) -> Iterator[Any]:
+            drop_last: bool = False, shard: Shard = None) -> Iterator[Any]:
     """Iterate once (one epoch) over ``arrays`` in mini-batches.
 
     ``arrays`` is a tuple (or list) of arrays sharing axis 0 (e.g. ``(x, y)``),
@@ -55,28 +81,47 @@ def batches(key: Any, arrays: Arrays, batch_size: int, shuffle: bool = True,
     epoch).  ``key`` may be ``None`` when ``shuffle=False``; those batches are
     views (slices) of the arrays, shuffled ones are copies.  Arguments are
     checked when ``batches`` is called, not at the first ``next``.
+
+    ``shard=(rank, size)`` (data-parallel training, :mod:`fundl.distributed`):
+    ``batch_size`` is the *global* batch, and this rank yields only its part
+    of each global batch, the slice :func:`shard_range` of it.  Every rank
+    draws the same order from the same key, so the ranks' parts of a batch are
+    disjoint and together exactly the global batch.  An uneven (last) batch is
+    split into parts whose sizes differ by at most one; a rank may get a part
+    of 0 examples (arrays with a batch axis of length 0) when the batch has
+    fewer examples than there are ranks.  Every rank yields the same number
+    of batches.
     """
     seq, single = as_arrays(arrays)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batches: batch_size must be an integer >= 1, got {batch_size!r}")
     batch_size = int(batch_size)
+    shard = check_shard(shard)
     n = seq[0].shape[0]
     if shuffle and key is None:
         raise ValueError("batches: shuffle=True needs a key (fundl.random.key(seed)); "
                          "pass shuffle=False for the stored order")
     order = random.permutation(key, n) if shuffle else None
     count = num_batches(n, batch_size, drop_last)
-    return iter_batches(seq, single, order, batch_size, count)
+    return iter_batches(seq, single, order, batch_size, count, shard=shard)
 
 
 def iter_batches(seq: Tuple[np.ndarray, ...], single: bool, order: Any, batch_size: int,
-             count: int, start: int = 0) -> Iterator[Any]:
-    """Batches ``start, ..., count - 1`` of ``seq`` in ``order`` (``None``: data order)."""
+                 count: int, start: int = 0, shard: Shard = None) -> Iterator[Any]:
+    """Batches ``start, ..., count - 1`` of ``seq`` in ``order`` (``None``: data order).
+
+    With ``shard=(rank, size)`` each is this rank's part (:func:`shard_range`) of the batch.
+    """
+    n = seq[0].shape[0]
     for b in range(start, count):
         lo = b * batch_size
+        hi = min(lo + batch_size, n)
+        if shard is not None:
+            first, end = shard_range(hi - lo, *shard)
+            lo, hi = lo + first, lo + end
         if order is None:
-            part = tuple(a[lo:lo + batch_size] for a in seq)
+            part = tuple(a[lo:hi] for a in seq)
         else:
-            idx = order[lo:lo + batch_size]
+            idx = order[lo:hi]
             part = tuple(a[idx] for a in seq)
         yield part[0] if single else part
