@@ -221,7 +221,8 @@ def worker(args) -> Dict[str, Any]:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         entry["rows"] = measure_workload(wl, which, args.repeats, args.target_ms / 1e3, clock,
                                          settle_s=0.25 if args.repeats > 2 else 0.0)
-        entry["notes"] = {k: v for k, v in wl.notes.items() if k in which}
+        entry["notes"] = {k: v for k, v in wl.notes.items()
+                          if k in which and k not in result["skipped"]}
         result["workloads"].append(entry)
     result["loadavg_end"] = os.getloadavg()
     return result
@@ -263,7 +264,7 @@ def format_table(results: List[Dict[str, Any]]) -> str:
     lines.append("-" * len(hdr))
     groups = _groups(results)
     for (name, opt, batch), per_alloc in groups.items():
-        for alloc, (res, wl) in per_alloc.items():
+        for i, (alloc, (res, wl)) in enumerate(per_alloc.items()):
             rows = wl["rows"]
             ref = rows.get("numpy", {}).get("step_s")
             gemm = res["sgemm_gflops"]["median"]
@@ -285,7 +286,7 @@ def format_table(results: List[Dict[str, Any]]) -> str:
                     f"  {loss_s}")
             if wl.get("fundl_skip"):
                 lines.append(f"{lead}fundl  skipped: {wl['fundl_skip']}")
-            for impl, why in wl.get("notes", {}).items():
+            for impl, why in (wl.get("notes", {}).items() if i == 0 else ()):
                 lines.append(f"{lead}{impl:<7}none: {why}")
             d = wl["check"].get("param_max_abs_diff")
             if d is not None:
