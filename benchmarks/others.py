@@ -260,7 +260,8 @@ def _torch_transformer(torch, params, x, cfg):
             self.emb = nn.Embedding(*emb_p["w"].shape)
             with torch.no_grad():
                 self.emb.weight.copy_(_tensor(torch, emb_p["w"]))
-            self.pos = nn.Parameter(_tensor(torch, pos_p["pos"]))
+            (pos,) = pos_p.values()       # {"pos": (max_len, width)}
+            self.pos = nn.Parameter(_tensor(torch, pos))
             self.blocks = nn.ModuleList(Block(inner(a), inner(m))
                                         for a, m in zip(block_ps[0::2], block_ps[1::2]))
             self.ln, self.head = _layer_norm(torch, ln_f, width), _linear(torch, head_p)

@@ -326,7 +326,8 @@ def format_torch_table(results: List[Dict[str, Any]]) -> str:
             lead = f"{name:<12}{opt:<5}{batch:>6} {alloc:<8}"
             if "fundl" not in rows or "torch" not in rows:
                 missing = "fundl" if "fundl" not in rows else "torch"
-                why = wl.get("notes", {}).get(missing) or wl.get("fundl_skip") or "not run"
+                why = (wl.get("notes", {}).get(missing) or res.get("skipped", {}).get(missing)
+                       or (wl.get("fundl_skip") if missing == "fundl" else None) or "not requested")
                 lines.append(f"{lead}no {missing}: {why}")
                 continue
             tf, tt = rows["fundl"]["step_s"], rows["torch"]["step_s"]

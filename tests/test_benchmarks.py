@@ -315,3 +315,16 @@ def test_harness_compares_fundl_with_torch():
     assert "the numpy reference is SGD only" in table
     summary = run.format_torch_table([res]).splitlines()
     assert len(summary) == 3 + 6 and summary[3].startswith("mlp         sgd       8 default")
+
+
+def test_command_line_filters():
+    args = run._parser().parse_args(["--quick", "--workloads", "lstm", "gru128",
+                                     "--optimizers", "adam", "--size", "tiny"])
+    assert args.workloads == ["lstm", "gru128"] and args.optimizers == ["adam"]
+    assert run._batches(args) == ([8], 2)
+    assert run._parser().parse_args(["--only", "mlp"]).workloads == ["mlp"]
+    full = run._parser().parse_args([])
+    assert full.workloads == list(wls.KINDS) and full.optimizers == ["sgd", "adam"]
+    assert run._batches(full) == ([32, 128, 512], 64)
+    with pytest.raises(SystemExit):
+        run._parser().parse_args(["--workloads", "resnet"])
