@@ -1,7 +1,10 @@
-"""fundl's benchmark: training-step throughput against a hand-written numpy reference.
+"""fundl's benchmark: training-step speed against PyTorch eager, the machine's GEMM rate
+and (MLP and CNN, SGD) a hand-written numpy reference.
 
-    python3 -m benchmarks.run                 # full run (a few minutes on 2 cores)
-    python3 -m benchmarks.run --quick         # fewer repeats, for a look
+    python3 -m benchmarks.run                         # full run (every workload, SGD and Adam)
+    python3 -m benchmarks.run --quick                 # fewer repeats, for a look
+    python3 -m benchmarks.run --workloads lstm transformer --optimizers adam
+    python3 -m benchmarks.run --quick --size tiny     # a smoke run at the tests' tiny sizes
     python3 -m benchmarks.run --help
 
 The parent process starts one worker subprocess per allocator setting
@@ -9,7 +12,10 @@ The parent process starts one worker subprocess per allocator setting
 because ``mallopt`` is process-wide and cannot be undone.  Each worker measures
 every workload with every implementation, interleaved (round-robin over the
 implementations within each repeat, the starting one rotated), after warm-up,
-and returns medians and spreads as JSON; the parent prints one table.
+and returns medians and spreads as JSON; the parent prints two tables: every
+implementation's row, then fundl against PyTorch per workload (times, their
+ratio, the step's matmul FLOPs and each framework's share of the GEMM limit,
+``flops / sgemm rate / step time``, and the first-step losses).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 FRAMEWORKS = ("fundl", "numpy", "torch", "jax")
+#: The workloads (see :mod:`benchmarks.workloads`).
+KINDS = ("mlp", "cnn", "cnn_bn", "lstm", "gru_paper", "gru128", "transformer")
 #: Which thread pool each implementation's heavy work runs on.
 THREAD_POOL = {"fundl": "numpy BLAS", "numpy": "numpy BLAS", "torch": "torch", "jax": "xla"}
 
@@ -95,8 +103,8 @@ def sgemm_gflops(n: int = 1024, repeats: int = 7) -> Dict[str, float]:
 # --- measuring --------------------------------------------------------------
 
 def _check_against_reference(wl, which) -> Dict[str, Any]:
-    """First-step losses of every implementation, and fundl's params after one step
-    against the numpy reference's (max abs difference)."""
+    """First- and second-step losses of every implementation, and fundl's params after one
+    step against the numpy reference's (max abs difference)."""
     impls = wl.implementations(which)
     out: Dict[str, Any] = {"loss": {k: float(v.step()) for k, v in impls.items()}}
     if "fundl" in impls and "numpy" in impls:
@@ -105,6 +113,7 @@ def _check_against_reference(wl, which) -> Dict[str, Any]:
         mine = [np.asarray(a) for _, a in tree.flatten_with_paths(impls["fundl"].ts.params)]
         out["param_max_abs_diff"] = max(float(np.max(np.abs(a - b.reshape(a.shape))))
                                         for a, b in zip(mine, ref))
+    out["loss2"] = {k: float(v.step()) for k, v in impls.items()}
     return out
 
 
@@ -174,6 +183,14 @@ def measure_workload(wl, which, repeats: int, target_s: float,
     return rows
 
 
+def _batches(args) -> Tuple[List[int], int]:
+    """The MLP batches and the CNN batch: as given, else 32/128/512 and 64 (``--size tiny``: 8, 2)."""
+    tiny = getattr(args, "size", "full") == "tiny"
+    mlp = args.mlp_batches or ([8] if tiny else [32, 128, 512])
+    cnn = args.cnn_batch or (2 if tiny else 64)
+    return list(mlp), int(cnn)
+
+
 def worker(args) -> Dict[str, Any]:
     from fundl import perf
     kept = perf.keep_freed_memory() if args.allocator == "keep" else False
@@ -193,15 +210,19 @@ def worker(args) -> Dict[str, Any]:
             why = others.unavailable(name)
             if why:
                 result["skipped"][name] = why
-    for wl in workloads(batches=tuple(args.mlp_batches), cnn_batch=args.cnn_batch):
-        if wl.name not in args.only:
-            continue
-        entry = {"name": wl.name, "batch": wl.batch, "flops": wl.flops,
+    mlp_batches, cnn_batch = _batches(args)
+    for wl in workloads(batches=tuple(mlp_batches), cnn_batch=cnn_batch,
+                        size=getattr(args, "size", "full"),
+                        names=getattr(args, "workloads", None) or None,
+                        optimizers=getattr(args, "optimizers", None) or ("sgd", "adam")):
+        entry = {"name": wl.name, "opt": wl.optimizer, "batch": wl.batch, "flops": wl.flops,
                  "fundl_skip": wl.fundl_skip}
         entry["check"] = _check_against_reference(wl, which)
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         entry["rows"] = measure_workload(wl, which, args.repeats, args.target_ms / 1e3, clock,
                                          settle_s=0.25 if args.repeats > 2 else 0.0)
+        entry["notes"] = {k: v for k, v in wl.notes.items()
+                          if k in which and k not in result["skipped"]}
         result["workloads"].append(entry)
     result["loadavg_end"] = os.getloadavg()
     return result
@@ -236,20 +257,18 @@ def format_table(results: List[Dict[str, Any]]) -> str:
                      f"{os.cpu_count()} cores): multi-threaded BLAS timings are unreliable")
     lines.append(f"clock: {first.get('clock', 'wall')}")
     lines.append("")
-    hdr = (f"{'workload':<9}{'batch':>6} {'alloc':<8}{'impl':<7}{'ms/step':>9}{'spread':>8}"
-           f"{'ex/s':>10}{'vs numpy':>9}{'GFLOP/s':>9}{'%sgemm':>7}{'inferMiB':>9}{'stepMiB':>8}"
-           f"  first-step loss")
+    hdr = (f"{'workload':<12}{'opt':<5}{'batch':>6} {'alloc':<8}{'impl':<7}{'ms/step':>9}"
+           f"{'spread':>8}{'ex/s':>10}{'vs numpy':>9}{'GFLOP/s':>9}{'%sgemm':>7}{'inferMiB':>9}"
+           f"{'stepMiB':>8}  first-step loss")
     lines.append(hdr)
     lines.append("-" * len(hdr))
-    by_key: Dict[Any, Dict[str, Any]] = {}
-    for res in results:
-        for wl in res["workloads"]:
-            by_key.setdefault((wl["name"], wl["batch"]), {})[res["allocator"]] = (res, wl)
-    for (name, batch), per_alloc in by_key.items():
-        for alloc, (res, wl) in per_alloc.items():
+    groups = _groups(results)
+    for (name, opt, batch), per_alloc in groups.items():
+        for i, (alloc, (res, wl)) in enumerate(per_alloc.items()):
             rows = wl["rows"]
             ref = rows.get("numpy", {}).get("step_s")
             gemm = res["sgemm_gflops"]["median"]
+            lead = f"{name:<12}{opt:<5}{batch:>6} {alloc:<8}"
             for impl in FRAMEWORKS:
                 if impl not in rows:
                     continue
@@ -260,21 +279,65 @@ def format_table(results: List[Dict[str, Any]]) -> str:
                 loss = wl["check"]["loss"].get(impl)
                 loss_s = "-" if loss is None else f"{loss:.6f}"
                 lines.append(
-                    f"{name:<9}{batch:>6} {alloc:<8}{impl:<7}{t * 1e3:>9.3f}"
+                    f"{lead}{impl:<7}{t * 1e3:>9.3f}"
                     f"{'±%.0f%%' % (50 * r['iqr_s'] / t):>8}{batch / t:>10.0f}{ratio:>9}"
                     f"{gf:>9.1f}{100 * gf / gemm:>6.0f}%"
                     f"{_fmt_bytes(r.get('peak_infer_bytes')):>9}{_fmt_bytes(r.get('peak_step_bytes')):>8}"
                     f"  {loss_s}")
             if wl.get("fundl_skip"):
-                lines.append(f"{name:<9}{batch:>6} {alloc:<8}fundl  skipped: {wl['fundl_skip']}")
+                lines.append(f"{lead}fundl  skipped: {wl['fundl_skip']}")
+            for impl, why in (wl.get("notes", {}).items() if i == 0 else ()):
+                lines.append(f"{lead}{impl:<7}none: {why}")
             d = wl["check"].get("param_max_abs_diff")
             if d is not None:
-                lines.append(f"{'':<24}fundl vs numpy params after one step: max |diff| {d:.2e}")
+                lines.append(f"{'':<32}fundl vs numpy params after one step: max |diff| {d:.2e}")
     lines.append("")
     lines.append("ms/step: median over repeats; spread: half the interquartile range; vs numpy: "
                  "speed relative to the hand-written numpy reference (>1 is faster); GFLOP/s: "
-                 "matmul FLOPs of the step / time; inferMiB/stepMiB: peak numpy allocation "
+                 "matmul FLOPs of the step / time; %sgemm: that rate as a share of the measured "
+                 "sgemm rate (the GEMM limit); inferMiB/stepMiB: peak numpy allocation "
                  "(tracemalloc) during one apply / one training step, above what was live before.")
+    lines.append("")
+    lines.append(format_torch_table(results))
+    return "\n".join(lines)
+
+
+def _groups(results: List[Dict[str, Any]]) -> Dict[Any, Dict[str, Any]]:
+    """``{(name, opt, batch): {allocator: (result, workload entry)}}`` in run order."""
+    by_key: Dict[Any, Dict[str, Any]] = {}
+    for res in results:
+        for wl in res["workloads"]:
+            key = (wl["name"], wl.get("opt", "sgd"), wl["batch"])
+            by_key.setdefault(key, {})[res["allocator"]] = (res, wl)
+    return by_key
+
+
+def format_torch_table(results: List[Dict[str, Any]]) -> str:
+    """fundl against PyTorch eager, one line per workload, optimizer, batch and allocator."""
+    hdr = (f"{'workload':<12}{'opt':<5}{'batch':>6} {'alloc':<8}{'fundl ms':>10}{'torch ms':>10}"
+           f"{'torch/fundl':>12}{'GFLOP/step':>11}{'fundl %GEMM':>12}{'torch %GEMM':>12}"
+           f"{'loss fundl':>12}{'loss torch':>12}{'step-2 |dloss|':>15}")
+    lines = ["fundl vs PyTorch eager (torch/fundl = torch's step time / fundl's, >1: fundl "
+             "faster; %GEMM = FLOPs / sgemm rate / step time)", hdr, "-" * len(hdr)]
+    for (name, opt, batch), per_alloc in _groups(results).items():
+        for alloc, (res, wl) in per_alloc.items():
+            rows, check = wl["rows"], wl["check"]
+            gemm = res["sgemm_gflops"]["median"] * 1e9
+            lead = f"{name:<12}{opt:<5}{batch:>6} {alloc:<8}"
+            if "fundl" not in rows or "torch" not in rows:
+                missing = "fundl" if "fundl" not in rows else "torch"
+                why = (wl.get("notes", {}).get(missing) or res.get("skipped", {}).get(missing)
+                       or (wl.get("fundl_skip") if missing == "fundl" else None) or "not requested")
+                lines.append(f"{lead}no {missing}: {why}")
+                continue
+            tf, tt = rows["fundl"]["step_s"], rows["torch"]["step_s"]
+            lf, lt = check["loss"]["fundl"], check["loss"]["torch"]
+            d2 = abs(check["loss2"]["fundl"] - check["loss2"]["torch"]) if "loss2" in check else None
+            lines.append(
+                f"{lead}{tf * 1e3:>10.3f}{tt * 1e3:>10.3f}{tt / tf:>11.2f}x"
+                f"{wl['flops'] / 1e9:>11.4g}{100 * wl['flops'] / gemm / tf:>11.1f}%"
+                f"{100 * wl['flops'] / gemm / tt:>11.1f}%{lf:>12.6f}{lt:>12.6f}"
+                f"{'-' if d2 is None else f'{d2:.1e}':>15}")
     return "\n".join(lines)
 
 
@@ -285,10 +348,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per implementation")
     p.add_argument("--target-ms", type=float, default=60.0,
                    help="approximate length of one timed repeat (steps are batched to it)")
-    p.add_argument("--only", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--workloads", "--only", dest="workloads", nargs="+", default=list(KINDS),
+                   choices=KINDS, metavar="NAME",
+                   help=f"run only these workloads (default all: {', '.join(KINDS)})")
+    p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=["sgd", "adam"],
+                   help="the optimizer variants of every workload (default both)")
+    p.add_argument("--size", choices=["full", "tiny"], default="full",
+                   help="full: the benchmark's sizes; tiny: the tests' tiny sizes, for a smoke run")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
-    p.add_argument("--mlp-batches", nargs="+", type=int, default=[32, 128, 512])
-    p.add_argument("--cnn-batch", type=int, default=64)
+    p.add_argument("--mlp-batches", nargs="+", type=int, default=None,
+                   help="the MLP's batch sizes (default 32 128 512; --size tiny: 8)")
+    p.add_argument("--cnn-batch", type=int, default=None,
+                   help="the CNN's batch size (default 64; --size tiny: 2)")
     p.add_argument("--allocator", nargs="+", default=["default", "keep"],
                    choices=["default", "keep"], help="allocator settings, one subprocess each")
     p.add_argument("--gemm-n", type=int, default=1024, help="size of the reference sgemm")
@@ -311,12 +382,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         json.dump(worker(args), sys.stdout)
         return 0
     results = []
+    mlp_batches, cnn_batch = _batches(args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for alloc in args.allocator:
         cmd = [sys.executable, "-m", "benchmarks.run", "--worker", "--allocator", alloc,
                "--repeats", str(args.repeats), "--target-ms", str(args.target_ms),
-               "--only", *args.only, "--frameworks", *args.frameworks,
-               "--mlp-batches", *map(str, args.mlp_batches), "--cnn-batch", str(args.cnn_batch),
+               "--workloads", *args.workloads, "--optimizers", *args.optimizers,
+               "--size", args.size, "--frameworks", *args.frameworks,
+               "--mlp-batches", *map(str, mlp_batches), "--cnn-batch", str(cnn_batch),
                "--gemm-n", str(args.gemm_n), "--clock", args.clock]
         env = dict(os.environ)
         if args.threads:

@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import reference as ref
 from benchmarks import run
+from benchmarks import workloads as wls
 from benchmarks.workloads import (LR, cnn_flops, cnn_missing_reason, mlp_flops,
                                   workloads)
 
@@ -147,14 +148,15 @@ def test_flop_counts():
 
 
 def test_harness_produces_rows_and_a_table():
-    args = argparse.Namespace(allocator="default", frameworks=["fundl", "numpy"], only=["mlp", "cnn"],
+    args = argparse.Namespace(allocator="default", frameworks=["fundl", "numpy"],
+                              workloads=["mlp", "cnn"], optimizers=["sgd"], size="full",
                               mlp_batches=[8], cnn_batch=2, repeats=2, target_ms=1.0,
                               gemm_n=64, clock="wall")
     res = run.worker(args)
     assert res["blas"]["threads"] is not None
     assert res["sgemm_gflops"]["median"] > 0
-    names = [(w["name"], w["batch"]) for w in res["workloads"]]
-    assert names == [("mlp", 8), ("cnn", 2)]
+    names = [(w["name"], w["opt"], w["batch"]) for w in res["workloads"]]
+    assert names == [("mlp", "sgd", 8), ("cnn", "sgd", 2)]
     for w in res["workloads"]:
         rows = w["rows"]
         assert "numpy" in rows
@@ -196,3 +198,133 @@ def test_gap_variants_train_the_same_network_as_the_reference():
         second = {k: v.step() for k, v in impls.items()}
         for name in variants_only:
             assert second[name] == pytest.approx(second["numpy"], rel=1e-5), (label, name)
+
+
+# --- the workloads against PyTorch --------------------------------------------------
+
+NEW = ("cnn_bn", "lstm", "gru_paper", "gru128", "transformer")
+
+
+def _tiny(name, opt="sgd"):
+    (wl,) = workloads(size="tiny", names=[name], optimizers=[opt])
+    return wl
+
+
+def test_workload_list_filters_and_names():
+    assert run.KINDS == wls.KINDS
+    all_ = workloads(batches=(4,), cnn_batch=2, size="tiny")
+    assert [(w.name, w.optimizer) for w in all_] == [(k, o) for k in wls.KINDS
+                                                      for o in ("sgd", "adam")]
+    assert [w.label for w in workloads(size="tiny", names=["lstm", "cnn_bn"],
+                                       optimizers=["adam"])] == ["cnn_bn/adam", "lstm/adam"]
+    with pytest.raises(ValueError, match="unknown workloads"):
+        workloads(names=["resnet"])
+    full = {w.name: w for w in workloads(batches=(), names=NEW, optimizers=["sgd"])}
+    assert full["lstm"].batch == 64 and full["lstm"].in_shape == (50, 32)
+    assert full["gru_paper"].in_shape == (40,) and full["transformer"].in_shape == (64,)
+    assert full["cnn_bn"].in_shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_new_workload_builds_and_steps(name, opt):
+    wl = _tiny(name, opt)
+    impls = wl.implementations(("fundl", "numpy", "jax"))
+    assert list(impls) == ["fundl"]
+    assert wl.notes["numpy"] == "no numpy reference for this workload"
+    assert "JAX" in wl.notes["jax"]
+    fundl_impl = impls["fundl"]
+    first, second = fundl_impl.step(), fundl_impl.step()
+    assert np.isfinite(first) and 1.0 < first < 5.0 and second != first
+    out = fundl_impl.infer()
+    want = (wl.batch, wl.cfg["steps"], wl.cfg["vocab"]) if name == "transformer" else (wl.batch, 10)
+    assert out.shape == want and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ("mlp", "cnn") + NEW)
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_fundl_and_torch_train_the_same_network(name, opt):
+    pytest.importorskip("torch", reason="PyTorch is optional (pip install torch==2.13.0)")
+    (wl,) = workloads(batches=(4,), cnn_batch=2, size="tiny", names=[name], optimizers=[opt])
+    # A large learning rate makes every step move the loss well beyond the tolerance, so the
+    # later steps check the gradients and the update, not only the copied weights.
+    # (The MLP and CNN see 784 un-normalised inputs: they diverge at those rates.)
+    wl.lr = {"sgd": 0.1, "adam": 0.01}[opt] / (5 if name in ("mlp", "cnn") else 1)
+    impls = wl.implementations(("fundl", "torch"))
+    assert set(impls) == {"fundl", "torch"}
+    losses = {k: [v.step() for _ in range(4)] for k, v in impls.items()}
+    assert abs(losses["fundl"][0] - losses["torch"][0]) < 1e-4
+    np.testing.assert_allclose(losses["fundl"], losses["torch"], rtol=1e-4, atol=1e-5)
+    assert abs(losses["fundl"][3] - losses["fundl"][0]) > 1e-2
+
+
+def test_flop_counts_of_the_new_workloads_by_hand():
+    # cnn_bn 8x8x3 -> 4 -> 6 channels, batch 3: conv1 2*3*64*27*4 (forward + dW),
+    # conv2 2*3*16*36*6 (forward, dW, dX), dense 2*3*(2*2*6)*10 (forward, dW, dX).
+    assert wls.cnn_bn_flops(**wls.TINY["cnn_bn"]) == (2 * 2 * 3 * 64 * 27 * 4 + 3 * 2 * 3 * 16 * 36 * 6
+                                                      + 3 * 2 * 3 * 24 * 10)
+    # lstm batch 4, 5 steps, 3 features, 8 units (32 gate columns), 10 classes.
+    assert wls.lstm_flops(**wls.TINY["lstm"]) == (2 * 2 * 4 * 5 * 3 * 32 + 3 * 2 * 4 * 4 * 8 * 32
+                                                  + 3 * 2 * 4 * 8 * 10)
+    # bidirectional gru batch 4, 6 steps, 1 feature, 3 units (9 gate columns), dense 36 -> 10.
+    per_direction = 2 * 2 * 4 * 6 * 1 * 9 + 3 * 2 * 4 * 5 * 3 * 9
+    assert wls.gru_flops(**wls.TINY["gru_paper"]) == 2 * per_direction + 3 * 2 * 4 * 36 * 10
+    # transformer batch 2, 8 tokens, width 16, vocab 11, 2 blocks: 16 tokens per batch.
+    block = 3 * (2 * 16 * 16 * 48 + 2 * 16 * 16 * 16 + 2 * 16 * 16 * 64 + 2 * 16 * 64 * 16
+                 + 2 * (2 * 2 * 8 * 8 * 16))
+    assert wls.transformer_flops(**wls.TINY["transformer"]) == 2 * block + 3 * 2 * 16 * 16 * 11
+    # the full sizes scale as expected
+    full = wls.FULL["gru128"]
+    assert wls.gru_flops(**dict(full, batch=200)) == 2 * wls.gru_flops(**full)
+
+
+def test_positional_embedding_stand_in_follows_the_layer_contract():
+    from fundl import LayerError
+    from fundl.testing import check_layer
+    layer = wls.positional_embedding(6)
+    result = check_layer(layer, (4, 5))
+    assert result is not None and result.max_error < 1e-5
+    params, _, out_shape = layer.init(wls.random.key(0), (4, 5))
+    assert params["pos"].shape == (6, 5) and out_shape == (4, 5)
+    x = np.zeros((2, 4, 5), np.float32)
+    np.testing.assert_array_equal(layer.apply(params, {}, x)[1], params["pos"][:4])
+    with pytest.raises(LayerError, match="time <= 6"):
+        layer.apply(params, {}, np.zeros((2, 7, 5), np.float32))
+    with pytest.raises(LayerError, match="time <= 6"):
+        layer.init(wls.random.key(0), (7, 5))
+
+
+def test_harness_compares_fundl_with_torch():
+    pytest.importorskip("torch", reason="PyTorch is optional (pip install torch==2.13.0)")
+    args = argparse.Namespace(allocator="default", frameworks=["fundl", "numpy", "torch"],
+                              workloads=["mlp", "lstm", "transformer"], optimizers=["sgd", "adam"],
+                              size="tiny", mlp_batches=None, cnn_batch=None, repeats=2,
+                              target_ms=1.0, gemm_n=64, clock="wall")
+    res = run.worker(args)
+    names = [(w["name"], w["opt"], w["batch"]) for w in res["workloads"]]
+    assert names == [("mlp", "sgd", 8), ("mlp", "adam", 8), ("lstm", "sgd", 4),
+                     ("lstm", "adam", 4), ("transformer", "sgd", 2), ("transformer", "adam", 2)]
+    for w in res["workloads"]:
+        assert {"fundl", "torch"} <= set(w["rows"])
+        assert ("numpy" in w["rows"]) == (w["name"] == "mlp" and w["opt"] == "sgd")
+        for key in ("loss", "loss2"):
+            assert w["check"][key]["fundl"] == pytest.approx(w["check"][key]["torch"], abs=1e-4)
+    table = run.format_table([res])
+    assert "fundl vs PyTorch eager" in table and "torch/fundl" in table
+    assert "no numpy reference for this workload" in table
+    assert "the numpy reference is SGD only" in table
+    summary = run.format_torch_table([res]).splitlines()
+    assert len(summary) == 3 + 6 and summary[3].startswith("mlp         sgd       8 default")
+
+
+def test_command_line_filters():
+    args = run._parser().parse_args(["--quick", "--workloads", "lstm", "gru128",
+                                     "--optimizers", "adam", "--size", "tiny"])
+    assert args.workloads == ["lstm", "gru128"] and args.optimizers == ["adam"]
+    assert run._batches(args) == ([8], 2)
+    assert run._parser().parse_args(["--only", "mlp"]).workloads == ["mlp"]
+    full = run._parser().parse_args([])
+    assert full.workloads == list(wls.KINDS) and full.optimizers == ["sgd", "adam"]
+    assert run._batches(full) == ([32, 128, 512], 64)
+    with pytest.raises(SystemExit):
+        run._parser().parse_args(["--workloads", "resnet"])
