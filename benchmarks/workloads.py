@@ -39,7 +39,7 @@ import numpy as np
 
 import fundl
 from fundl import random
-from fundl import Layer, LayerError, stateless_layer
+from fundl import Layer, stateless_layer
 from fundl.checks import check_float_input
 from fundl.layers.activations import relu
 from fundl.layers.dense import dense
@@ -52,7 +52,7 @@ from .reference import CNNReference, MLPReference
 
 __all__ = ["Workload", "workloads", "KINDS", "FULL", "TINY", "LR", "ADAM_LR", "OPTIMIZERS",
            "mlp_model", "cnn_model", "cnn_bn_model", "lstm_model", "gru_model",
-           "transformer_model", "positional_embedding", "cnn_missing_reason", "make_batch",
+           "transformer_model", "cnn_missing_reason", "make_batch",
            "make_tokens", "mlp_flops", "cnn_flops", "cnn_bn_flops", "lstm_flops", "gru_flops",
            "transformer_flops", "FundlImpl", "RefImpl"]
 
@@ -174,56 +174,12 @@ def gru_model(steps: int = 40, features: int = 1, hidden: int = 6, classes: int 
                         fundl.flatten(), fundl.dense(classes))
 
 
-def positional_embedding(max_len: int, *, name: str = "positional_embedding") -> Layer:
-    """A learned positional embedding: ``y = x + pos[:time]`` for ``x`` ``(batch, time, features)``.
-
-    ``fundl.positional_embedding`` when fundl has it; otherwise this module's
-    stand-in with the same params layout, ``{"pos": (max_len, features)}`` (float32,
-    ``N(0, 0.02^2)``; the benchmark copies the weights into torch, so the init does
-    not matter).  ``time <= max_len``; ``dpos[:time] = sum over the batch of dy``,
-    ``dx = dy``.
-    """
-    if hasattr(fundl, "positional_embedding"):
-        return fundl.positional_embedding(max_len)
-    max_len = int(max_len)
-
-    def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 2 or in_shape[0] > max_len:
-            raise LayerError(f"expected an input shape (time <= {max_len}, features), "
-                             f"got {in_shape}")
-        return {"pos": fundl.initializers.normal(0.02)(key, (max_len, in_shape[1]))}, in_shape
-
-    def check(params, x):
-        check_float_input(x)
-        pos = params["pos"]
-        if x.ndim != 3 or x.shape[1] > pos.shape[0] or x.shape[2] != pos.shape[1]:
-            raise LayerError(f"expected input of shape (batch, time <= {pos.shape[0]}, "
-                             f"{pos.shape[1]}), got shape {tuple(x.shape)}")
-
-    def apply(params, x):
-        check(params, x)
-        return x + params["pos"][:x.shape[1]]
-
-    def vjp(params, x):
-        y = apply(params, x)
-
-        def pullback(dy):
-            dpos = np.zeros_like(params["pos"])
-            np.sum(dy, axis=0, out=dpos[:dy.shape[1]])
-            return {"pos": dpos}, dy
-
-        return y, pullback
-
-    return stateless_layer(name, init, apply, vjp)
-
-
 def transformer_model(steps: int = 64, width: int = 128, heads: int = 4, vocab: int = 96,
                       blocks: int = 2, **_: int) -> Layer:
     """Pre-LN causal transformer LM on ids ``(batch, steps)`` -> logits ``(batch, steps, vocab)``:
     embedding, positional embedding (``max_len = steps``), ``blocks`` times
     ``x + mha(ln(x))`` (causal) and ``x + dense(gelu(dense_4d(ln(x))))``, final ln, dense vocab."""
-    layers: List[Layer] = [fundl.embedding(vocab, width), positional_embedding(steps)]
+    layers: List[Layer] = [fundl.embedding(vocab, width), fundl.positional_embedding(steps)]
     for _ in range(blocks):
         layers.append(fundl.residual(fundl.serial(
             fundl.layer_norm(), fundl.multi_head_attention(heads, causal=True))))

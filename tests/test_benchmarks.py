@@ -278,22 +278,6 @@ def test_flop_counts_of_the_new_workloads_by_hand():
     assert wls.gru_flops(**dict(full, batch=200)) == 2 * wls.gru_flops(**full)
 
 
-def test_positional_embedding_stand_in_follows_the_layer_contract():
-    from fundl import LayerError
-    from fundl.testing import check_layer
-    layer = wls.positional_embedding(6)
-    result = check_layer(layer, (4, 5))
-    assert result is not None and result.max_error < 1e-5
-    params, _, out_shape = layer.init(wls.random.key(0), (4, 5))
-    assert params["pos"].shape == (6, 5) and out_shape == (4, 5)
-    x = np.zeros((2, 4, 5), np.float32)
-    np.testing.assert_array_equal(layer.apply(params, {}, x)[1], params["pos"][:4])
-    with pytest.raises(LayerError, match="time <= 6"):
-        layer.apply(params, {}, np.zeros((2, 7, 5), np.float32))
-    with pytest.raises(LayerError, match="time <= 6"):
-        layer.init(wls.random.key(0), (7, 5))
-
-
 def test_harness_compares_fundl_with_torch():
     pytest.importorskip("torch", reason="PyTorch is optional (pip install torch==2.13.0)")
     args = argparse.Namespace(allocator="default", frameworks=["fundl", "numpy", "torch"],
