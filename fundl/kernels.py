@@ -9,14 +9,21 @@ float32 here, so every branch is a ``max``/``min``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
 from .checks import Array
 
 
-__all__ = ["relu", "tanh", "sigmoid", "sigmoid_tanh", "softmax", "log_softmax"]
+__all__ = ["relu", "tanh", "sigmoid", "sigmoid_tanh", "softmax", "log_softmax", "blockwise",
+           "BLOCK"]
+
+#: Elements per block of :func:`blockwise`: 256 KiB per float32 temporary, so a chain of
+#: elementwise passes stays in the L2 cache.  Measured on the transformer's gelu input
+#: ((32, 64, 512) float32): the erfc series 13.5 ms in one go, 5.0 ms in blocks of 2**16
+#: (8.4 ms in blocks of 2**12).
+BLOCK = 1 << 16
 
 
 def relu(x: Array, out: Optional[Array] = None) -> Array:
@@ -66,3 +73,26 @@ def log_softmax(x: Array, axis: int = -1) -> Array:
     s = x - x.max(axis=axis, keepdims=True)
     s -= np.log(np.exp(s).sum(axis=axis, keepdims=True))
     return s
+
+
+Outputs = Union[Array, Tuple[Optional[Array], ...]]
+
+
+def blockwise(fn: Callable[[Array], Outputs], x: Array) -> Outputs:
+    """``fn(x)`` for an elementwise ``fn`` (returning an array or a tuple of arrays or
+    ``None``), computed over cache-sized blocks of ``x``: the same values, bit for bit,
+    with each of ``fn``'s many passes over memory running in the cache."""
+    if x.size <= 2 * BLOCK:
+        return fn(x)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    outs = None
+    for lo in range(0, flat.size, BLOCK):
+        part = fn(flat[lo:lo + BLOCK])
+        parts = part if isinstance(part, tuple) else (part,)
+        if outs is None:
+            outs = [None if a is None else np.empty(flat.size, a.dtype) for a in parts]
+        for out, a in zip(outs, parts):
+            if out is not None:
+                out[lo:lo + a.size] = a
+    shaped = tuple(None if out is None else out.reshape(x.shape) for out in outs)
+    return shaped if isinstance(part, tuple) else shaped[0]

@@ -40,3 +40,23 @@ def test_softmax_and_log_softmax_are_stable_and_agree(axis):
     assert kernels.softmax(buf, axis, out=buf) is buf
     np.testing.assert_array_equal(buf, p)
     assert kernels.log_softmax(np.float32(x), axis).dtype == np.float32
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, kernels.BLOCK + 5), (2, 3, kernels.BLOCK // 2 + 1)])
+def test_blockwise_gives_the_bits_of_one_pass_for_one_or_several_outputs(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x.flags.writeable = False
+
+    def two(a):
+        e = np.exp(-np.abs(a))
+        return a * e, (None if a.size < 0 else e + 1.0)
+
+    np.testing.assert_array_equal(kernels.blockwise(np.tanh, x), np.tanh(x))
+    y, g = kernels.blockwise(two, x)
+    want_y, want_g = two(x)
+    assert y.shape == g.shape == x.shape
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(g, want_g)
+    assert kernels.blockwise(lambda a: (a * 2.0, None), x)[1] is None
+    strided = np.asarray(x)[..., ::2]
+    np.testing.assert_array_equal(kernels.blockwise(np.sin, strided), np.sin(strided))
