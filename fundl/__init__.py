@@ -8,7 +8,7 @@ See README.md for a tour.  Every layer is a :class:`Layer` of pure functions
 from . import data, datasets, fusion, initializers, io, losses, metrics, optim, perf, random, tree
 from .combinators import fan_in_concat, fan_in_sum, fan_out, identity, parallel, residual, serial
 from .checks import LayerError
-from .core import Layer, elementwise_layer, stateless_layer
+from .core import Layer, elementwise_layer, keyed_layer, stateless_layer
 from .gradcheck import GradCheckError, GradCheckResult, check_vjp
 from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, conv2d, dense,
                      dropout, elu, embedding, flatten, gelu, global_avg_pool, gru, layer_norm,
@@ -23,7 +23,7 @@ from .step import TrainState, make_step
 __version__ = "0.1.0"
 
 __all__ = [
-    "Layer", "LayerError", "stateless_layer", "elementwise_layer",
+    "Layer", "LayerError", "stateless_layer", "keyed_layer", "elementwise_layer",
     "serial", "identity", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
     "dense", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
     "softmax", "log_softmax", "flatten", "reshape", "batch_norm", "layer_norm", "dropout",

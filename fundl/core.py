@@ -26,7 +26,8 @@ Params = Any  # a pytree of nested dicts/lists/tuples with arrays at the leaves
 State = Any
 Pullback = Callable[[Any], Tuple[Params, Any]]
 
-__all__ = ["Layer", "Params", "State", "Pullback", "stateless_layer", "elementwise_layer"]
+__all__ = ["Layer", "Params", "State", "Pullback", "stateless_layer", "keyed_layer",
+           "elementwise_layer"]
 
 
 class Layer(NamedTuple):
@@ -68,6 +69,34 @@ def stateless_layer(
     layer never uses a key.
     """
     speed = fusion.declare(uses_key=False, takes=takes, fresh=fresh, kind=kind, who=name)
+    return _named_layer(name, init, apply, vjp, speed, keyed=False)
+
+
+def keyed_layer(
+    name: str,
+    init: Callable[[Any, Shape], Tuple[Params, Shape]],
+    apply: Callable[[Params, Any, Any, bool], Any],
+    vjp: Callable[..., Tuple[Any, Pullback]],
+    *,
+    takes: Iterable[str] = (),
+    fresh: Iterable[str] = (),
+) -> Layer:
+    """Build a Layer with no state whose training forward uses its key (dropout).
+
+    - ``init(key, in_shape) -> (params, out_shape)``
+    - ``apply(params, x, key, train) -> y`` (``key`` may be None when not training)
+    - ``vjp(params, x, key) -> (y, pullback)``, taking the hints named in ``takes``
+
+    Errors are attributed to ``name`` as in :func:`stateless_layer`.
+    """
+    speed = fusion.declare(uses_key=True, takes=takes, fresh=fresh, who=name)
+    return _named_layer(name, init, apply, vjp, speed, keyed=True)
+
+
+def _named_layer(name: str, init: Callable, apply: Callable, vjp: Callable,
+                 speed: fusion.Speed, keyed: bool) -> Layer:
+    """The Layer of a stateless or keyed layer: state ``{}``, errors attributed to ``name``;
+    ``keyed`` layers' ``apply``/``vjp`` also get the key (and ``apply`` the train flag)."""
 
     def layer_init(key, in_shape):
         try:
@@ -78,13 +107,13 @@ def stateless_layer(
 
     def layer_apply(params, state, x, *, key=None, train=False):
         try:
-            return apply(params, x)
+            return apply(params, x, key, train) if keyed else apply(params, x)
         except LayerError as err:
             raise err.named(name) from None
 
     def layer_vjp(params, state, x, *, key=None, **hints):
         try:
-            y, pullback = vjp(params, x, **hints)
+            y, pullback = vjp(params, x, key, **hints) if keyed else vjp(params, x, **hints)
         except LayerError as err:
             raise err.named(name) from None
         return y, state, pullback

@@ -170,3 +170,32 @@ def test_fresh_names_only_y_and_dx():
                         lambda p, x: (x, lambda dy: ({}, dy)), fresh=("out",))
 
 
+
+
+def test_keyed_layer_passes_the_key_and_names_its_errors():
+    seen = []
+
+    def init(key, in_shape):
+        return {}, in_shape
+
+    def apply(params, x, key, train):
+        seen.append(("apply", key is not None, train))
+        return x + fl.random.uniform(key, x.shape, x.dtype) if train else x
+
+    def vjp(params, x, key):
+        if x.shape[-1] != 3:
+            raise LayerError(f"expected 3 features, got {x.shape[-1]}")
+        seen.append(("vjp", key is not None))
+        return x + fl.random.uniform(key, x.shape, x.dtype), lambda dy: ({}, dy)
+
+    layer = fl.keyed_layer("noise", init, apply, vjp)
+    assert layer.speed.uses_key
+    x = np.zeros((2, 3), np.float32)
+    k = fl.random.key(3)
+    y, _, _ = layer.vjp({}, {}, x, key=k)
+    np.testing.assert_array_equal(y, layer.apply({}, {}, x, key=k, train=True))
+    np.testing.assert_array_equal(layer.apply({}, {}, x), x)
+    assert seen == [("vjp", True), ("apply", True, True), ("apply", False, False)]
+    with pytest.raises(LayerError, match=r"layer 'noise': expected 3 features, got 4"):
+        layer.vjp({}, {}, np.zeros((2, 4), np.float32), key=k)
+    check_layer(layer, (3,))

@@ -14,10 +14,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .. import fusion, kernels, random
+from .. import kernels, random
 from ..checks import (Array, LayerError, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape)
-from ..core import Layer, stateless_layer
+from ..core import Layer, keyed_layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["multi_head_attention"]
@@ -327,26 +327,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
             lambda params, x: run_apply(params, x, None, False),
             lambda params, x, need_dx=True: run_vjp(params, x, None, need_dx), takes=("need_dx",))
 
-    # Attention dropout uses the key: a full Layer (stateless_layer passes no key).
-    def layer_init(key, in_shape):
-        try:
-            params, out_shape = init(key, in_shape)
-        except LayerError as err:
-            raise err.named(name) from None
-        return params, {}, out_shape
-
-    def layer_apply(params, state, x, *, key=None, train=False):
-        try:
-            return run_apply(params, x, key, train)
-        except LayerError as err:
-            raise err.named(name) from None
-
-    def layer_vjp(params, state, x, *, key=None, need_dx=True):
-        try:
-            y, pullback = run_vjp(params, x, key, need_dx)
-        except LayerError as err:
-            raise err.named(name) from None
-        return y, state, pullback
-
-    return Layer(layer_init, layer_apply, layer_vjp, name,
-                 speed=fusion.Speed(takes=frozenset({"need_dx"})))
+    # Attention dropout uses the key.
+    return keyed_layer(name, lambda key, in_shape: init(key, in_shape), run_apply,
+                       lambda params, x, key, need_dx=True: run_vjp(params, x, key, need_dx),
+                       takes=("need_dx",))

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import random
 from ..checks import LayerError, as_shape, check_float_input
-from ..core import Layer
+from ..core import Layer, keyed_layer
 
 __all__ = ["dropout"]
 
@@ -27,7 +27,7 @@ def dropout(rate: float, *, name: str = "dropout") -> Layer:
                          f"got {rate}")
 
     def init(key, in_shape):
-        return {}, {}, as_shape(in_shape)
+        return {}, as_shape(in_shape)
 
     def scaled_mask(x, key):
         """``keep / (1 - rate)`` as an array of x's dtype."""
@@ -40,23 +40,17 @@ def dropout(rate: float, *, name: str = "dropout") -> Layer:
         mask *= 1.0 / (1.0 - rate)
         return mask
 
-    def apply(params, state, x, *, key=None, train=False):
-        try:
-            if not train or rate == 0.0:
-                check_float_input(x)
-                return x
-            return x * scaled_mask(x, key)
-        except LayerError as err:
-            raise err.named(name) from None
+    def apply(params, x, key, train):
+        if not train or rate == 0.0:
+            check_float_input(x)
+            return x
+        return x * scaled_mask(x, key)
 
-    def vjp(params, state, x, *, key=None):
-        try:
-            if rate == 0.0:
-                check_float_input(x)
-                return x, state, lambda dy: ({}, dy)
-            mask = scaled_mask(x, key)
-        except LayerError as err:
-            raise err.named(name) from None
-        return x * mask, state, lambda dy: ({}, dy * mask)
+    def vjp(params, x, key):
+        if rate == 0.0:
+            check_float_input(x)
+            return x, lambda dy: ({}, dy)
+        mask = scaled_mask(x, key)
+        return x * mask, lambda dy: ({}, dy * mask)
 
-    return Layer(init, apply, vjp, name)
+    return keyed_layer(name, init, apply, vjp)
