@@ -66,11 +66,13 @@ def _compare(model, params, state, x, module, xt, mapping, *, y_to_fundl=lambda 
     dparams, dx = pullback(dy)
     if need_dx:
         diffs["dx"] = _max_diff(dx, x_to_fundl(xt.grad).numpy())
+        assert np.abs(dx).max() > 1e-3  # a real gradient was compared
     grads = fit.to_state_dict(dparams, None, mapping, gradients=True)
     named = dict(module.named_parameters())
     assert set(grads) == set(named), (sorted(grads), sorted(named))
     if named:
         diffs["dparams"] = max(_max_diff(grads[k], named[k].grad.numpy()) for k in named)
+        assert max(np.abs(g).max() for g in grads.values()) > 1e-3
     return diffs, new_state
 
 
@@ -480,3 +482,14 @@ def test_import_without_torch_and_the_error_naming_pip_install():
                          cwd=str(__import__("pathlib").Path(fl.__file__).parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_readme_snippet_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "sequential_mapping" in b)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (4, 10) and namespace["y"].dtype == np.float32
