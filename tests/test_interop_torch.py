@@ -457,6 +457,9 @@ def test_unsupported_torch_options_are_named():
     with pytest.raises(fit.InteropError, match="add_bias_kv"):
         fit.multi_head_attention_from_torch(nn.MultiheadAttention(4, 2,
                                                                   add_bias_kv=True).state_dict())
+    with pytest.raises(fit.InteropError, match="momentum=None"):
+        fit.sequential_mapping(fl.serial(fl.batch_norm()),
+                               nn.Sequential(nn.BatchNorm1d(3, momentum=None)), in_shape=(3,))
     with pytest.raises(fit.InteropError, match="no fundl counterpart"):
         fit.sequential_mapping(fl.serial(fl.dense(2)), nn.Sequential(nn.PReLU()), in_shape=(2,))
 

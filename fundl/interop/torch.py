@@ -266,6 +266,9 @@ def _torch_kind(torch: Any, module: Any, name: str) -> Optional[Tuple[str, Dict[
             raise InteropError(f"torch module '{name}': groups={module.groups} is not supported")
         return ("conv1d" if isinstance(module, nn.Conv1d) else "conv2d"), {}, 1
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if module.momentum is None or not module.track_running_stats:
+            raise InteropError(f"torch module '{name}': BatchNorm with momentum=None or "
+                               f"track_running_stats=False has no fundl equivalent")
         return "batch_norm", {}, 1
     if isinstance(module, nn.LayerNorm):
         if len(module.normalized_shape) != 1:
