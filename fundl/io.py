@@ -59,7 +59,7 @@ import numpy as np
 
 from .tree import is_namedtuple, join_path
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "CheckpointError", "save_safetensors", "load_safetensors"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -756,3 +756,17 @@ def _load(file: str, like: Any, types: Dict[str, type]) -> Any:
                                       "record (the file was altered)")
             return _Decoder(file, archive, types, version).decode(meta["tree"], "", like,
                                                                  like is not None)
+
+
+def save_safetensors(path: PathLike, tree: Any) -> None:
+    """Save a tree of arrays as a ``.safetensors`` file (tensor names are tree paths);
+    see :func:`fundl.safetensors_io.save_safetensors` (needs the ``safetensors`` extra)."""
+    from .safetensors_io import save_safetensors as save_file
+    save_file(path, tree)
+
+
+def load_safetensors(path: PathLike, like: Optional[Any] = None) -> Any:
+    """Load a ``.safetensors`` file as a nested dict (or shaped like ``like``);
+    see :func:`fundl.safetensors_io.load_safetensors`."""
+    from .safetensors_io import load_safetensors as load_file
+    return load_file(path, like)

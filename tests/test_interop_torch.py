@@ -1,0 +1,498 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fundl as fl
+from fundl.interop import torch as fit
+from fundl.testing import read_only
+
+torch = pytest.importorskip("torch", reason="the PyTorch weight-porting tests need torch")
+nn = torch.nn
+
+TOL = 1e-6
+KEY = fl.random.key(0)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+def _randomize(module, seed=0, scale=0.5):
+    """Every parameter N(0, scale^2), BatchNorm running stats random too (float64)."""
+    torch.manual_seed(seed)
+    module.double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, scale)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_()
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    return module
+
+
+def _load(model, in_shape, module, mapping):
+    params, state, _ = model.init(KEY, in_shape)
+    params, state = fl.tree.cast(params, np.float64), fl.tree.cast(state, np.float64)
+    return fit.load_state_dict(params, state, module.state_dict(), mapping)
+
+
+def _max_diff(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _compare(model, params, state, x, module, xt, mapping, *, y_to_fundl=lambda y: y,
+             x_to_fundl=lambda g: g, pick=lambda out: out, train=True, need_dx=True):
+    """Forward and VJP of the fundl model against torch autograd: the worst abs differences.
+
+    ``x`` is fundl's input, ``xt`` torch's (a leaf tensor); ``y_to_fundl`` /
+    ``x_to_fundl`` bring torch tensors into fundl's layout; ``pick`` selects the
+    output from what the module returns.
+    """
+    module.train(train)
+    if train:
+        y, new_state, pullback = model.vjp(read_only(params), read_only(state), read_only(x))
+    else:
+        y, new_state = model.apply(read_only(params), read_only(state), read_only(x)), state
+    yt = y_to_fundl(pick(module(xt)))
+    dy = fl.random.normal(fl.random.key(7), y.shape, np.float64)
+    diffs = {"forward": _max_diff(y, yt.detach().numpy())}
+    if not train:
+        return diffs, new_state
+    (yt * torch.from_numpy(dy)).sum().backward()
+    dparams, dx = pullback(dy)
+    if need_dx:
+        diffs["dx"] = _max_diff(dx, x_to_fundl(xt.grad).numpy())
+        assert np.abs(dx).max() > 1e-3  # a real gradient was compared
+    grads = fit.to_state_dict(dparams, None, mapping, gradients=True)
+    named = dict(module.named_parameters())
+    assert set(grads) == set(named), (sorted(grads), sorted(named))
+    if named:
+        diffs["dparams"] = max(_max_diff(grads[k], named[k].grad.numpy()) for k in named)
+        assert max(np.abs(g).max() for g in grads.values()) > 1e-3
+    return diffs, new_state
+
+
+def _assert_small(diffs):
+    for what, d in diffs.items():
+        assert d < TOL, f"{what}: {d}"
+
+
+def _leaf(a):
+    return torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(True)
+
+
+def _x(shape, seed=1):
+    return fl.random.normal(fl.random.key(seed), shape, np.float64)
+
+
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NCW_TO_NWC = (0, 2, 1)
+
+
+# --- per layer kind -----------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_matches_linear(bias):
+    module = _randomize(nn.Linear(5, 3, bias=bias))
+    model = fl.dense(3, use_bias=bias)
+    mapping = [("", "", "dense")]
+    params, state = _load(model, (5,), module, mapping)
+    x = _x((4, 2, 5))
+    diffs, _ = _compare(model, params, state, x, module, _leaf(x), mapping)
+    _assert_small(diffs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1d_matches(bias):
+    module = _randomize(nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=1, bias=bias))
+    model = fl.conv1d(4, 3, stride=2, padding=1, use_bias=bias)
+    mapping = [("", "", "conv1d")]
+    params, state = _load(model, (9, 3), module, mapping)
+    x = _x((2, 9, 3))
+    diffs, _ = _compare(model, params, state, x, module, _leaf(x.transpose(NCW_TO_NWC)),
+                        mapping, y_to_fundl=lambda y: y.permute(NCW_TO_NWC),
+                        x_to_fundl=lambda g: g.permute(NCW_TO_NWC))
+    _assert_small(diffs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_matches(bias):
+    module = _randomize(nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2),
+                                  bias=bias))
+    model = fl.conv2d(5, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), use_bias=bias)
+    mapping = [("", "", "conv2d")]
+    params, state = _load(model, (7, 6, 3), module, mapping)
+    x = _x((2, 7, 6, 3))
+    to_nhwc = lambda t: t.permute(NCHW_TO_NHWC)  # noqa: E731
+    diffs, _ = _compare(model, params, state, x, module,
+                        _leaf(x.transpose(0, 3, 1, 2)), mapping, y_to_fundl=to_nhwc,
+                        x_to_fundl=to_nhwc)
+    _assert_small(diffs)
+
+
+def test_batch_norm_2d_train_eval_and_running_stats():
+    module = _randomize(nn.BatchNorm2d(4, momentum=0.1))
+    model = fl.batch_norm(momentum=0.9)  # fundl momentum = 1 - torch momentum
+    mapping = [("", "", "batch_norm")]
+    params, state = _load(model, (3, 5, 4), module, mapping)
+    x = _x((6, 3, 5, 4)) * 2.0 + 1.0
+    to_nhwc = lambda t: t.permute(NCHW_TO_NHWC)  # noqa: E731
+    xt = _leaf(x.transpose(0, 3, 1, 2))
+    diffs, new_state = _compare(model, params, state, x, module, xt, mapping,
+                                y_to_fundl=to_nhwc, x_to_fundl=to_nhwc)
+    _assert_small(diffs)
+    # the running statistics after one training step agree
+    assert _max_diff(new_state["mean"], module.running_mean.numpy()) < 1e-12
+    assert _max_diff(new_state["var"], module.running_var.numpy()) < 1e-12
+    # and inference with the updated statistics
+    diffs, _ = _compare(model, params, new_state, x, module, xt.detach(), mapping,
+                        y_to_fundl=to_nhwc, train=False)
+    _assert_small(diffs)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_1d(affine):
+    module = _randomize(nn.BatchNorm1d(3, affine=affine))
+    model = fl.batch_norm(momentum=0.9, use_scale=affine, use_bias=affine)
+    mapping = [("", "", "batch_norm")]
+    params, state = _load(model, (3,), module, mapping)
+    x = _x((8, 3))
+    diffs, new_state = _compare(model, params, state, x, module, _leaf(x), mapping)
+    assert ("dparams" in diffs) == affine
+    _assert_small(diffs)
+    assert _max_diff(new_state["var"], module.running_var.numpy()) < 1e-12
+
+
+def test_layer_norm_matches():
+    module = _randomize(nn.LayerNorm(6))
+    model = fl.layer_norm()
+    mapping = [("", "", "layer_norm")]
+    params, state = _load(model, (4, 6), module, mapping)
+    x = _x((3, 4, 6))
+    diffs, _ = _compare(model, params, state, x, module, _leaf(x), mapping)
+    _assert_small(diffs)
+
+
+def test_embedding_matches():
+    module = _randomize(nn.Embedding(11, 4), scale=1.0)
+    model = fl.embedding(11, 4)
+    mapping = [("", "", "embedding")]
+    params, state = _load(model, (5,), module, mapping)
+    ids = np.array([[1, 3, 3, 10, 0], [2, 3, 7, 7, 7]], np.int64)
+    diffs, _ = _compare(model, params, state, ids, module, torch.from_numpy(ids), mapping,
+                        need_dx=False)
+    _assert_small(diffs)
+
+
+def _recurrent_pair(kind, bidirectional, hidden=5, features=3, **kw):
+    cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind]
+    fundl_layer = {"rnn": fl.rnn, "gru": fl.gru, "lstm": fl.lstm}[kind]
+    torch_kw = {"nonlinearity": kw["activation"]} if "activation" in kw else {}
+    module = _randomize(cls(features, hidden, batch_first=True, bidirectional=bidirectional,
+                            **torch_kw))
+    model = fundl_layer(hidden, **kw)
+    if bidirectional:
+        model = fl.bidirectional(model)
+    return module, model
+
+
+@pytest.mark.parametrize("kind,kw", [("rnn", {}), ("rnn", {"activation": "relu"}),
+                                     ("gru", {}), ("lstm", {})])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_matches(kind, kw, bidirectional):
+    module, model = _recurrent_pair(kind, bidirectional, **kw)
+    mapping = [fit.LayerMap("", "", kind, {"bidirectional": bidirectional})]
+    params, state = _load(model, (6, 3), module, mapping)
+    x = _x((2, 6, 3))
+    diffs, _ = _compare(model, params, state, x, module, _leaf(x), mapping,
+                        pick=lambda out: out[0])
+    _assert_small(diffs)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_recurrent_last_step_matches_h_n(kind):
+    module, _ = _recurrent_pair(kind, False)
+    model = {"gru": fl.gru, "lstm": fl.lstm}[kind](5, return_sequences=False)
+    mapping = [("", "", kind)]
+    params, state = _load(model, (6, 3), module, mapping)
+    x = _x((2, 6, 3))
+
+    def h_n(out):
+        h = out[1][0] if kind == "lstm" else out[1]
+        return h[0]
+
+    diffs, _ = _compare(model, params, state, x, module, _leaf(x), mapping, pick=h_n)
+    _assert_small(diffs)
+
+
+def test_two_layer_bidirectional_lstm_via_sequential_mapping():
+    lstm = _randomize(nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True))
+    model = fl.serial(fl.bidirectional(fl.lstm(4)), fl.bidirectional(fl.lstm(4)))
+    mapping = fit.sequential_mapping(model, nn.Sequential(lstm), in_shape=(5, 3))
+    assert mapping == [fit.LayerMap("bidirectional_0", "0", "lstm",
+                                    {"bidirectional": True, "layer": 0}),
+                       fit.LayerMap("bidirectional_1", "0", "lstm",
+                                    {"bidirectional": True, "layer": 1})]
+    params, state = _load(model, (5, 3), nn.Sequential(lstm), mapping)
+    # the mapping's prefix is "0" (inside the Sequential): strip it to compare gradients
+    flat = [fit.LayerMap(m.fundl, "", m.kind, m.options) for m in mapping]
+    x = _x((2, 5, 3))
+    diffs, _ = _compare(model, params, state, x, lstm, _leaf(x), flat, pick=lambda o: o[0])
+    _assert_small(diffs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_multi_head_attention_matches_self_attention(bias):
+    module = _randomize(nn.MultiheadAttention(8, 2, bias=bias, batch_first=True))
+    model = fl.multi_head_attention(2, use_bias=bias)
+    mapping = [("", "", "multi_head_attention")]
+    params, state = _load(model, (5, 8), module, mapping)
+    x = _x((3, 5, 8))
+    xt = _leaf(x)
+
+    class SelfAttention(nn.Module):  # torch's module takes (query, key, value)
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, inp):
+            return self.attn(inp, inp, inp, need_weights=False)[0]
+
+    diffs, _ = _compare(model, params, state, x, SelfAttention(module), xt,
+                        [("", "attn", "multi_head_attention")])
+    _assert_small(diffs)
+
+
+def _cnn_pair():
+    torch.manual_seed(0)
+    net = _randomize(nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(4 * 3 * 4, 3)))
+    model = fl.serial(fl.conv2d(4, 3, padding=1), fl.batch_norm(momentum=0.9), fl.relu(),
+                      fl.max_pool2d(2), fl.flatten(), fl.dense(3))
+    return net, model
+
+
+def test_small_cnn_with_flatten_permutation():
+    net, model = _cnn_pair()
+    mapping = fit.sequential_mapping(model, net, in_shape=(6, 8, 2))
+    assert mapping == [fit.LayerMap("conv2d_0", "0", "conv2d", {}),
+                       fit.LayerMap("batch_norm_1", "1", "batch_norm", {}),
+                       fit.LayerMap("dense_5", "5", "dense", {"flatten_from": (3, 4, 4)})]
+    params, state = _load(model, (6, 8, 2), net, mapping)
+    x = _x((4, 6, 8, 2))
+    xt = _leaf(x.transpose(0, 3, 1, 2))
+    diffs, new_state = _compare(model, params, state, x, net, xt, mapping,
+                                x_to_fundl=lambda g: g.permute(NCHW_TO_NHWC))
+    _assert_small(diffs)
+    assert _max_diff(new_state["batch_norm_1"]["var"], net[1].running_var.numpy()) < 1e-12
+    eval_diffs, _ = _compare(model, params, new_state, x, net, xt.detach(), mapping, train=False)
+    _assert_small(eval_diffs)
+    # without the permutation the outputs differ: it is needed
+    plain = [m if m.kind != "dense" else fit.LayerMap(m.fundl, m.torch, "dense")
+             for m in mapping]
+    p2, s2 = _load(model, (6, 8, 2), net, plain)
+    net.eval()
+    assert _max_diff(model.apply(p2, s2, x), net(xt).detach().numpy()) > 1e-2
+
+
+def test_flatten_permutation_matches_the_two_flatten_orders():
+    x = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # NHWC
+    fundl_flat = x.reshape(2, -1)
+    torch_flat = x.transpose(0, 3, 1, 2).reshape(2, -1)
+    perm = fit.flatten_permutation((3, 4, 5))
+    np.testing.assert_array_equal(fundl_flat, torch_flat[:, perm])
+    perm1 = fit.flatten_permutation((4, 5))  # 1-D data (W, C)
+    wc = np.arange(20).reshape(4, 5)
+    np.testing.assert_array_equal(wc.reshape(-1), wc.T.reshape(-1)[perm1])
+    np.testing.assert_array_equal(fit.flatten_permutation((7,)), np.arange(7))
+    with pytest.raises(ValueError, match="flatten_permutation"):
+        fit.flatten_permutation(())
+
+
+# --- round trips ----------------------------------------------------------------------
+
+def _random_tree(t, seed):
+    leaves, treedef = fl.tree.flatten(t)
+    keys = fl.random.split(fl.random.key(seed), max(len(leaves), 1))
+    return treedef.unflatten([(fl.random.normal(k, a.shape, np.float64) + 1.5).astype(a.dtype)
+                              for k, a in zip(keys, leaves)])
+
+
+def _bit_identical(a, b):
+    pa, pb = fl.tree.flatten_with_paths(a), fl.tree.flatten_with_paths(b)
+    assert [p for p, _ in pa] == [p for p, _ in pb]
+    for (path, x), (_, y) in zip(pa, pb):
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        assert x.tobytes() == y.tobytes(), path
+
+
+ROUND_TRIPS = [
+    ("dense", fl.dense(3), (5,), nn.Linear(5, 3), {}),
+    ("dense", fl.dense(3), (8,), nn.Linear(8, 3), {"flatten_from": (2, 2, 2)}),
+    ("conv1d", fl.conv1d(4, 3), (8, 2), nn.Conv1d(2, 4, 3), {}),
+    ("conv2d", fl.conv2d(4, (3, 2), use_bias=False), (5, 5, 2),
+     nn.Conv2d(2, 4, (3, 2), bias=False), {}),
+    ("batch_norm", fl.batch_norm(), (3, 3, 4), nn.BatchNorm2d(4), {}),
+    ("layer_norm", fl.layer_norm(), (3, 6), nn.LayerNorm(6), {}),
+    ("embedding", fl.embedding(9, 4), (3,), nn.Embedding(9, 4), {}),
+    ("rnn", fl.rnn(5), (4, 3), nn.RNN(3, 5, batch_first=True), {}),
+    ("gru", fl.bidirectional(fl.gru(5)), (4, 3),
+     nn.GRU(3, 5, batch_first=True, bidirectional=True), {"bidirectional": True}),
+    ("lstm", fl.lstm(5), (4, 3), nn.LSTM(3, 5, batch_first=True), {}),
+    ("multi_head_attention", fl.multi_head_attention(2), (4, 6),
+     nn.MultiheadAttention(6, 2, batch_first=True), {}),
+]
+
+
+@pytest.mark.parametrize("kind,model,in_shape,module,options", ROUND_TRIPS,
+                         ids=[f"{r[0]}{i}" for i, r in enumerate(ROUND_TRIPS)])
+def test_round_trip_fundl_torch_fundl_bit_identical(kind, model, in_shape, module, options):
+    params, state, _ = model.init(KEY, in_shape)           # float32, as a model is
+    params, state = _random_tree(params, 1), _random_tree(state, 2)
+    if kind == "batch_norm":
+        state = {"mean": state["mean"], "var": np.abs(state["var"])}
+    mapping = [fit.LayerMap("", "", kind, options)]
+    sd = fit.to_state_dict(read_only(params), read_only(state), mapping)
+    assert all(v.dtype in (np.float32, np.int64) for v in sd.values())
+    back_p, back_s = fit.load_state_dict(params, state, sd, mapping)
+    _bit_identical(back_p, params)
+    _bit_identical(back_s, state)
+    # the same tensors load strictly into the torch module, and come back identical
+    module.load_state_dict(fit.to_state_dict(params, state, mapping, as_tensors=True))
+    again = fit.load_state_dict(params, state, module.state_dict(), mapping)
+    _bit_identical(again[0], params)
+    _bit_identical(again[1], state)
+
+
+def test_load_is_pure_and_never_aliases_torch_memory():
+    module = nn.Linear(4, 2)
+    mapping = [("fc", "", "dense")]
+    params = read_only({"fc": {"w": np.zeros((4, 2), np.float32), "b": np.zeros(2, np.float32)},
+                        "other": {"w": np.ones(3, np.float32)}})
+    new, _ = fit.load_state_dict(params, {"fc": {}, "other": {}}, module.state_dict(), mapping,
+                                 strict=False)
+    assert not params["fc"]["w"].any()                         # input untouched
+    assert new["other"]["w"] is params["other"]["w"]           # untouched leaves shared
+    before = new["fc"]["b"].copy()
+    with torch.no_grad():
+        module.bias.add_(1.0)                                  # an in-place torch update
+    np.testing.assert_array_equal(new["fc"]["b"], before)
+    np.testing.assert_array_equal(new["fc"]["w"], module.weight.detach().numpy().T)
+
+
+def test_numpy_state_dict_and_float_cast():
+    # a state_dict of float64 numpy arrays loads into float32 params (cast, like torch)
+    model = fl.dense(2)
+    params, state, _ = model.init(KEY, (3,))
+    sd = {"weight": np.arange(6.0).reshape(2, 3), "bias": np.array([1.0, -1.0])}
+    p, _ = fit.load_state_dict(params, state, sd, [("", "", "dense")])
+    assert p["w"].dtype == np.float32
+    np.testing.assert_array_equal(p["w"], [[0, 3], [1, 4], [2, 5]])
+
+
+# --- errors ---------------------------------------------------------------------------
+
+def test_errors_name_the_paths():
+    model = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
+    params, state, _ = model.init(KEY, (3,))
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    sd = net.state_dict()
+    good = [("dense_0", "0", "dense"), ("dense_2", "2", "dense")]
+    with pytest.raises(fit.InteropError, match=r"'dense_0/w' has shape \(3, 4\) in fundl but "
+                                               r"\(3, 5\)"):
+        fit.load_state_dict(params, state, sd, good)
+    with pytest.raises(fit.InteropError, match="no tensor '2.weight'"):
+        fit.load_state_dict(params, state, {"0.weight": sd["0.weight"]}, [good[1]])
+    with pytest.raises(fit.InteropError, match="unknown layer kind 'linear'"):
+        fit.load_state_dict(params, state, sd, [("dense_0", "0", "linear")])
+    with pytest.raises(fit.InteropError, match="no path 'dense_9'"):
+        fit.load_state_dict(params, state, sd, [("dense_9", "0", "dense")])
+    with pytest.raises(fit.InteropError, match=r"have \['w'\] but the state_dict gives "
+                                               r"\['b', 'w'\].*use_bias"):
+        nobias = fl.dense(4, use_bias=False)
+        p0, s0, _ = nobias.init(KEY, (3,))
+        fit.load_state_dict(p0, s0, nn.Linear(3, 4).state_dict(), [("", "", "dense")])
+    with pytest.raises(fit.InteropError, match="not line up"):
+        fit.sequential_mapping(model, nn.Sequential(nn.Linear(3, 4)), in_shape=(3,))
+    with pytest.raises(fit.InteropError, match="is a dense but torch module '0' is a conv1d"):
+        fit.sequential_mapping(fl.serial(fl.dense(4)), nn.Sequential(nn.Conv1d(3, 4, 1)),
+                               in_shape=(3,))
+    with pytest.raises(fit.InteropError, match="batch_first=True"):
+        fit.sequential_mapping(fl.serial(fl.gru(4)), nn.Sequential(nn.GRU(3, 4)), in_shape=(2, 3))
+
+
+def test_strict_reports_unmapped_tensors_and_params():
+    model = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
+    params, state, _ = model.init(KEY, (3,))
+    sd = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict()
+    with pytest.raises(fit.InteropError, match="2 tensors of the state_dict are not mapped: "
+                                               "2.weight, 2.bias"):
+        fit.load_state_dict(params, state, sd, [("dense_0", "0", "dense")])
+    with pytest.raises(fit.InteropError, match="fundl params are not mapped: dense_2/w"):
+        fit.load_state_dict(params, state, {k: v for k, v in sd.items() if k[0] == "0"},
+                            [("dense_0", "0", "dense")])
+    p, _ = fit.load_state_dict(params, state, sd, [("dense_0", "0", "dense")], strict=False)
+    assert p["dense_2"]["w"] is params["dense_2"]["w"]
+    gru = nn.GRU(3, 4, batch_first=True, bidirectional=True)
+    bi = fl.bidirectional(fl.gru(4))
+    pb, sb, _ = bi.init(KEY, (2, 3))
+    with pytest.raises(fit.InteropError, match="have"):
+        fit.load_state_dict(pb, sb, gru.state_dict(), [("", "", "gru")])
+    one, s1, _ = fl.gru(4).init(KEY, (2, 3))
+    with pytest.raises(fit.InteropError, match="bidirectional"):
+        fit.load_state_dict(one, s1, gru.state_dict(), [("", "", "gru")])
+
+
+def test_unsupported_torch_options_are_named():
+    with pytest.raises(fit.InteropError, match="groups=2"):
+        fit.sequential_mapping(fl.serial(fl.conv2d(4, 3)),
+                               nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)), in_shape=(5, 5, 2))
+    with pytest.raises(fit.InteropError, match="proj_size"):
+        fit.lstm_from_torch(nn.LSTM(3, 4, proj_size=2, batch_first=True).state_dict())
+    with pytest.raises(fit.InteropError, match="add_bias_kv"):
+        fit.multi_head_attention_from_torch(nn.MultiheadAttention(4, 2,
+                                                                  add_bias_kv=True).state_dict())
+    with pytest.raises(fit.InteropError, match="momentum=None"):
+        fit.sequential_mapping(fl.serial(fl.batch_norm()),
+                               nn.Sequential(nn.BatchNorm1d(3, momentum=None)), in_shape=(3,))
+    with pytest.raises(fit.InteropError, match="no fundl counterpart"):
+        fit.sequential_mapping(fl.serial(fl.dense(2)), nn.Sequential(nn.PReLU()), in_shape=(2,))
+
+
+def test_import_without_torch_and_the_error_naming_pip_install():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np, fundl as fl\n"
+            "from fundl.interop import torch as fit\n"
+            "p, s, _ = fl.dense(2).init(fl.random.key(0), (3,))\n"
+            "sd = fit.to_state_dict(p, s, [('', '', 'dense')])\n"       # numpy: no torch needed
+            "p2, _ = fit.load_state_dict(p, s, sd, [('', '', 'dense')])\n"
+            "assert (p2['w'] == p['w']).all()\n"
+            "for call in (lambda: fit.to_state_dict(p, s, [('', '', 'dense')], as_tensors=True),\n"
+            "             lambda: fit.sequential_mapping(fl.dense(2), None, (3,))):\n"
+            "    try:\n"
+            "        call()\n"
+            "    except ImportError as err:\n"
+            "        assert 'pip install torch' in str(err), err\n"
+            "    else:\n"
+            "        raise AssertionError('no ImportError')\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(__import__("pathlib").Path(fl.__file__).parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_readme_snippet_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "sequential_mapping" in b)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (4, 10) and namespace["y"].dtype == np.float32
