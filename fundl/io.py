@@ -53,7 +53,7 @@ import secrets
 import socket
 import struct
 import zipfile
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -203,15 +203,25 @@ def save(path: PathLike, tree: Any) -> None:
         raise CheckpointError(f"{file}: cannot save the tree: {err}") from None
     arrays = dict(enc.arrays)
     arrays[_STRUCT_MEMBER] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
+    atomic_write(file, lambda f: _write_npz(f, arrays))
 
-    target = os.path.realpath(file)  # through symlinks: replace the file, keep the link
+
+def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then move it over ``path``.
+
+    The rules of :func:`save`: fsynced before ``os.replace`` (a crash leaves the
+    old file), a symlink's target replaced (the link stays), a new file's mode
+    from the umask and an old one's kept, stale temporary files of dead writers
+    removed.
+    """
+    target = os.path.realpath(os.fspath(path))  # through symlinks: replace the file
     directory, name = os.path.split(target)
     _remove_stale_temps(directory, name)
     mode = (os.stat(target).st_mode & 0o777) if os.path.exists(target) else None
     fd, tmp = _create_temp(directory, name)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if mode is not None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
-from .io import CheckpointError
+from .io import CheckpointError, atomic_write
 from .tree import TreeError, flatten_with_paths, unflatten_from_paths
 
 __all__ = ["save_safetensors", "load_safetensors"]
@@ -61,7 +60,7 @@ def save_safetensors(path: PathLike, tree: Any) -> None:
     with numpy arrays of bool, integer or float dtypes at the leaves; dtype and
     shape are kept (a big-endian array is stored, and loads, little-endian).  Any other leaf raises :class:`fundl.io.CheckpointError` naming
     its path.  Written atomically as :func:`fundl.io.save` writes: a temporary file
-    in the same directory, fsynced, then ``os.replace``; a crash leaves the old file.
+    in the same directory, fsynced, then ``os.replace`` (:func:`fundl.io.atomic_write`).
     The metadata entry ``fundl.paths`` records the tree order of the names.
     """
     st = _safetensors_numpy()
@@ -82,37 +81,7 @@ def save_safetensors(path: PathLike, tree: Any) -> None:
         tensors[leaf_path] = np.asarray(leaf, dtype=leaf.dtype.newbyteorder("<"), order="C")
     data = st.save(tensors, metadata={_ORDER_KEY: json.dumps(list(tensors))})
 
-    directory = os.path.dirname(os.path.abspath(file))
-    mode = (os.stat(file).st_mode & 0o777) if os.path.exists(file) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(file) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, file)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(file, lambda f: f.write(data))
 
 
 def _read(file: str) -> Dict[str, np.ndarray]:

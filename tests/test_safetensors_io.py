@@ -153,3 +153,18 @@ def test_without_safetensors_the_error_names_the_extra(tmp_path):
                          cwd=str(Path(fl.__file__).parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_save_safetensors_follows_the_umask_and_a_symlink_like_io_save(tmp_path):
+    pytest.importorskip("safetensors", reason="the optional safetensors package is not installed")
+    import os
+    target, link = tmp_path / "real.safetensors", tmp_path / "link.safetensors"
+    old = os.umask(0o077)
+    try:
+        fl.io.save_safetensors(target, {"w": np.ones(2, np.float32)})
+    finally:
+        os.umask(old)
+    assert (target.stat().st_mode & 0o777) == 0o600
+    os.symlink(target.name, link)
+    fl.io.save_safetensors(link, {"w": np.zeros(3, np.float32)})
+    assert link.is_symlink() and fl.io.load_safetensors(target)["w"].shape == (3,)
