@@ -328,9 +328,18 @@ def _gather(skel: Any, node: Any, out: List[Any]) -> bool:
             return False
         out.append(node)
         return True
-    if not _same_node(skel, node):
+    if skel is None:
+        return node is None
+    if type(node) is not type(skel) or len(node) != len(skel):  # tuples, named tuples, lists
         return False
-    return all(_gather(s, v, out) for (_, s), v in zip(_children(skel), node or ()))
+    for s, v in zip(skel, node):
+        if s is LEAF:
+            if type(v) is not np.ndarray and _is_node(v):
+                return False
+            out.append(v)
+        elif not _gather(s, v, out):
+            return False
+    return True
 
 
 def _gather_checked(skel: Any, node: Any, path: str, out: List[Any]) -> None:

@@ -95,7 +95,8 @@ class TreeSpec:
         except tree.TreeError:
             raise self._structure_error(t, root) from None
         for value, (shape, dtype) in zip(values, self.exact):  # the common case: all as made
-            if type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype:
+            if type(value) is not np.ndarray or value.shape != shape or (
+                    value.dtype is not dtype and value.dtype != dtype):
                 break
         else:
             return
