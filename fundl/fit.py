@@ -55,6 +55,10 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"{what}; err.train_state holds the last finite train state (step "
                          f"{train_state.step}). Try a smaller learning rate or gradient clipping.")
 
+    def __reduce__(self):  # picklable (e.g. to send to another process) despite the custom __init__
+        return (NonFiniteLossError, (self.step, self.loss, self.train_state, self.history,
+                                     self.where))
+
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -62,7 +66,8 @@ def _inputs(x: Any, what: str) -> Any:
     """``x`` as an array, or a tuple of inputs (nested tuples allowed) for a multi-input model."""
     if isinstance(x, dict):
         raise TypeError(f"{what}: x is a dict, but fundl models take one array or a tuple of "
-                        "arrays (fl.parallel); pass x as a tuple in the order of the model's inputs")
+                        "arrays (fl.parallel); pass x as a tuple in the order of the model's "
+                        "inputs")
     if isinstance(x, tuple):
         if not x:
             raise ValueError(f"{what}: x is an empty tuple; a multi-input x is a tuple of arrays")
@@ -71,7 +76,7 @@ def _inputs(x: Any, what: str) -> Any:
 
 
 def _pair(data: Any, what: str) -> Tuple[Any, Any, int]:
-    """``(x, y, n)`` from ``data = (x, y)``: arrays (``x`` may be a tuple of them) sharing axis 0."""
+    """``(x, y, n)`` from ``data = (x, y)``: arrays sharing axis 0 (``x`` may be a tuple)."""
     if isinstance(data, np.ndarray) or not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"{what} must be a pair (x, y) of arrays sharing axis 0 (x may be a "
                          "tuple of arrays for a multi-input model)")
@@ -298,12 +303,14 @@ class EarlyStopping:
                             f"got {self.monitor!r}")
         if isinstance(self.patience, bool) or not isinstance(self.patience, (int, np.integer)) \
                 or self.patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {self.patience!r}")
+            raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got "
+                             f"{self.patience!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {self.mode!r}")
         if not (isinstance(self.min_delta, (int, float, np.integer, np.floating))
                 and not isinstance(self.min_delta, bool) and self.min_delta >= 0):
-            raise ValueError(f"EarlyStopping: min_delta must be a number >= 0, got {self.min_delta!r}")
+            raise ValueError(f"EarlyStopping: min_delta must be a number >= 0, got "
+                             f"{self.min_delta!r}")
         if not isinstance(self.restore_best, (bool, np.bool_)):
             raise TypeError(f"EarlyStopping: restore_best must be True or False, got "
                             f"{self.restore_best!r}")
@@ -596,8 +603,8 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
       checkpointing is on).
     - ``comm`` (a :class:`fundl.distributed.Comm`, e.g. ``dist.world()``):
       data-parallel training; every rank calls ``fit`` with the same
-      arguments and the whole ``train_data`` (one array ``x``).  ``batch_size`` is the global
-      batch; each rank trains on its shard of it
+      arguments and the whole ``train_data`` (one array ``x``).  ``batch_size``
+      is the global batch; each rank trains on its shard of it
       (``batches(..., shard=(rank, size))``) with
       :func:`fundl.distributed.make_step` (``optimizer`` must contain
       :func:`~fundl.distributed.mean_gradients`); the initial (or given)

@@ -4,6 +4,7 @@ import copy
 import importlib
 import io as std_io
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -302,6 +303,8 @@ def test_params_overflow_with_a_finite_loss_keeps_the_last_finite_state(tmp_path
     err = info.value
     assert err.step == 16 and math.isfinite(err.loss) and err.where.startswith("params/")
     assert err.train_state is ts and _finite(err.train_state)
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == str(err) and back.where == err.where and tree.all_equal(back.train_state, ts)
     assert tree.all_equal(io.load(ckpt), ts)  # the checkpoint still holds step 16, finite
 
 

@@ -74,8 +74,8 @@ def flatten_data(data: Any, what: str = "batches"
 
     build = walk(data, "", True)
     if not leaves:
-        raise ValueError(f"{what}: expected arrays, got an empty "
-                         f"{'sequence' if isinstance(data, (list, tuple)) else type(data).__name__}")
+        kind = "sequence" if isinstance(data, (list, tuple)) else type(data).__name__
+        raise ValueError(f"{what}: expected arrays, got an empty {kind}")
     lengths = {a.shape[0] for a in leaves}
     if len(lengths) > 1:
         flat = all(name.count("[") == 1 for name in names)  # a flat tuple: its shapes say it all
