@@ -17,7 +17,7 @@ from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, 
                      relu, reshape, rnn, sigmoid, silu, softmax, softplus, tanh)
 from .losses import Loss
 from .summary import summary
-from .fit import NonFiniteLossError, evaluate, fit
+from .fit import EarlyStopping, NonFiniteLossError, evaluate, fit, predict
 from .step import TrainState, make_step
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "positional_embedding", "sinusoidal_positions",
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
-    "TrainState", "make_step", "fit", "evaluate", "NonFiniteLossError", "summary",
+    "TrainState", "make_step", "fit", "evaluate", "predict", "EarlyStopping", "NonFiniteLossError",
+    "summary",
     "data", "datasets", "fusion", "io", "metrics", "perf",
 ]

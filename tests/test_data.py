@@ -106,3 +106,25 @@ def test_standardize_fits_on_train_and_applies_to_test():
     np.testing.assert_allclose(stats.invert(zt), x_test)
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
         stats.apply(np.zeros((2, 4), np.float32))
+
+
+def test_batches_shuffle_nested_tuples_and_dicts_together():
+    x, y = _data(10)
+    x2 = read_only(x[:, :1] * 2)
+    k = random.key(4)
+    order = random.permutation(k, 10)
+    got = list(batches(k, ((x, x2), y), 4))
+    assert [type(b[0]) for b in got] == [tuple] * 3 and [len(b[1]) for b in got] == [4, 4, 2]
+    (xa, xb), yb = got[0]
+    np.testing.assert_array_equal(yb, y[order[:4]])
+    np.testing.assert_array_equal(xa, x[order[:4]])
+    np.testing.assert_array_equal(xb, x2[order[:4]])
+    d = list(batches(k, {"x": x, "pair": (x2, y)}, 4))
+    assert list(d[1]) == ["x", "pair"]
+    np.testing.assert_array_equal(d[1]["x"], x[order[4:8]])
+    np.testing.assert_array_equal(d[1]["pair"][1], y[order[4:8]])
+    np.testing.assert_array_equal(d[1]["pair"][0], x2[order[4:8]])
+    with pytest.raises(ValueError, match=r"same length.*\['pair'\]\[1\] \(9,\)"):
+        batches(k, {"x": x, "pair": (x2, y[:9])}, 4)
+    with pytest.raises(ValueError, match=r"array \[1\]\['b'\] is a scalar"):
+        batches(k, (x, {"b": np.float32(1.0)}), 4)

@@ -1,14 +1,15 @@
-"""Mini-batches over a tuple of arrays, ordered by an explicit key."""
+"""Mini-batches over arrays sharing axis 0 (a tuple, or nested tuples and dicts), ordered by an
+explicit key."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import random
 
-__all__ = ["batches", "num_batches", "as_arrays", "shard_range", "check_shard"]
+__all__ = ["batches", "num_batches", "as_arrays", "flatten_data", "shard_range", "check_shard"]
 
 Arrays = Union[np.ndarray, Sequence[np.ndarray]]
 Shard = Optional[Tuple[int, int]]
@@ -36,6 +37,57 @@ def as_arrays(arrays: Arrays, what: str = "batches") -> Tuple[Tuple[np.ndarray, 
     if lengths[0] == 0:
         raise ValueError(f"{what}: the data is empty (0 examples)")
     return tuple(out), single
+
+
+def flatten_data(data: Any, what: str = "batches"
+                 ) -> Tuple[List[np.ndarray], Callable[[Sequence[Any]], Any]]:
+    """The arrays of ``data`` and a function that rebuilds ``data``'s structure from such arrays.
+
+    ``data`` is one array or a container of arrays: tuples (named tuples too)
+    and dicts nest to any depth (``((x_a, x_b), y)``, ``{"x": x, "y": y}``); a
+    list at the top counts as a tuple, anything else is converted with
+    ``np.asarray``.  Every array needs a batch axis 0 of one common, non-zero
+    length; otherwise a ``ValueError`` naming ``what`` and the arrays' paths
+    and shapes.  ``rebuild(arrays)`` puts arrays (e.g. batches of the ones
+    returned) back into the structure: ``rebuild(flatten_data(d)[0])`` equals ``d``.
+    """
+    leaves: List[np.ndarray] = []
+    names: List[str] = []
+
+    def walk(node: Any, path: str, top: bool) -> Callable[[Iterator[Any]], Any]:
+        if isinstance(node, dict):
+            parts = [(k, walk(v, f"{path}[{k!r}]", False)) for k, v in node.items()]
+            return lambda it: {k: f(it) for k, f in parts}
+        if isinstance(node, tuple) or (top and isinstance(node, list)):
+            fns = [walk(v, f"{path}[{i}]", False) for i, v in enumerate(node)]
+            if hasattr(node, "_fields"):
+                kind = type(node)
+                return lambda it: kind(*[f(it) for f in fns])
+            return lambda it: tuple(f(it) for f in fns)
+        a = np.asarray(node)
+        if a.ndim == 0:
+            raise ValueError(f"{what}: array {path or '0'} is a scalar; every array needs a "
+                             "batch axis 0")
+        leaves.append(a)
+        names.append(path)
+        return lambda it: next(it)
+
+    build = walk(data, "", True)
+    if not leaves:
+        kind = "sequence" if isinstance(data, (list, tuple)) else type(data).__name__
+        raise ValueError(f"{what}: expected arrays, got an empty {kind}")
+    lengths = {a.shape[0] for a in leaves}
+    if len(lengths) > 1:
+        flat = all(name.count("[") == 1 for name in names)  # a flat tuple: its shapes say it all
+        shapes = ", ".join(str(tuple(a.shape)) if flat else f"{name} {tuple(a.shape)}"
+                           for name, a in zip(names, leaves))
+        raise ValueError(f"{what}: arrays must have the same length on axis 0, got shapes {shapes}")
+    if leaves[0].shape[0] == 0:
+        raise ValueError(f"{what}: the data is empty (0 examples)")
+
+    def rebuild(arrays: Sequence[Any]) -> Any:
+        return build(iter(arrays))
+    return leaves, rebuild
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -68,12 +120,15 @@ def shard_range(n: int, rank: int, size: int) -> Tuple[int, int]:
     return rank * n // size, (rank + 1) * n // size
 
 
-def batches(key: Any, arrays: Arrays, batch_size: int, shuffle: bool = True,
+def batches(key: Any, arrays: Any, batch_size: int, shuffle: bool = True,
             drop_last: bool = False, shard: Shard = None) -> Iterator[Any]:
     """Iterate once (one epoch) over ``arrays`` in mini-batches.
 
     ``arrays`` is a tuple (or list) of arrays sharing axis 0 (e.g. ``(x, y)``),
-    or one array.  Yields tuples ``(x[idx], y[idx], ...)`` (or bare arrays for
+    one array, or a nested structure of tuples and dicts of such arrays (e.g.
+    ``((x_a, x_b), y)`` for a two-input model, or ``{"x": x, "y": y}``; see
+    :func:`flatten_data`).  Yields batches of the same structure, every array
+    indexed by the same examples (``(x[idx], y[idx], ...)``, a bare array for
     one array) of ``batch_size`` examples; the last one is smaller unless
     ``drop_last``.  With ``shuffle`` the order is ``fundl.random.permutation(key, n)``:
     the same key gives the same batches, and every example appears exactly once
@@ -92,27 +147,29 @@ def batches(key: Any, arrays: Arrays, batch_size: int, shuffle: bool = True,
     fewer examples than there are ranks.  Every rank yields the same number
     of batches.
     """
-    seq, single = as_arrays(arrays)
+    leaves, rebuild = flatten_data(arrays)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batches: batch_size must be an integer >= 1, got {batch_size!r}")
     batch_size = int(batch_size)
     shard = check_shard(shard)
-    n = seq[0].shape[0]
+    n = leaves[0].shape[0]
     if shuffle and key is None:
         raise ValueError("batches: shuffle=True needs a key (fundl.random.key(seed)); "
                          "pass shuffle=False for the stored order")
     order = random.permutation(key, n) if shuffle else None
     count = num_batches(n, batch_size, drop_last)
-    return iter_batches(seq, single, order, batch_size, count, shard=shard)
+    return iter_batches(leaves, rebuild, order, batch_size, count, shard=shard)
 
 
-def iter_batches(seq: Tuple[np.ndarray, ...], single: bool, order: Any, batch_size: int,
-                 count: int, start: int = 0, shard: Shard = None) -> Iterator[Any]:
-    """Batches ``start, ..., count - 1`` of ``seq`` in ``order`` (``None``: data order).
+def iter_batches(leaves: Sequence[np.ndarray], rebuild: Callable[[Sequence[Any]], Any],
+                 order: Any, batch_size: int, count: int, start: int = 0,
+                 shard: Shard = None) -> Iterator[Any]:
+    """Batches ``start, ..., count - 1`` of ``leaves`` in ``order`` (``None``: data order),
+    each put together by ``rebuild`` (from :func:`flatten_data`).
 
     With ``shard=(rank, size)`` each is this rank's part (:func:`shard_range`) of the batch.
     """
-    n = seq[0].shape[0]
+    n = leaves[0].shape[0]
     for b in range(start, count):
         lo = b * batch_size
         hi = min(lo + batch_size, n)
@@ -120,8 +177,8 @@ def iter_batches(seq: Tuple[np.ndarray, ...], single: bool, order: Any, batch_si
             first, end = shard_range(hi - lo, *shard)
             lo, hi = lo + first, lo + end
         if order is None:
-            part = tuple(a[lo:hi] for a in seq)
+            part = [a[lo:hi] for a in leaves]
         else:
             idx = order[lo:hi]
-            part = tuple(a[idx] for a in seq)
-        yield part[0] if single else part
+            part = [a[idx] for a in leaves]
+        yield rebuild(part)
