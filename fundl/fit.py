@@ -35,11 +35,14 @@ class NonFiniteLossError(FloatingPointError):
 
     ``step`` is the step counter of the train state the failing step started
     from, ``loss`` that step's loss, ``where`` what was non-finite (``"loss"``,
-    or the first non-finite leaf of the new state, e.g. ``"params/dense_0/w"``:
-    a step can report a finite loss and still make non-finite params),
-    ``train_state`` the last train state that is finite everywhere (the one
-    *before* the failing step; it is also written to the checkpoint when
-    checkpointing is on) and ``history`` the history so far.
+    or the first non-finite leaf of the state it made, e.g.
+    ``"params/dense_0/w"``: a step can report a finite loss and still make
+    non-finite params; that shows as a non-finite loss one step later),
+    ``train_state`` the last train state known to be finite everywhere (the one
+    the failing step started from; when a state is only found non-finite later,
+    the one last checked: at the start, at the end of an epoch or before a
+    checkpoint) -- it is also what the checkpoint holds -- and ``history`` the
+    history so far.
     """
 
     def __init__(self, step: int, loss: float, train_state: TrainState,
@@ -696,9 +699,26 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
         return ts, history
 
     saved = [-1]  # the step last written, so that one step is not saved twice
+    # The last train state known to be finite everywhere.  Checking every leaf after every
+    # step cost 15% of an MLP-512 step (0.19 ms of 1.30 with sgd, 0.5 of 3.1 with adam),
+    # so the state is checked where it matters: before a checkpoint is written, at the end
+    # of each epoch, and when a loss is not finite (a non-finite state makes the next
+    # step's loss non-finite).
+    good = [ts]
+    last_value = float("nan")
+
+    def verified(state: TrainState, value: float) -> None:
+        """Raise unless ``state`` is finite (on every rank); else remember it as good."""
+        where = _non_finite_path(state)
+        if comm is not None and comm.any(where is not None) and where is None:
+            where = "the train state of another rank"
+        if where is not None:
+            raise NonFiniteLossError(good[0].step, value, good[0], history, where)
+        good[0] = state
 
     def checkpoint(state: TrainState) -> None:
         if checkpoint_path is not None and saved[0] != state.step:
+            verified(state, float("nan"))  # a checkpoint only ever holds a finite state
             if lead:
                 io.save(checkpoint_path, state)
             saved[0] = state.step
@@ -717,17 +737,20 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
                     break
                 new_ts, out = step_fn(ts, batch, lr)
                 value = out["loss"]
-                where = None if math.isfinite(value) else "loss"
-                if where is None:  # a finite loss can still come with non-finite new params
-                    where = _non_finite_path(new_ts)
+                if not math.isfinite(value):  # the loss is the same on every rank
+                    where = _non_finite_path(ts)
                     if comm is not None and comm.any(where is not None) and where is None:
                         where = "the train state of another rank"
-                if where is not None:
-                    checkpoint(ts)  # ts is finite: every state kept so far was checked
+                    if where is None:
+                        good[0] = ts
+                    checkpoint(good[0])
                     if comm is not None:
                         comm.barrier()  # the checkpoint is on disk before any rank goes on
-                    raise NonFiniteLossError(ts.step, value, ts, history, where)
-                ts = new_ts
+                    if where is None:
+                        raise NonFiniteLossError(ts.step, value, ts, history, "loss")
+                    # ts came from a step with a finite loss and non-finite results
+                    raise NonFiniteLossError(ts.step - 1, last_value, good[0], history, where)
+                ts, last_value = new_ts, value
                 size = batch[1].shape[0] if comm is None else out["examples"]
                 loss_sum += value * size
                 seen += size
@@ -740,6 +763,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
                 scores = evaluate(model, ts.params, ts.state, (val[0], val[1]), val_metrics,
                                   batch_size=max(batch_size, 256), comm=comm)
                 logs.update({f"val_{k}": v for k, v in scores.items()})
+            verified(ts, logs["loss"])
             for k, v in logs.items():
                 history[k].append(v)
             checkpoint(ts)
