@@ -71,7 +71,7 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
 
     def step(ts: TrainState, batch: Tuple[Any, Any], lr: Union[float, Schedule]):
         x, y = batch
-        n = int(np.shape(x)[0])
+        n = _rows(x)
         key, sub = random.split(ts.key)
         sub = random.fold_in(sub, comm.rank)
         with _quiet(n == 0):
@@ -100,6 +100,15 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
         return TrainState(params, new_state, opt_state, key, ts.step + 1), metrics
 
     return step
+
+
+def _rows(x: Any) -> int:
+    """The number of examples in ``x`` (an array, or a tuple of arrays sharing axis 0)."""
+    while isinstance(x, (tuple, list)):
+        if not x:
+            raise ValueError("distributed.make_step: x is an empty tuple")
+        x = x[0]
+    return int(np.shape(x)[0])
 
 
 def _quiet(empty: bool) -> contextlib.ExitStack:
