@@ -10,6 +10,8 @@ import pytest
 import fundl as fl
 from fundl import io, random, tree
 from fundl.io import CheckpointError
+from fundl.io import files as io_files
+from fundl.io import checkpoint as io_checkpoint
 
 
 class Pair(NamedTuple):
@@ -276,7 +278,7 @@ def test_every_optimizer_state_is_allowed():
                 states.add(obj)
     assert {fl.optim.TraceState, fl.optim.AdagradState, fl.optim.RMSState, fl.optim.AdamState,
             fl.optim.LionState, fl.optim.AccumulateState} <= states
-    assert states | {fl.TrainState} <= set(io._allowed_types().values())
+    assert states | {fl.TrainState} <= set(io_checkpoint._allowed_types().values())
 
 
 # --- save: permissions, symlinks, stale temp files -----------------------------------
@@ -323,7 +325,7 @@ def _dead_pid():
 def test_save_removes_stale_temp_files_of_dead_writers(tmp_path):
     path = tmp_path / "ckpt.npz"
     io.save(path, {"a": np.ones(1)})
-    host = io._host_tag()
+    host = io_files._host_tag()
     dead = tmp_path / f".ckpt.npz.{host}.{_dead_pid()}.0123abcd.tmp"
     alive = tmp_path / f".ckpt.npz.{host}.{os.getpid()}.4567abcd.tmp"   # a writer still at work
     elsewhere = tmp_path / f".ckpt.npz.other-host.{_dead_pid()}.89abcdef.tmp"  # not ours to judge
@@ -346,7 +348,7 @@ def test_temp_file_is_named_for_its_writer(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", spy)
     io.save(tmp_path / "c.npz", {"a": np.ones(1)})
     import re
-    assert re.fullmatch(rf"\.c\.npz\.{re.escape(io._host_tag())}\.{os.getpid()}\.[0-9a-f]+\.tmp",
+    assert re.fullmatch(rf"\.c\.npz\.{re.escape(io_files._host_tag())}\.{os.getpid()}\.[0-9a-f]+\.tmp",
                         seen[0])
 
 

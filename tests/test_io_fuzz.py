@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 import fundl as fl  # noqa: E402
 from fundl import io  # noqa: E402
 from fundl.io import CheckpointError  # noqa: E402
+from fundl.io import checkpoint as io_checkpoint
 
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -193,9 +194,9 @@ def _normal(spec, members, version):
     """A record's meaning: each leaf resolved to its data (member bytes, float bits)."""
     kind = spec["t"]
     if kind in ("array", "scalar"):
-        return kind, members[io._member_of(spec, version)]
+        return kind, members[io_checkpoint._member_of(spec, version)]
     if kind == "float":
-        return kind, struct.pack("<d", io._parse_float(spec["v"]))
+        return kind, struct.pack("<d", io_checkpoint._parse_float(spec["v"]))
     if kind in ("bool", "int", "str"):
         return kind, type(spec["v"]), spec["v"]
     parts = tuple(_normal(s, members, version) for s in spec.get("items", ()))
@@ -203,14 +204,14 @@ def _normal(spec, members, version):
 
 
 def _meaning_of_tree(t):
-    enc = io._Encoder("<memory>")
+    enc = io_checkpoint._Encoder("<memory>")
     spec = enc.encode(t, "")
     blobs = {}
     for name, value in enc.arrays.items():
         buf = pyio.BytesIO()
         np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
         blobs[name] = buf.getvalue()
-    return _normal(spec, blobs, io._VERSION)
+    return _normal(spec, blobs, io_checkpoint._VERSION)
 
 
 _json = st.recursive(

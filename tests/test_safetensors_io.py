@@ -8,7 +8,7 @@ import pytest
 
 import fundl as fl
 from fundl.io import CheckpointError
-from fundl.safetensors_io import load_safetensors, save_safetensors
+from fundl.io.safetensors_io import load_safetensors, save_safetensors
 from fundl.testing import read_only
 
 st = pytest.importorskip("safetensors.numpy",
@@ -143,7 +143,7 @@ def test_bad_files(tmp_path):
 def test_without_safetensors_the_error_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['safetensors'] = None; sys.modules['safetensors.numpy'] = None\n"
             "import numpy as np\n"
-            "from fundl.safetensors_io import save_safetensors\n"
+            "from fundl.io.safetensors_io import save_safetensors\n"
             "try:\n"
             "    save_safetensors('x.safetensors', {'a': np.zeros(1)})\n"
             "except ImportError as err:\n"

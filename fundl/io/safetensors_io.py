@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .io import CheckpointError, atomic_write
-from .tree import TreeError, flatten_with_paths, unflatten_from_paths
+from ..tree import TreeError, flatten_with_paths, unflatten_from_paths
+from .files import CheckpointError, PathLike, atomic_write
 
 __all__ = ["save_safetensors", "load_safetensors"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 _ORDER_KEY = "fundl.paths"  # metadata: the leaf paths in tree order (JSON)
 _DTYPE_KINDS = "biuf"       # bool, signed/unsigned ints, floats: what safetensors stores
