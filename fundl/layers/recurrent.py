@@ -1,15 +1,19 @@
 """Recurrent layers over ``(batch, time, features)``: rnn, gru, lstm, bidirectional.
 
-Every cell follows the same plan, for speed:
+Every cell follows the same plan, for speed.  Inside, a step's arrays are
+feature-major -- ``(H, N)`` states and ``(G*H, N)`` gates (``G`` gates of ``H``
+units) -- so that every gate block of every step is one contiguous array (the
+per-step elementwise work is many small ufunc calls; on strided slices each
+costs several times more) and the step's matmul is a single ``(G*H, H) @ (H, N)``:
 
-- forward: the input projection of all time steps is one matmul
-  ``(N*T, F) @ (F, G*H)`` (``G`` gates of ``H`` units), done before the loop;
-  the loop over time does one ``(N, H) @ (H, G*H)`` per step and writes the
-  gate activations in place into that projection buffer;
-- backward (BPTT): the pullback loops backward over time and stacks the
-  per-step gate gradients ``dG`` of shape ``(N, T, G*H)``; then
-  ``dw_x = X^T @ dG``, ``dw_h = H_prev^T @ dG`` and ``dx = dG @ w_x^T`` are one
-  matmul each.
+- forward: the input projection of all time steps is one batched matmul into a
+  ``(T, G*H, N)`` buffer, done before the loop; the loop over time does one
+  matmul per step and computes the gate activations in place in that buffer with
+  preallocated temporaries (nothing is allocated per step);
+- backward (BPTT): the pullback loops backward over time, writing each step's
+  gate gradients ``dG_t`` into a buffer of a chunk of steps; every chunk is
+  folded into ``dw_x = X^T dG``, ``dw_h = H_prev^T dG`` and ``dx = dG w_x^T``
+  with one matmul each (:class:`_GradChunks`).
 
 Inputs and outputs (builder flags of :func:`rnn`, :func:`gru`, :func:`lstm`; the
 plain form ``x`` ``(batch, time, features)`` -> ``y`` is the default):
@@ -159,10 +163,11 @@ class _GradChunks:
     ``bptt`` writes step ``t``'s gate gradients ``(R, N)`` into :meth:`at` (a
     contiguous buffer) and then calls :meth:`done`; every ``k`` steps the chunk is
     transposed to ``(R, k*N)`` and folded into ``dw_x``, ``db``, ``dx`` and ``dw_h``
-    with one matmul each (so no stack of all steps is ever allocated).  ``x_rows``: pairs ``(rows, columns)`` mapping buffer rows to
-    the columns of ``w_x``/``b``; ``h_rows``: the rows of the recurrent matmul's
-    gradient (``w_h``'s columns in order); ``sums``: extra rows whose sum over steps
-    and batch is wanted (the GRU's ``b_hn``).  ``xt`` ``(T, N, F)``, ``hs``
+    with one matmul each (so no stack of all steps is ever allocated).  ``x_rows``:
+    pairs ``(rows, columns)`` mapping buffer rows to the columns of ``w_x``/``b``;
+    ``h_rows``: the rows of the recurrent matmul's gradient (``w_h``'s columns in
+    order); ``sums``: extra rows whose sum over steps and batch is wanted (the GRU's
+    ``b_hn``).  ``xt`` ``(T, N, F)``, ``hs``
     ``(H, T, N)``, ``h0`` ``(H, N)`` or None (zeros).
     """
 
@@ -805,7 +810,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
 
     def child_inputs(inp, x, index):
         if index is None:
-            return x, np.ascontiguousarray(x[:, ::-1])  # one compact copy, reused by the child
+            return x, x[:, ::-1]  # a view: the recurrent cells copy their input once anyway
         return inp, (reverse_time(x, index), inp[1])
 
     def combine(y_f, y_b):
