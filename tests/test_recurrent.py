@@ -700,13 +700,14 @@ def _max_rel(a, b):
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)],
                          ids=["float32", "float64"])
 @pytest.mark.parametrize("chunk", [None, 10], ids=["one_chunk", "chunks_of_2"])
+@pytest.mark.parametrize("feats", [3, 1])    # one feature: the projection's outer-product path
 def test_fast_bptt_matches_straightforward_reference(kind, return_sequences, dtype, tol,
-                                                     chunk, monkeypatch):
+                                                     chunk, feats, monkeypatch):
     import fundl.layers.recurrent as rec
     if chunk is not None:   # 10 columns: folds of 2 steps of 5 examples, the last one short
         monkeypatch.setattr(rec, "_CHUNK_COLUMNS", chunk)
     make = {"rnn": rnn, "gru": gru, "lstm": lstm}[kind]
-    n_b, steps, feats, hid = 5, 7, 3, 6
+    n_b, steps, hid = 5, 7, 6
     layer = make(hid, return_sequences=return_sequences, dtype=dtype)
     params = tree.cast(_params64(layer, (steps, feats), seed=3), dtype)
     x = _x64(n_b, steps, feats, seed=4).astype(dtype)
@@ -723,3 +724,10 @@ def test_fast_bptt_matches_straightforward_reference(kind, return_sequences, dty
         assert grads[k].dtype == dtype and grads[k].shape == params[k].shape
         assert _max_rel(grads[k], grads_ref[k]) < tol, k
     assert np.array_equal(layer.apply(params, {}, x), y)   # inference takes the same path
+
+
+@pytest.mark.parametrize("make", [rnn, gru, lstm], ids=["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_check_layer_one_feature(make, return_sequences):
+    res = check_layer(make(3, return_sequences=return_sequences), (5, 1))
+    assert res.max_error < 1e-6

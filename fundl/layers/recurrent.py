@@ -97,7 +97,10 @@ def _feature_major(a: Array) -> Array:
 def _input_projection(xt: Array, w_x: Array, b: Array) -> Array:
     """``(x_t @ w_x + b)^T`` for all steps: ``xt`` ``(T, N, F)`` -> ``(T, G*H, N)`` (fresh;
     each step's gates contiguous)."""
-    xp = np.matmul(w_x.T, xt.swapaxes(1, 2))
+    if xt.shape[2] == 1:  # a matmul over one feature is an outer product, ~3x faster so
+        xp = np.multiply(w_x.T[None], xt.swapaxes(1, 2))
+    else:
+        xp = np.matmul(w_x.T, xt.swapaxes(1, 2))
     xp += b[:, None]
     return xp
 
@@ -105,7 +108,10 @@ def _input_projection(xt: Array, w_x: Array, b: Array) -> Array:
 def _projection_by_unit(xt: Array, w_x: Array, b: Array) -> Array:
     """The same as ``(H, T, N)`` (one matmul; a step's slice has rows ``T*N`` apart)."""
     t, n, f = xt.shape
-    xp = (w_x.T @ xt.reshape(t * n, f).T).reshape(w_x.shape[1], t, n)
+    if f == 1:  # an outer product (see _input_projection)
+        xp = np.multiply(w_x.T[:, :, None], xt[None, :, :, 0])
+    else:
+        xp = (w_x.T @ xt.reshape(t * n, f).T).reshape(w_x.shape[1], t, n)
     xp += b[:, None, None]
     return xp
 
