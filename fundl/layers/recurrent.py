@@ -6,8 +6,8 @@ units) -- so that every gate block of every step is one contiguous array (the
 per-step elementwise work is many small ufunc calls; on strided slices each
 costs several times more) and the step's matmul is a single ``(G*H, H) @ (H, N)``:
 
-- forward: the input projection of all time steps is one batched matmul into a
-  ``(T, G*H, N)`` buffer, done before the loop; the loop over time does one
+- forward: the input projection of all time steps is one batched matmul (an
+  outer product for one feature) into a ``(T, G*H, N)`` buffer, done before the loop; the loop over time does one
   matmul per step and computes the gate activations in place in that buffer with
   preallocated temporaries (nothing is allocated per step);
 - backward (BPTT): the pullback loops backward over time, writing each step's
@@ -118,7 +118,7 @@ def _projection_by_unit(xt: Array, w_x: Array, b: Array) -> Array:
 
 def _last(h: Array) -> Array:
     """A feature-major state ``(H, N)`` as the compact ``(N, H)`` array of its own."""
-    return np.ascontiguousarray(h.T)
+    return h.T.copy()
 
 
 def _add(a: Optional[Array], b: Optional[Array]) -> Array:
@@ -173,8 +173,8 @@ class _GradChunks:
     pairs ``(rows, columns)`` mapping buffer rows to the columns of ``w_x``/``b``;
     ``h_rows``: the rows of the recurrent matmul's gradient (``w_h``'s columns in
     order); ``sums``: extra rows whose sum over steps and batch is wanted (the GRU's
-    ``b_hn``).  ``xt`` ``(T, N, F)``, ``hs``
-    ``(H, T, N)``, ``h0`` ``(H, N)`` or None (zeros).
+    ``b_hn``).  ``xt`` ``(T, N, F)``, ``hs`` ``(H, T, N)``, ``h0`` ``(H, N)`` or None
+    (zeros).
     """
 
     def __init__(self, xt: Array, hs: Array, h0: Optional[Array], w_x: Array, n_rows: int,
@@ -332,7 +332,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
         if return_sequences:
             if steps.vf is not None:
                 hs = hs * steps.vf.swapaxes(0, 1)              # zeros at padded steps
-            y = np.ascontiguousarray(hs.transpose(2, 1, 0))    # (N, T, H)
+            y = hs.transpose(2, 1, 0).copy()                   # (N, T, H), compact
         else:
             y = _last(hs[:, -1])
         if not return_state:
