@@ -7,7 +7,8 @@ per-step elementwise work is many small ufunc calls; on strided slices each
 costs several times more) and the step's matmul is a single ``(G*H, H) @ (H, N)``:
 
 - forward: the input projection of all time steps is one batched matmul (an
-  outer product for one feature) into a ``(T, G*H, N)`` buffer, done before the loop; the loop over time does one
+  outer product for one feature) into a ``(T, G*H, N)`` buffer, done before the
+  loop; the loop over time does one
   matmul per step and computes the gate activations in place in that buffer with
   preallocated temporaries (nothing is allocated per step);
 - backward (BPTT): the pullback loops backward over time, writing each step's
