@@ -8,9 +8,9 @@ costs several times more) and the step's matmul is a single ``(G*H, H) @ (H, N)`
 
 - forward: the input projection of all time steps is one batched matmul (an
   outer product for one feature) into a ``(T, G*H, N)`` buffer, done before the
-  loop; the loop over time does one
-  matmul per step and computes the gate activations in place in that buffer with
-  preallocated temporaries (nothing is allocated per step);
+  loop; the loop over time does one matmul per step and computes the gate
+  activations in place in that buffer with preallocated temporaries (nothing is
+  allocated per step);
 - backward (BPTT): the pullback loops backward over time, writing each step's
   gate gradients ``dG_t`` into a buffer of a chunk of steps; every chunk is
   folded into ``dw_x = X^T dG``, ``dw_h = H_prev^T dG`` and ``dx = dG w_x^T``
