@@ -613,3 +613,121 @@ def test_matches_torch_bidirectional_packed(make):
         for name in grads[k]:
             np.testing.assert_allclose(grads[k][name], want[name], rtol=0, atol=1e-6,
                                        err_msg=f"{k}/{name}")
+
+
+# --- the fast scan/BPTT against a straightforward batched forward + BPTT --------------
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def ref_bptt(kind, p, x, dy, return_sequences):
+    """Batch-first, one step at a time, no buffers: ``y`` and ``pullback(dy)`` of a cell
+    (zero initial state), in the dtype of ``x``."""
+    n_b, steps, _ = x.shape
+    hid = p["w_h"].shape[0]
+    one = x.dtype.type(1)
+    blk = [slice(j * hid, (j + 1) * hid) for j in range(4)]
+    h = np.zeros((n_b, hid), x.dtype)
+    c = np.zeros_like(h)
+    hs, cache = [], []
+    for t in range(steps):
+        xw = x[:, t] @ p["w_x"] + p["b"]
+        hw = h @ p["w_h"]
+        if kind == "rnn":
+            h_new = np.tanh(xw + hw)
+            cache.append((h, h_new))
+        elif kind == "gru":
+            r = _sigmoid(xw[:, blk[0]] + hw[:, blk[0]])
+            z = _sigmoid(xw[:, blk[1]] + hw[:, blk[1]])
+            hn = hw[:, blk[2]] + p["b_hn"]
+            n = np.tanh(xw[:, blk[2]] + r * hn)
+            h_new = (one - z) * n + z * h
+            cache.append((h, r, z, hn, n))
+        else:
+            a = xw + hw
+            i, f, o = (_sigmoid(a[:, blk[j]]) for j in (0, 1, 3))
+            g = np.tanh(a[:, blk[2]])
+            c_new = f * c + i * g
+            h_new = o * np.tanh(c_new)
+            cache.append((h, c, i, f, g, o, c_new))
+            c = c_new
+        h = h_new
+        hs.append(h)
+    y = np.stack(hs, axis=1) if return_sequences else hs[-1]
+
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    dx = np.zeros_like(x)
+    dh = np.zeros((n_b, hid), x.dtype)
+    dc = np.zeros_like(dh)
+    for t in reversed(range(steps)):
+        gh = dh + (dy[:, t] if return_sequences else (dy if t == steps - 1 else 0.0))
+        if kind == "rnn":
+            h_prev, h_t = cache[t]
+            da_x = da_h = gh * (one - h_t * h_t)
+        elif kind == "gru":
+            h_prev, r, z, hn, n = cache[t]
+            da_n = gh * (one - z) * (one - n * n)
+            da_r = da_n * hn * r * (one - r)
+            da_z = gh * (h_prev - n) * z * (one - z)
+            da_x = np.concatenate([da_r, da_z, da_n], axis=1)
+            da_h = np.concatenate([da_r, da_z, da_n * r], axis=1)
+            grads["b_hn"] += (da_n * r).sum(axis=0)
+        else:
+            h_prev, c_prev, i, f, g, o, c_t = cache[t]
+            tc = np.tanh(c_t)
+            d_c = dc + gh * o * (one - tc * tc)
+            da_x = da_h = np.concatenate([d_c * g * i * (one - i), d_c * c_prev * f * (one - f),
+                                          d_c * i * (one - g * g), gh * tc * o * (one - o)],
+                                         axis=1)
+            dc = d_c * f
+        grads["w_x"] += x[:, t].T @ da_x
+        grads["b"] += da_x.sum(axis=0)
+        grads["w_h"] += h_prev.T @ da_h
+        dx[:, t] = da_x @ p["w_x"].T
+        dh = da_h @ p["w_h"].T
+        if kind == "gru":
+            dh += gh * z
+    return y, grads, dx
+
+
+def _max_rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("chunk", [None, 10], ids=["one_chunk", "chunks_of_2"])
+@pytest.mark.parametrize("feats", [3, 1])    # one feature: the projection's outer-product path
+def test_fast_bptt_matches_straightforward_reference(kind, return_sequences, dtype, tol,
+                                                     chunk, feats, monkeypatch):
+    import fundl.layers.recurrent as rec
+    if chunk is not None:   # 10 columns: folds of 2 steps of 5 examples, the last one short
+        monkeypatch.setattr(rec, "_CHUNK_COLUMNS", chunk)
+    make = {"rnn": rnn, "gru": gru, "lstm": lstm}[kind]
+    n_b, steps, hid = 5, 7, 6
+    layer = make(hid, return_sequences=return_sequences, dtype=dtype)
+    params = tree.cast(_params64(layer, (steps, feats), seed=3), dtype)
+    x = _x64(n_b, steps, feats, seed=4).astype(dtype)
+    y_shape = (n_b, steps, hid) if return_sequences else (n_b, hid)
+    dy = random.normal(random.key(5), y_shape, np.float64).astype(dtype)
+    y, _, pb = layer.vjp(params, {}, x)
+    grads, dx = pb(dy)
+    y_ref, grads_ref, dx_ref = ref_bptt(kind, params, x, dy, return_sequences)
+    assert y.dtype == dx.dtype == dtype and y.shape == y_shape and dx.shape == x.shape
+    assert _max_rel(y, y_ref) < tol
+    assert _max_rel(dx, dx_ref) < tol
+    assert sorted(grads) == sorted(grads_ref)
+    for k in grads:
+        assert grads[k].dtype == dtype and grads[k].shape == params[k].shape
+        assert _max_rel(grads[k], grads_ref[k]) < tol, k
+    assert np.array_equal(layer.apply(params, {}, x), y)   # inference takes the same path
+
+
+@pytest.mark.parametrize("make", [rnn, gru, lstm], ids=["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_check_layer_one_feature(make, return_sequences):
+    res = check_layer(make(3, return_sequences=return_sequences), (5, 1))
+    assert res.max_error < 1e-6

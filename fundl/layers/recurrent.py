@@ -1,15 +1,20 @@
 """Recurrent layers over ``(batch, time, features)``: rnn, gru, lstm, bidirectional.
 
-Every cell follows the same plan, for speed:
+Every cell follows the same plan, for speed.  Inside, a step's arrays are
+feature-major -- ``(H, N)`` states and ``(G*H, N)`` gates (``G`` gates of ``H``
+units) -- so that every gate block of every step is one contiguous array (the
+per-step elementwise work is many small ufunc calls; on strided slices each
+costs several times more) and the step's matmul is a single ``(G*H, H) @ (H, N)``:
 
-- forward: the input projection of all time steps is one matmul
-  ``(N*T, F) @ (F, G*H)`` (``G`` gates of ``H`` units), done before the loop;
-  the loop over time does one ``(N, H) @ (H, G*H)`` per step and writes the
-  gate activations in place into that projection buffer;
-- backward (BPTT): the pullback loops backward over time and stacks the
-  per-step gate gradients ``dG`` of shape ``(N, T, G*H)``; then
-  ``dw_x = X^T @ dG``, ``dw_h = H_prev^T @ dG`` and ``dx = dG @ w_x^T`` are one
-  matmul each.
+- forward: the input projection of all time steps is one batched matmul (an
+  outer product for one feature) into a ``(T, G*H, N)`` buffer, done before the
+  loop; the loop over time does one matmul per step and computes the gate
+  activations in place in that buffer with preallocated temporaries (nothing is
+  allocated per step);
+- backward (BPTT): the pullback loops backward over time, writing each step's
+  gate gradients ``dG_t`` into a buffer of a chunk of steps; every chunk is
+  folded into ``dw_x = X^T dG``, ``dw_h = H_prev^T dG`` and ``dx = dG w_x^T``
+  with one matmul each (:class:`_GradChunks`).
 
 Inputs and outputs (builder flags of :func:`rnn`, :func:`gru`, :func:`lstm`; the
 plain form ``x`` ``(batch, time, features)`` -> ``y`` is the default):
@@ -80,17 +85,41 @@ def _check_input(params: Dict[str, Array], x: Any) -> None:
     check_param_dtype(x, w_x)
 
 
-def _input_projection(x: Array, w_x: Array, b: Array) -> Array:
-    """``x @ w_x + b`` for all steps at once: ``(N, T, F) -> (N, T, G*H)`` (a fresh array)."""
-    n, t, f = x.shape
-    xp = (x.reshape(n * t, f) @ w_x).reshape(n, t, w_x.shape[1])
-    xp += b
+def _time_major(x: Array) -> Array:
+    """``(N, T, F)`` -> a compact time-major ``(T, N, F)`` copy."""
+    return np.ascontiguousarray(x.swapaxes(0, 1))
+
+
+def _feature_major(a: Array) -> Array:
+    """A compact transposed copy: ``(N, H)`` -> ``(H, N)``, ``(N, T, H)`` -> ``(T, H, N)``."""
+    return np.ascontiguousarray(a.T if a.ndim == 2 else a.transpose(1, 2, 0))
+
+
+def _input_projection(xt: Array, w_x: Array, b: Array) -> Array:
+    """``(x_t @ w_x + b)^T`` for all steps: ``xt`` ``(T, N, F)`` -> ``(T, G*H, N)`` (fresh;
+    each step's gates contiguous)."""
+    if xt.shape[2] == 1:  # a matmul over one feature is an outer product, ~3x faster so
+        xp = np.multiply(w_x.T[None], xt.swapaxes(1, 2))
+    else:
+        xp = np.matmul(w_x.T, xt.swapaxes(1, 2))
+    xp += b[:, None]
+    return xp
+
+
+def _projection_by_unit(xt: Array, w_x: Array, b: Array) -> Array:
+    """The same as ``(H, T, N)`` (one matmul; a step's slice has rows ``T*N`` apart)."""
+    t, n, f = xt.shape
+    if f == 1:  # an outer product (see _input_projection)
+        xp = np.multiply(w_x.T[:, :, None], xt[None, :, :, 0])
+    else:
+        xp = (w_x.T @ xt.reshape(t * n, f).T).reshape(w_x.shape[1], t, n)
+    xp += b[:, None, None]
     return xp
 
 
 def _last(h: Array) -> Array:
-    """The last hidden state ``(N, H)`` as a compact array (drops the view on a big buffer)."""
-    return np.ascontiguousarray(h)
+    """A feature-major state ``(H, N)`` as the compact ``(N, H)`` array of its own."""
+    return h.T.copy()
 
 
 def _add(a: Optional[Array], b: Optional[Array]) -> Array:
@@ -102,63 +131,127 @@ def _add(a: Optional[Array], b: Optional[Array]) -> Array:
     return a + b
 
 
+def _grad_in(dy_t: Optional[Array], dh: Optional[Array]) -> Optional[Array]:
+    """``dy_t + dh``, written into ``dh`` (the scan's own buffer); either may be None."""
+    if dh is None:
+        return dy_t
+    if dy_t is not None:
+        dh += dy_t
+    return dh
+
+
 def _masked(g: Array, v: Optional[Array]) -> Array:
-    """``g`` where the step is valid (``v`` is the ``(N, 1)`` 0/1 mask of a step), else 0."""
+    """``g`` where the step is valid (``v`` is the ``(1, N)`` 0/1 mask of a step), else 0."""
     return g if v is None else g * v
 
 
 def _passed(dh: Array, g: Array, v: Optional[Array]) -> Array:
-    """``dh`` plus the gradient ``g`` carried through the padded rows unchanged."""
+    """``dh`` plus the gradient ``g`` carried through the padded columns unchanged."""
     if v is None:
         return dh
     dh += g * (1.0 - v)
     return dh
 
 
-def _blend_(new: Array, old: Any, valid: Optional[Array]) -> None:
-    """In place: ``new <- old`` in the rows of padded steps (``valid`` is ``(N,)`` bool)."""
-    if valid is not None and not valid.all():
-        np.copyto(new, old, where=~valid[:, None])
+def _blend_(new: Array, old: Any, pad: Optional[Array]) -> None:
+    """In place: ``new <- old`` in the columns of padded steps (``pad`` is ``(1, N)`` bool)."""
+    if pad is not None:
+        np.copyto(new, old, where=pad)
 
 
-def _input_grads(x: Array, dgx: Array, w_x: Array,
-                 need_dx: bool) -> Tuple[Array, Array, Optional[Array]]:
-    """``(dw_x, db, dx)`` from the stacked input-side gate gradients ``dgx`` ``(N, T, G*H)``."""
-    n, t, f = x.shape
-    dg2 = dgx.reshape(n * t, -1)
-    dw_x = x.reshape(n * t, f).T @ dg2
-    db = dg2.sum(axis=0)
-    dx = (dg2 @ w_x.T).reshape(n, t, f) if need_dx else None
-    return dw_x, db, dx
+#: Columns (steps x batch) of the gate-gradient buffer of :class:`_GradChunks`: a chunk
+#: of steps small enough to stay in the cache, large enough for efficient matmuls.
+_CHUNK_COLUMNS = 1024
 
 
-def _recurrent_grad(hs: Array, dgh: Array, h0: Optional[Array] = None) -> Array:
-    """``dw_h = sum_t h_{t-1}^T dG_t`` as one matmul (``h_{-1} = h0``; None: zeros, nothing)."""
-    n, t, h = hs.shape
-    h_prev = hs[:, :-1].reshape(n * (t - 1), h)
-    dw_h = h_prev.T @ dgh[:, 1:].reshape(n * (t - 1), dgh.shape[2])
-    if h0 is not None:
-        dw_h += h0.T @ dgh[:, 0]
-    return dw_h
+class _GradChunks:
+    """The weight, bias and input gradients of a cell from its per-step gate gradients.
+
+    ``bptt`` writes step ``t``'s gate gradients ``(R, N)`` into :meth:`at` (a
+    contiguous buffer) and then calls :meth:`done`; every ``k`` steps the chunk is
+    transposed to ``(R, k*N)`` and folded into ``dw_x``, ``db``, ``dx`` and ``dw_h``
+    with one matmul each (so no stack of all steps is ever allocated).  ``x_rows``:
+    pairs ``(rows, columns)`` mapping buffer rows to the columns of ``w_x``/``b``;
+    ``h_rows``: the rows of the recurrent matmul's gradient (``w_h``'s columns in
+    order); ``sums``: extra rows whose sum over steps and batch is wanted (the GRU's
+    ``b_hn``).  ``xt`` ``(T, N, F)``, ``hs`` ``(H, T, N)``, ``h0`` ``(H, N)`` or None
+    (zeros).
+    """
+
+    def __init__(self, xt: Array, hs: Array, h0: Optional[Array], w_x: Array, n_rows: int,
+                 x_rows: Tuple[Tuple[slice, slice], ...], h_rows: slice,
+                 need_dx: bool, sums: Optional[slice] = None) -> None:
+        n_t, n_b, f = xt.shape
+        dt = xt.dtype
+        self.xt, self.hs, self.h0, self.w_x = xt, hs, h0, w_x
+        self.x_rows, self.h_rows, self.sum_rows = x_rows, h_rows, sums
+        self.k = max(1, min(n_t, _CHUNK_COLUMNS // n_b))
+        self.buf = np.empty((self.k, n_rows, n_b), dt)
+        self.folded = np.empty((n_rows, self.k, n_b), dt)
+        self.dw_x = np.zeros((f, w_x.shape[1]), dt)
+        self.db = np.zeros(w_x.shape[1], dt)
+        self.dw_h = np.zeros((hs.shape[0], h_rows.stop - h_rows.start), dt)
+        self.sums = None if sums is None else np.zeros(sums.stop - sums.start, dt)
+        self.dx = np.empty((n_b, n_t, f), dt) if need_dx else None
+
+    def at(self, t: int) -> Array:
+        """Where step ``t``'s gate gradients go: a contiguous ``(R, N)`` view."""
+        return self.buf[t % self.k]
+
+    def done(self, t: int) -> None:
+        """Step ``t`` is written (steps run backward: fold the chunk at its first step)."""
+        if t % self.k == 0:
+            self._fold(t, min(self.k, self.xt.shape[0] - t))
+
+    def _fold(self, t0: int, m: int) -> None:
+        n_b = self.xt.shape[1]
+        d = self.folded[:, :m]
+        np.copyto(d, self.buf[:m].swapaxes(0, 1))
+        d = d.reshape(-1, m * n_b)
+        x2 = self.xt[t0:t0 + m].reshape(m * n_b, -1)
+        dx = None
+        for rows, cols in self.x_rows:
+            self.dw_x[:, cols] += x2.T @ d[rows].T
+            self.db[cols] += d[rows].sum(axis=1)
+            if self.dx is not None:
+                part = d[rows].T @ self.w_x[:, cols].T
+                dx = part if dx is None else np.add(dx, part, out=dx)
+        if dx is not None:
+            self.dx[:, t0:t0 + m] = dx.reshape(m, n_b, -1).swapaxes(0, 1)
+        if self.sums is not None:
+            self.sums += d[self.sum_rows].sum(axis=1)
+        dh = d[self.h_rows]
+        hdim = self.hs.shape[0]
+        if t0 > 0:
+            self.dw_h += self.hs[:, t0 - 1:t0 + m - 1].reshape(hdim, m * n_b) @ dh.T
+            return
+        if m > 1:
+            self.dw_h += self.hs[:, :m - 1].reshape(hdim, (m - 1) * n_b) @ dh[:, n_b:].T
+        if self.h0 is not None:
+            self.dw_h += self.h0 @ dh[:, :n_b].T
 
 
 class _Steps(NamedTuple):
-    """What a cell's scan and bptt need beyond params and x.
+    """What a cell's scan and bptt need beyond params and x (feature-major, time first).
 
-    ``state0``: the initial state as a tuple (``(h0,)`` or ``(h0, c0)``), or None
-    for zeros; ``valid``: ``(N, T)`` bool, True at real (unpadded) steps, or None
-    when every step is real; ``vf``: ``valid`` as ``(N, T, 1)`` 0/1 of x's dtype.
+    ``state0``: the initial state as a tuple of ``(H, N)`` arrays (``(h0,)`` or
+    ``(h0, c0)``), or None for zeros; ``vf``: ``(T, 1, N)`` 0/1 of x's dtype, 1 at
+    real (unpadded) steps, and ``pad``: ``(T, 1, N)`` bool, True at padded steps --
+    both None when every step is real (then the mask helpers do nothing).
     """
 
     state0: Optional[Tuple[Array, ...]]
-    valid: Optional[Array]
     vf: Optional[Array]
+    pad: Optional[Array]
 
     def v(self, t: int) -> Optional[Array]:
-        return None if self.vf is None else self.vf[:, t]
+        return None if self.vf is None else self.vf[t]
 
-    def valid_at(self, t: int) -> Optional[Array]:
-        return None if self.valid is None else self.valid[:, t]
+    def pad_at(self, t: int) -> Optional[Array]:
+        """The ``(1, N)`` padded columns of step ``t``, or None when it has none."""
+        if self.pad is None or not self.pad[t].any():
+            return None
+        return self.pad[t]
 
 
 def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
@@ -169,15 +262,21 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
                      with_initial_state: bool = False, return_state: bool = False) -> Layer:
     """Wrap a cell's ``scan``/``bptt`` into a Layer (inputs, checks, shapes, return modes).
 
-    ``scan(params, x, steps, keep) -> (hs, cache, final)``: ``hs`` ``(N, T, H)`` are
+    Inside, every per-step array is feature-major, ``(H, N)`` for a state and
+    ``(G*H, N)`` for the gates, so that each gate block is contiguous and the step's
+    matmul is one ``(G*H, H) @ (H, N)``; the stacks over time are ``(T, G*H, N)``
+    (the forward's gates: a step's slice is contiguous) or ``(H, T, N)``, ``(G*H, T,
+    N)`` (the states and the gradients: one matmul for ``dw``):
+    ``scan(params, x, steps, keep) -> (hs, cache, final)``: ``hs`` ``(H, T, N)`` are
     the hidden states carried after every step (a padded step carries the previous
     one); ``cache`` holds the other residuals for ``bptt`` when ``keep`` (inference
     passes ``keep=False``); ``final`` is the final state tuple.
-    ``bptt(params, x, hs, cache, steps, dy_at, dfinal, need_dx) -> (dparams, dx,
-    dstate0)``; ``dy_at(t)`` is the gradient of the carried ``h`` at step ``t`` from
-    outside (None if none), ``dfinal`` the gradients of the final state's other
-    parts (``(dc_n,)`` for the LSTM, or None), ``dstate0`` the initial state's
-    gradient tuple (when ``steps.state0`` is given).
+    ``bptt(params, hs, cache, steps, dy_at, dfinal, need_dx) -> (dparams, dx,
+    dstate0)``; ``dy_at(t)`` is the ``(H, N)`` gradient of the carried ``h`` at step
+    ``t`` from outside (None if none; never written), ``dfinal`` the gradients of
+    the final state's other parts (``(dc_n,)`` for the LSTM, or None), ``dx`` is
+    ``(N, T, F)`` (None unless ``need_dx``), ``dstate0`` the initial state's gradient
+    tuple (when ``steps.state0`` is given).
     """
     if int(hidden) < 1:
         raise ValueError(f"{name} needs hidden >= 1, got {hidden}")
@@ -219,20 +318,22 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
             raise LayerError(f"expected a tuple of {n_inputs} inputs {forms}, got {got}")
         x = inp[0]
         _check_input(params, x)
-        valid = vf = state0 = None
+        vf = pad = state0 = None
         if with_lengths:
             valid = _valid_steps(inp[1], x.shape[0], x.shape[1])
-            if valid.all():
-                valid = None
-            else:
-                vf = valid[:, :, None].astype(x.dtype)
+            if not valid.all():
+                valid = valid.T[:, None, :]                   # (T, 1, N)
+                vf, pad = valid.astype(x.dtype), ~valid
         if with_initial_state:
-            state0 = _check_state(inp[-1], n_state, x.shape[0], hidden, x.dtype)
-        return x, _Steps(state0, valid, vf)
+            state0 = tuple(_feature_major(a) for a in
+                           _check_state(inp[-1], n_state, x.shape[0], hidden, x.dtype))
+        return x, _Steps(state0, vf, pad)
 
     def outputs(hs, final, steps):
         if return_sequences:
-            y = hs if steps.vf is None else hs * steps.vf     # zeros at padded steps
+            if steps.vf is not None:
+                hs = hs * steps.vf.swapaxes(0, 1)              # zeros at padded steps
+            y = hs.transpose(2, 1, 0).copy()                   # (N, T, H), compact
         else:
             y = _last(hs[:, -1])
         if not return_state:
@@ -256,22 +357,25 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
             if return_state:
                 dy, dstate = dy
                 dstate = (dstate,) if n_state == 1 else tuple(dstate)
-                dfinal = dstate[1:] or None
-                dh_n = dstate[0]
+                dfinal = tuple(_feature_major(a) for a in dstate[1:]) or None
+                dh_n = _feature_major(dstate[0])
             else:
                 dh_n = None
             if return_sequences:
-                dys = dy if steps.vf is None else dy * steps.vf
-                dy_at = lambda t: _add(dys[:, t], dh_n) if t == last else dys[:, t]  # noqa: E731
+                dys = _feature_major(dy)
+                if steps.vf is not None:
+                    dys *= steps.vf
+                dy_at = lambda t: _add(dys[t], dh_n) if t == last else dys[t]  # noqa: E731
             else:
-                dy_last = _add(dy, dh_n)
+                dy_last = _add(_feature_major(dy), dh_n)
                 dy_at = lambda t: dy_last if t == last else None  # noqa: E731
-            dparams, dx, dstate0 = bptt(params, x, hs, cache, steps, dy_at, dfinal, need_dx)
+            dparams, dx, dstate0 = bptt(params, hs, cache, steps, dy_at, dfinal, need_dx)
             if n_inputs == 1 or not need_dx:
                 return dparams, dx
             dxs = (dx,) + ((None,) if with_lengths else ())
             if with_initial_state:
-                dxs += (dstate0[0] if n_state == 1 else tuple(dstate0),)
+                dstate0 = tuple(_last(a) for a in dstate0)
+                dxs += (dstate0[0] if n_state == 1 else dstate0,)
             return dparams, dxs
 
         return y, pullback
@@ -348,30 +452,37 @@ def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
     act_, act_grad = _RNN_ACTIVATIONS[activation]
 
     def scan(params, x, steps, keep):
-        w_h = params["w_h"]
-        hs = _input_projection(x, params["w_x"], params["b"])  # becomes h_t in place
+        w_ht = np.ascontiguousarray(params["w_h"].T)
+        xt = _time_major(x)
+        hs = _projection_by_unit(xt, params["w_x"], params["b"])  # becomes h_t in place
         h = None if steps.state0 is None else steps.state0[0]
-        for t in range(x.shape[1]):
+        hp = np.empty_like(hs[:, 0])
+        for t in range(hs.shape[1]):
             a = hs[:, t]
             if h is not None:
-                a += h @ w_h
+                a += np.matmul(w_ht, h, out=hp)
             act_(a, out=a)
-            _blend_(a, 0.0 if h is None else h, steps.valid_at(t))
+            _blend_(a, 0.0 if h is None else h, steps.pad_at(t))
             h = a
-        return hs, None, (hs[:, -1],)
+        return hs, xt, (hs[:, -1],)
 
-    def bptt(params, x, hs, cache, steps, dy_at, dfinal, need_dx):
+    def bptt(params, hs, xt, steps, dy_at, dfinal, need_dx):
         w_h = params["w_h"]
         h0 = None if steps.state0 is None else steps.state0[0]
-        da = np.empty_like(hs)  # dL/d(pre-activation), stacked over time
+        hdim, n_t, n_b = hs.shape
+        every = slice(0, hdim)
+        chunks = _GradChunks(xt, hs, h0, params["w_x"], hdim, ((every, every),), every, need_dx)
+        bufs = np.empty((2, hdim, n_b), hs.dtype)   # dh, alternately
         dh = None
-        for t in reversed(range(hs.shape[1])):
-            g, v = _add(dy_at(t), dh), steps.v(t)
-            act_grad(hs[:, t], _masked(g, v), out=da[:, t])
-            dh = _passed(da[:, t] @ w_h.T, g, v) if t > 0 or h0 is not None else None
-        dw_x, db, dx = _input_grads(x, da, params["w_x"], need_dx)
-        grads = {"w_x": dw_x, "w_h": _recurrent_grad(hs, da, h0), "b": db}
-        return grads, dx, None if h0 is None else (dh,)
+        for t in reversed(range(n_t)):
+            g, v = _grad_in(dy_at(t), dh), steps.v(t)
+            da = chunks.at(t)                       # dL/d(pre-activation)
+            act_grad(hs[:, t], _masked(g, v), out=da)
+            if t > 0 or h0 is not None:
+                dh = _passed(np.matmul(w_h, da, out=bufs[t % 2]), g, v)
+            chunks.done(t)
+        grads = {"w_x": chunks.dw_x, "w_h": chunks.dw_h, "b": chunks.db}
+        return grads, chunks.dx, None if h0 is None else (dh,)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype,
                             _gate_init(w_x_init, w_h_init, b_init, 1), scan, bptt,
@@ -414,64 +525,73 @@ def gru(hidden: int, *, return_sequences: bool = True,
         return params
 
     def scan(params, x, steps, keep):
-        w_h, b_hn = params["w_h"], params["b_hn"]
-        hdim = w_h.shape[0]
-        acts = _input_projection(x, params["w_x"], params["b"])  # becomes r, z, n in place
-        n_b, n_t = x.shape[0], x.shape[1]
-        hs = np.empty((n_b, n_t, hdim), x.dtype)
-        hns = np.empty_like(hs) if keep else None
-        h = np.zeros((n_b, hdim), x.dtype) if steps.state0 is None else steps.state0[0]
+        w_ht, b_hn = np.ascontiguousarray(params["w_h"].T), params["b_hn"][:, None]
+        xt = _time_major(x)
+        acts = _input_projection(xt, params["w_x"], params["b"])  # becomes r, z, n in place
+        n_t, n_b, hdim = xt.shape[0], xt.shape[1], w_ht.shape[1]
+        hs = np.empty((hdim, n_t, n_b), x.dtype)
+        hns = np.empty((n_t, hdim, n_b), x.dtype) if keep else None
+        hp = np.empty((3 * hdim, n_b), x.dtype)   # (h @ w_h)^T
+        tmp = np.empty((hdim, n_b), x.dtype)
+        h = np.zeros((hdim, n_b), x.dtype) if steps.state0 is None else steps.state0[0]
         for t in range(n_t):
-            hp = h @ w_h
-            a = acts[:, t]
-            rz = a[:, :2 * hdim]
-            rz += hp[:, :2 * hdim]
+            np.matmul(w_ht, h, out=hp)
+            a = acts[t]
+            rz = a[:2 * hdim]
+            rz += hp[:2 * hdim]
             kernels.sigmoid_tanh(rz, out=rz)
-            r, z = a[:, :hdim], a[:, hdim:2 * hdim]
-            hn = hp[:, 2 * hdim:]
-            hn += b_hn
-            if keep:
-                hns[:, t] = hn
-            n = a[:, 2 * hdim:]
-            n += r * hn
+            r, z, n = a[:hdim], a[hdim:2 * hdim], a[2 * hdim:]
+            hn = np.add(hp[2 * hdim:], b_hn, out=hns[t] if keep else hp[2 * hdim:])
+            n += np.multiply(r, hn, out=tmp)
             np.tanh(n, out=n)
-            h_new = np.subtract(h, n, out=hs[:, t])
+            h_new = np.subtract(h, n, out=tmp)
             h_new *= z
             h_new += n
-            _blend_(h_new, h, steps.valid_at(t))
-            h = h_new
-        return hs, (acts, hns), (hs[:, -1],)
+            _blend_(h_new, h, steps.pad_at(t))
+            h = hs[:, t]
+            h[...] = h_new
+        return hs, (xt, acts, hns), (hs[:, -1],)
 
-    def bptt(params, x, hs, cache, steps, dy_at, dfinal, need_dx):
-        acts, hns = cache
+    def bptt(params, hs, cache, steps, dy_at, dfinal, need_dx):
+        xt, acts, hns = cache
         w_h = params["w_h"]
-        hdim = w_h.shape[0]
         h0 = None if steps.state0 is None else steps.state0[0]
-        dgx = np.empty_like(acts)  # gradient of the input projection (r, z, n)
-        dgh = np.empty_like(acts)  # gradient of h @ w_h + [0, 0, b_hn] (r, z, hn)
+        hdim, n_t, n_b = hs.shape
+        # rows r, z, hn, n: the gradients of (h @ w_h + [0, 0, b_hn])^T (r, z, hn) and of
+        # the input projection's n block (its r, z blocks are those of h @ w_h)
+        h2, h3 = 2 * hdim, 3 * hdim
+        chunks = _GradChunks(xt, hs, h0, params["w_x"], 4 * hdim,
+                             ((slice(0, h2), slice(0, h2)), (slice(h3, 4 * hdim), slice(h2, h3))),
+                             slice(0, h3), need_dx, sums=slice(h2, h3))
+        omrz = np.empty((2 * hdim, n_b), hs.dtype)   # 1 - r, 1 - z, then r (1 - r), z (1 - z)
+        tmp = np.empty((hdim, n_b), hs.dtype)
+        bufs = np.empty((2, hdim, n_b), hs.dtype)     # dh, alternately
         dh = None
-        for t in reversed(range(hs.shape[1])):
-            g_all, v = _add(dy_at(t), dh), steps.v(t)
+        for t in reversed(range(n_t)):
+            g_all, v = _grad_in(dy_at(t), dh), steps.v(t)
             g = _masked(g_all, v)                   # zero at padded steps
-            a = acts[:, t]
-            r, z, n = a[:, :hdim], a[:, hdim:2 * hdim], a[:, 2 * hdim:]
-            gx, gh = dgx[:, t], dgh[:, t]
+            a, d = acts[t], chunks.at(t)
+            r, z, n = a[:hdim], a[hdim:2 * hdim], a[2 * hdim:]
+            d_r, d_z, d_hn, d_n = d[:hdim], d[hdim:h2], d[h2:h3], d[h3:]
             h_prev = hs[:, t - 1] if t > 0 else (0.0 if h0 is None else h0)
-            da_n = g * (1.0 - z)
-            da_n *= 1.0 - n * n                                   # d(pre-tanh of n)
-            gx[:, 2 * hdim:] = da_n
-            np.multiply(da_n, r, out=gh[:, 2 * hdim:])              # d(h @ w_hn + b_hn)
-            np.multiply(da_n * hns[:, t], r * (1.0 - r), out=gx[:, :hdim])
-            np.multiply(g * (h_prev - n), z * (1.0 - z), out=gx[:, hdim:2 * hdim])
-            gh[:, :2 * hdim] = gx[:, :2 * hdim]
-            dh = g * z
+            np.subtract(1.0, a[:2 * hdim], out=omrz)
+            np.multiply(g, omrz[hdim:], out=d_n)                  # d(pre-tanh of n)
+            np.multiply(n, n, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            d_n *= tmp
+            np.multiply(d_n, r, out=d_hn)                          # d(h @ w_hn + b_hn)
+            np.multiply(d_n, hns[t], out=d_r)
+            np.subtract(h_prev, n, out=d_z)
+            d_z *= g
+            omrz *= a[:2 * hdim]
+            d[:2 * hdim] *= omrz                                   # d(a_r), d(a_z)
             if t > 0 or h0 is not None:
-                dh += gh @ w_h.T
-            dh = _passed(dh, g_all, v)
-        dw_x, db, dx = _input_grads(x, dgx, params["w_x"], need_dx)
-        grads = {"w_x": dw_x, "w_h": _recurrent_grad(hs, dgh, h0), "b": db,
-                 "b_hn": dgh[:, :, 2 * hdim:].sum(axis=(0, 1))}
-        return grads, dx, None if h0 is None else (dh,)
+                dh = np.multiply(g, z, out=bufs[t % 2])
+                dh += np.matmul(w_h, d[:3 * hdim], out=tmp)
+                dh = _passed(dh, g_all, v)
+            chunks.done(t)
+        grads = {"w_x": chunks.dw_x, "w_h": chunks.dw_h, "b": chunks.db, "b_hn": chunks.sums}
+        return grads, chunks.dx, None if h0 is None else (dh,)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype, init_params, scan, bptt,
                             1, with_lengths, with_initial_state, return_state)
@@ -511,67 +631,90 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
         return params
 
     def scan(params, x, steps, keep):
-        w_h = params["w_h"]
-        hdim = w_h.shape[0]
-        acts = _input_projection(x, params["w_x"], params["b"])  # becomes i, f, g, o
-        n_b, n_t = x.shape[0], x.shape[1]
-        hs = np.empty((n_b, n_t, hdim), x.dtype)
-        cs = np.empty_like(hs) if keep else None
-        tcs = np.empty_like(hs) if keep else None
+        w_ht = np.ascontiguousarray(params["w_h"].T)
+        xt = _time_major(x)
+        acts = _input_projection(xt, params["w_x"], params["b"])  # becomes i, f, g, o
+        n_t, n_b, hdim = xt.shape[0], xt.shape[1], w_ht.shape[1]
+        dt = x.dtype
+        # sigmoid(a) = (1 + tanh(a / 2)) / 2 on i, f, o and tanh(a) on g, all four at once
+        scale, shift = (np.array(v, dt).reshape(4, 1, 1) for v in
+                        ((0.5, 0.5, 1.0, 0.5), (0.5, 0.5, 0.0, 0.5)))
+        hs = np.empty((hdim, n_t, n_b), dt)
+        cs = np.empty((n_t, hdim, n_b), dt) if keep else np.empty((2, hdim, n_b), dt)
+        hp = np.empty((4 * hdim, n_b), dt)     # (h @ w_h)^T
+        tmp = np.empty((hdim, n_b), dt)
         h, c = (None, None) if steps.state0 is None else steps.state0
         for t in range(n_t):
-            a = acts[:, t]
+            a = acts[t]
             if h is not None:
-                a += h @ w_h
-            kernels.sigmoid_tanh(a[:, :2 * hdim], out=a[:, :2 * hdim])
-            np.tanh(a[:, 2 * hdim:3 * hdim], out=a[:, 2 * hdim:3 * hdim])
-            kernels.sigmoid_tanh(a[:, 3 * hdim:], out=a[:, 3 * hdim:])
-            i, f, g, o = (a[:, k * hdim:(k + 1) * hdim] for k in range(4))
-            c_new = np.multiply(i, g, out=cs[:, t] if keep else None)
+                a += np.matmul(w_ht, h, out=hp)
+            a4 = a.reshape(4, hdim, n_b)
+            a4 *= scale
+            np.tanh(a, out=a)
+            a4 *= scale
+            a4 += shift
+            i, f, g, o = a4
+            c_new = np.multiply(i, g, out=cs[t] if keep else cs[t % 2])
             if c is not None:
-                c_new += f * c
-            valid = steps.valid_at(t)
-            _blend_(c_new, 0.0 if c is None else c, valid)
-            tc = np.tanh(c_new, out=tcs[:, t] if keep else None)
-            h_new = np.multiply(o, tc, out=hs[:, t])
-            _blend_(h_new, 0.0 if h is None else h, valid)
+                c_new += np.multiply(f, c, out=tmp)
+            pad = steps.pad_at(t)
+            _blend_(c_new, 0.0 if c is None else c, pad)
+            h_new = np.multiply(o, np.tanh(c_new, out=tmp), out=hs[:, t])
+            _blend_(h_new, 0.0 if h is None else h, pad)
             h, c = h_new, c_new
-        return hs, (acts, cs, tcs), (hs[:, -1], c)
+        return hs, (xt, acts, cs), (hs[:, -1], c)
 
-    def bptt(params, x, hs, cache, steps, dy_at, dfinal, need_dx):
-        acts, cs, tcs = cache
+    def bptt(params, hs, cache, steps, dy_at, dfinal, need_dx):
+        xt, acts, cs = cache
         w_h = params["w_h"]
-        hdim = w_h.shape[0]
+        hdim, n_t, n_b = hs.shape
+        dt = hs.dtype
         h0, c0 = (None, None) if steps.state0 is None else steps.state0
-        dg = np.empty_like(acts)
+        # the gates' derivatives: (1 - u) * (u + shift) is u (1 - u) for a sigmoid's
+        # output u (i, f, o) and 1 - u^2 for the tanh's (g)
+        shift = np.array((0.0, 0.0, 1.0, 0.0), dt).reshape(4, 1, 1)
+        every = slice(0, 4 * hdim)
+        chunks = _GradChunks(xt, hs, h0, params["w_x"], 4 * hdim, ((every, every),), every,
+                             need_dx)
+        der, d4 = np.empty((4, hdim, n_b), dt), np.empty((4, hdim, n_b), dt)
+        d_c, tc = np.empty((hdim, n_b), dt), np.empty((hdim, n_b), dt)
+        bufs = np.empty((2, 2, hdim, n_b), dt)   # (dh, dc), alternately
         dh, dc = None, (None if dfinal is None else dfinal[0])
-        for t in reversed(range(hs.shape[1])):
-            g_all, v = _add(dy_at(t), dh), steps.v(t)
+        for t in reversed(range(n_t)):
+            g_all, v = _grad_in(dy_at(t), dh), steps.v(t)
             g_h = _masked(g_all, v)                 # zero at padded steps
-            a, d = acts[:, t], dg[:, t]
-            i, f, g, o = (a[:, k * hdim:(k + 1) * hdim] for k in range(4))
-            tc = tcs[:, t]
-            np.multiply(g_h * tc, o * (1.0 - o), out=d[:, 3 * hdim:])          # a_o
-            d_c = g_h * o
-            d_c *= 1.0 - tc * tc
+            a4 = acts[t].reshape(4, hdim, n_b)
+            i, f, g, o = a4
+            np.tanh(cs[t], out=tc)
+            np.subtract(1.0, a4, out=der)
+            np.add(a4, shift, out=d4)
+            der *= d4
+            np.multiply(g_h, tc, out=d4[3])                             # d(o)
+            np.multiply(tc, tc, out=d_c)
+            np.subtract(1.0, d_c, out=d_c)
+            d_c *= o
+            d_c *= g_h
             if dc is not None:
                 d_c += _masked(dc, v)
-            np.multiply(d_c * g, i * (1.0 - i), out=d[:, :hdim])                # a_i
-            c_prev = cs[:, t - 1] if t > 0 else c0
+            np.multiply(d_c, g, out=d4[0])                              # d(i)
+            c_prev = cs[t - 1] if t > 0 else c0
             if c_prev is not None:
-                np.multiply(d_c * c_prev, f * (1.0 - f), out=d[:, hdim:2 * hdim])
+                np.multiply(d_c, c_prev, out=d4[1])                     # d(f)
             else:
-                d[:, hdim:2 * hdim] = 0.0                                        # c_{-1} = 0
-            np.multiply(d_c * i, 1.0 - g * g, out=d[:, 2 * hdim:3 * hdim])      # a_g
+                d4[1] = 0.0                                              # c_{-1} = 0
+            np.multiply(d_c, i, out=d4[2])                              # d(g)
+            d = chunks.at(t)
+            np.multiply(d4, der, out=d.reshape(4, hdim, n_b))            # d(a_i, a_f, a_g, a_o)
             if t > 0 or c0 is not None:
-                dc_prev = d_c * f
+                dh_new, dc_new = bufs[t % 2]
+                np.multiply(d_c, f, out=dc_new)
                 if dc is not None:
-                    dc_prev = _passed(dc_prev, dc, v)
-                dc = dc_prev
-                dh = _passed(d @ w_h.T, g_all, v)
-        dw_x, db, dx = _input_grads(x, dg, params["w_x"], need_dx)
-        grads = {"w_x": dw_x, "w_h": _recurrent_grad(hs, dg, h0), "b": db}
-        return grads, dx, None if c0 is None else (dh, dc)
+                    dc_new = _passed(dc_new, dc, v)
+                dc = dc_new
+                dh = _passed(np.matmul(w_h, d, out=dh_new), g_all, v)
+            chunks.done(t)
+        grads = {"w_x": chunks.dw_x, "w_h": chunks.dw_h, "b": chunks.db}
+        return grads, chunks.dx, None if c0 is None else (dh, dc)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype, init_params, scan, bptt,
                             2, with_lengths, with_initial_state, return_state)
@@ -674,7 +817,7 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
 
     def child_inputs(inp, x, index):
         if index is None:
-            return x, np.ascontiguousarray(x[:, ::-1])  # one compact copy, reused by the child
+            return x, x[:, ::-1]  # a view: the recurrent cells copy their input once anyway
         return inp, (reverse_time(x, index), inp[1])
 
     def combine(y_f, y_b):
