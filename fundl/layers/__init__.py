@@ -13,12 +13,13 @@ from .positional import positional_embedding, sinusoidal_positions
 from .pool import avg_pool1d, avg_pool2d, global_avg_pool, max_pool1d, max_pool2d
 from .recurrent import bidirectional, gru, lstm, rnn
 from .reshape import flatten, reshape
+from .upsample import upsample2d
 
 __all__ = [
     "dense",
     "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",
     "log_softmax",
-    "flatten", "reshape",
+    "flatten", "reshape", "upsample2d",
     "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool",
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
