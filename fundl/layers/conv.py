@@ -13,6 +13,11 @@ benchmark CNN).  The input gradient is one matmul ``dy @ W[i, j].T`` per kernel
 offset (a Python loop over the ``kh*kw`` offsets), added into ``dx`` through a
 strided slice.
 
+With ``groups > 1`` (grouped / depthwise conv) the im2col is built per group,
+``(G, N*OH*OW, kh*kw*C/G)``, and multiplied by the per-group kernels in one
+batched ``np.matmul`` over the group axis (the bias added after); the input
+gradient is one batched matmul and a strided add per kernel offset.
+
 The window geometry (padding, output sizes, offset views) is in
 :mod:`fundl.layers.windows`, shared with :mod:`fundl.layers.pool`.
 """
