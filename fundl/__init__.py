@@ -14,7 +14,9 @@ from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, 
                      dropout, elu, embedding, flatten, gelu, global_avg_pool, gru, layer_norm,
                      leaky_relu, log_softmax, lstm, max_pool1d, max_pool2d, multi_head_attention,
                      positional_embedding, sinusoidal_positions,
-                     relu, reshape, rnn, sigmoid, silu, softmax, softplus, tanh)
+                     relu, reshape, rnn, sigmoid, silu, softmax, softplus, tanh,
+                     conv_transpose1d, conv_transpose2d, group_norm, instance_norm, rms_norm,
+                     upsample2d)
 from .losses import Loss
 from .summary import summary
 from .fit import EarlyStopping, NonFiniteLossError, evaluate, fit, predict
@@ -30,6 +32,8 @@ __all__ = [
     "embedding", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
     "global_avg_pool", "rnn", "gru", "lstm", "bidirectional", "multi_head_attention",
     "positional_embedding", "sinusoidal_positions",
+    "conv_transpose1d", "conv_transpose2d", "group_norm", "instance_norm", "rms_norm",
+    "upsample2d",
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
     "TrainState", "make_step", "fit", "evaluate", "predict", "EarlyStopping", "NonFiniteLossError",

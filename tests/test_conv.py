@@ -305,3 +305,107 @@ def test_im2col_layouts_give_the_same_columns(monkeypatch, c, kernel, dilation, 
         row = out_hw[0] * out_hw[1] + out_hw[1] + 1
         want = xp[1, strides[0] + i * dilation[0], strides[1] + j * dilation[1], 0]
         assert rows[row, (i * kernel[1] + j) * c] == want
+
+
+# --- groups (grouped and depthwise convolution) -----------------------------------
+
+def naive_grouped_conv2d(x, w, b, groups, stride, pads, dilation):
+    """Each group is an ungrouped naive conv on its channel slice."""
+    c_g, f_g = x.shape[-1] // groups, w.shape[-1] // groups
+    outs = [naive_conv2d(x[..., g * c_g:(g + 1) * c_g], w[..., g * f_g:(g + 1) * f_g],
+                         None if b is None else b[g * f_g:(g + 1) * f_g], stride, pads, dilation)
+            for g in range(groups)]
+    return np.concatenate(outs, axis=-1)
+
+
+GROUPED_CASES = [
+    ((6, 7, 4), dict(features=6, kernel_size=3, groups=2, padding=1, stride=2)),
+    ((5, 5, 3), dict(features=6, kernel_size=(2, 3), groups=3, dilation=(2, 1))),
+    ((8, 7, 8), dict(features=8, kernel_size=3, groups=8, padding="same", use_bias=False)),
+    ((5, 6, 4), dict(features=8, kernel_size=3, groups=4, stride=(1, 2), padding=[(0, 1), (2, 0)])),
+    ((4, 5, 6), dict(features=3, kernel_size=2, groups=3)),
+]
+
+
+@pytest.mark.parametrize("in_shape,kw", GROUPED_CASES)
+def test_grouped_conv2d_check_layer_and_naive(in_shape, kw):
+    assert check_layer(conv2d(**kw), in_shape).max_error < 1e-6
+    layer = conv2d(dtype=np.float64, **kw)
+    params, state, out_shape = _init64(layer, in_shape)
+    assert params["w"].shape == (*_pads2d_kernel(kw), in_shape[-1] // kw["groups"], kw["features"])
+    if "b" in params:
+        params["b"] = random.normal(random.key(5), params["b"].shape, np.float64)
+    x = random.normal(random.key(1), (2,) + in_shape, np.float64)
+    y = layer.apply(params, state, x)
+    assert y.shape == (2,) + out_shape
+    s, pads, d = _pads2d(in_shape, kw)
+    ref = naive_grouped_conv2d(x, params["w"], params.get("b"), kw["groups"], s, pads, d)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12)
+
+
+def _pads2d_kernel(kw):
+    k = kw["kernel_size"]
+    return (k, k) if isinstance(k, int) else k
+
+
+def test_grouped_conv1d_check_layer():
+    assert check_layer(conv1d(4, 3, groups=2, padding="same"), (7, 4)).max_error < 1e-6
+    assert check_layer(conv1d(6, 2, groups=3, stride=2, dilation=2), (9, 3)).max_error < 1e-6
+
+
+def test_groups_1_is_the_plain_path():
+    a, b = conv2d(3, 3, padding="same"), conv2d(3, 3, padding="same", groups=1)
+    params, state, _ = a.init(random.key(0), (5, 5, 2))
+    x = random.normal(random.key(1), (2, 5, 5, 2))
+    np.testing.assert_array_equal(a.apply(params, state, x), b.apply(params, state, x))
+
+
+@pytest.mark.parametrize("in_shape,kw", GROUPED_CASES + [
+    ((9, 3), dict(features=6, kernel_size=3, groups=3, stride=2, padding=1, dilation=2))])
+def test_grouped_conv_matches_torch(in_shape, kw):
+    torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
+    d = len(in_shape) - 1
+    layer = (conv2d if d == 2 else conv1d)(dtype=np.float64, **kw)
+    params, state, out_shape = _init64(layer, in_shape)
+    if "b" in params:
+        params["b"] = random.normal(random.key(5), params["b"].shape, np.float64)
+    x = random.normal(random.key(1), (2,) + in_shape, np.float64)
+    y, _, pb = layer.vjp(params, state, x)
+    dy = random.normal(random.key(2), y.shape, np.float64)
+    g, dx = pb(dy)
+    to_first = (0, d + 1) + tuple(range(1, d + 1))
+    to_last = (0,) + tuple(range(2, d + 2)) + (1,)
+    tx = torch.tensor(x.transpose(to_first).copy(), requires_grad=True)
+    w_perm = (3, 2, 0, 1) if d == 2 else (2, 1, 0)
+    tw = torch.tensor(params["w"].transpose(w_perm).copy(), requires_grad=True)
+    tb = torch.tensor(params["b"], requires_grad=True) if "b" in params else None
+    s, pads, dil = _pads2d(in_shape + ((1,) if d == 1 else ()), kw) if d == 2 else (
+        kw.get("stride", 1), None, kw.get("dilation", 1))
+    # explicit (lo, hi) pads applied to the input, torch's own padding 0
+    if d == 2:
+        (pt, pb_), (pl, pr) = pads
+        txp = torch.nn.functional.pad(tx, (pl, pr, pt, pb_))
+        ty = torch.nn.functional.conv2d(txp, tw, tb, stride=s, dilation=dil, groups=kw["groups"])
+    else:
+        p = kw["padding"]
+        ty = torch.nn.functional.conv1d(tx, tw, tb, stride=s, padding=p, dilation=dil,
+                                        groups=kw["groups"])
+    ty.backward(torch.tensor(dy.transpose(to_first).copy()))
+    np.testing.assert_allclose(ty.detach().numpy().transpose(to_last), y, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(tx.grad.numpy().transpose(to_last), dx, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(tw.grad.numpy().transpose(np.argsort(w_perm)), g["w"], atol=1e-10)
+    if tb is not None:
+        np.testing.assert_allclose(tb.grad.numpy(), g["b"], rtol=0, atol=1e-10)
+
+
+def test_groups_errors():
+    _raises(lambda: conv2d(4, 3, groups=0), "conv2d", "groups")
+    _raises(lambda: conv2d(4, 3, groups=1.5), "conv2d", "groups")
+    _raises(lambda: conv2d(5, 3, groups=2), "conv2d", "features (5)", "groups (2)")
+    _raises(lambda: conv2d(4, 3, groups=2).init(random.key(0), (5, 5, 3)), "conv2d",
+            "input channels (3)", "groups (2)")
+    layer = conv2d(4, 3, groups=2)
+    params, state, _ = layer.init(random.key(0), (5, 5, 4))
+    _raises(lambda: layer.apply(params, state, np.zeros((2, 5, 5, 2), np.float32)),
+            "conv2d", "(batch, ?, ?, 4)", "(2, 5, 5, 2)")
+    _raises(lambda: conv1d(4, 3, groups=4).init(random.key(0), (5, 2)), "conv1d", "groups")

@@ -4,7 +4,7 @@ import pytest
 from fundl import random
 from fundl import LayerError
 from fundl.gradcheck import check_vjp
-from fundl.layers.norm import batch_norm, layer_norm
+from fundl.layers.norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 from fundl.testing import check_layer, read_only
 
 OPTIONS = [(True, True), (True, False), (False, True), (False, False)]
@@ -186,3 +186,161 @@ def test_layer_norm_errors_and_dtype():
         layer.apply(params, {}, np.zeros((2, 5), np.float32))
     with pytest.raises(LayerError, match="does not match"):
         layer.apply(params, {}, np.zeros((2, 4), np.float64))
+
+
+# --- group_norm, instance_norm, rms_norm ------------------------------------------
+
+def _rand_params(layer, in_shape):
+    params, _, _ = layer.init(random.key(0), in_shape)
+    keys = random.split(random.key(9), max(len(params), 1))
+    return {k: random.normal(kk, v.shape, np.float64) for (k, v), kk in zip(params.items(), keys)}
+
+
+def _gn_loop(x, groups, scale, bias, eps):
+    """Per example and group: stats over positions and the group's channels (by loops)."""
+    n, c = x.shape[0], x.shape[-1]
+    flat = x.reshape(n, -1, c)
+    out = np.empty_like(flat)
+    cg = c // groups
+    for i in range(n):
+        for g in range(groups):
+            block = flat[i, :, g * cg:(g + 1) * cg]
+            mu = block.mean()
+            var = ((block - mu) ** 2).mean()
+            out[i, :, g * cg:(g + 1) * cg] = (block - mu) / np.sqrt(var + eps)
+    out = out.reshape(x.shape)
+    if scale is not None:
+        out = out * scale + bias
+    return out
+
+
+@pytest.mark.parametrize("shape", [(6,), (4, 6), (3, 4, 6), (1, 5, 6)])
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_check_layer_and_loops(shape, groups, affine):
+    layer = group_norm(groups, affine=affine)
+    assert check_layer(layer, shape, batch=2).max_error < 1e-6
+    layer64 = group_norm(groups, affine=affine, dtype=np.float64)
+    params = _rand_params(layer64, shape)
+    if affine:
+        assert check_vjp(layer64, shape, params=params, batch=2).max_error < 1e-6
+    x = random.normal(random.key(1), (2,) + shape, np.float64) * 2 + 1
+    y = layer64.apply(params, {}, x)
+    ref = _gn_loop(x, groups, params.get("scale"), params.get("bias"), 1e-5)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 4, 2), (2, 2, 2, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_is_group_norm_per_channel(shape, affine):
+    layer = instance_norm(affine=affine)
+    assert check_layer(layer, shape, batch=2).max_error < 1e-6
+    layer64 = instance_norm(affine=affine, dtype=np.float64)
+    params = _rand_params(layer64, shape)
+    if affine:
+        assert check_vjp(layer64, shape, params=params, batch=2).max_error < 1e-6
+    else:
+        assert params == {}
+    x = random.normal(random.key(1), (2,) + shape, np.float64)
+    ref = _gn_loop(x, shape[-1], params.get("scale"), params.get("bias"), 1e-5)
+    np.testing.assert_allclose(layer64.apply(params, {}, x), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_rms_norm_check_layer_and_values(shape, affine):
+    layer = rms_norm(affine=affine)
+    assert check_layer(layer, shape, batch=2).max_error < 1e-6
+    layer64 = rms_norm(affine=affine, dtype=np.float64)
+    params = _rand_params(layer64, shape)
+    assert set(params) == ({"scale"} if affine else set())
+    if affine:
+        assert check_vjp(layer64, shape, params=params, batch=2).max_error < 1e-6
+    x = random.normal(random.key(1), (2,) + shape, np.float64) + 0.5
+    ref = x / np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + 1e-6)
+    if affine:
+        ref = ref * params["scale"]
+    np.testing.assert_allclose(layer64.apply(params, {}, x), ref, rtol=1e-13, atol=1e-13)
+
+
+def _torch_check(torch, module, layer, x, params, channels_first=True):
+    y, _, pb = layer.vjp(params, {}, x)
+    dy = random.normal(random.key(2), y.shape, np.float64)
+    grads, dx = pb(dy)
+    nd = x.ndim
+    to_first = (0, nd - 1) + tuple(range(1, nd - 1)) if channels_first else tuple(range(nd))
+    to_last = tuple(np.argsort(to_first))
+    tx = torch.tensor(x.transpose(to_first).copy(), requires_grad=True)
+    module = module.double()
+    if "scale" in params:
+        module.weight.data = torch.tensor(params["scale"])
+    if "bias" in params:
+        module.bias.data = torch.tensor(params["bias"])
+    ty = module(tx)
+    ty.backward(torch.tensor(dy.transpose(to_first).copy()))
+    np.testing.assert_allclose(ty.detach().numpy().transpose(to_last), y, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(tx.grad.numpy().transpose(to_last), dx, rtol=0, atol=1e-10)
+    if "scale" in params:
+        np.testing.assert_allclose(module.weight.grad.numpy(), grads["scale"], atol=1e-10)
+    if "bias" in params:
+        np.testing.assert_allclose(module.bias.grad.numpy(), grads["bias"], atol=1e-10)
+
+
+def test_new_norms_match_torch():
+    torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
+    x = random.normal(random.key(1), (2, 5, 4, 6), np.float64) * 2 + 1
+    for groups in (1, 3, 6):
+        layer = group_norm(groups, eps=1e-3, dtype=np.float64)
+        _torch_check(torch, torch.nn.GroupNorm(groups, 6, eps=1e-3), layer, x,
+                     _rand_params(layer, (5, 4, 6)))
+    for affine in (False, True):
+        layer = instance_norm(affine=affine, dtype=np.float64)
+        _torch_check(torch, torch.nn.InstanceNorm2d(6, affine=affine), layer, x,
+                     _rand_params(layer, (5, 4, 6)))
+    x1 = random.normal(random.key(3), (3, 7, 4), np.float64)
+    layer = instance_norm(affine=True, dtype=np.float64)
+    _torch_check(torch, torch.nn.InstanceNorm1d(4, affine=True), layer, x1,
+                 _rand_params(layer, (7, 4)))
+    layer = rms_norm(eps=1e-6, dtype=np.float64)
+    _torch_check(torch, torch.nn.RMSNorm(4, eps=1e-6), layer, x1, _rand_params(layer, (7, 4)),
+                 channels_first=False)
+
+
+def test_new_norms_errors():
+    for make in (lambda e: group_norm(2, eps=e), lambda e: instance_norm(eps=e),
+                 lambda e: rms_norm(eps=e)):
+        for bad in (0.0, -1e-5, float("nan"), float("inf"), "x"):
+            with pytest.raises(LayerError, match="eps must be finite and > 0"):
+                make(bad)
+    with pytest.raises(LayerError, match="num_groups"):
+        group_norm(0)
+    with pytest.raises(LayerError, match=r"group_norm.*channels \(6\).*num_groups \(4\)"):
+        group_norm(4).init(random.key(0), (3, 6))
+    layer = group_norm(2)
+    params, state, _ = layer.init(random.key(0), (3, 4))
+    with pytest.raises(LayerError, match=r"group_norm.*\(batch, \.\.\., 4\).*\(2, 3, 5\)"):
+        layer.apply(params, state, np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(LayerError, match="float64"):
+        layer.apply(params, state, np.zeros((2, 3, 4), np.float64))
+    with pytest.raises(LayerError, match="int32"):
+        layer.apply(params, state, np.zeros((2, 3, 4), np.int32))
+    with pytest.raises(LayerError, match="instance_norm.*more than one spatial"):
+        instance_norm().apply({}, {}, np.zeros((2, 1, 1, 3), np.float32))
+    with pytest.raises(LayerError, match=r"instance_norm.*\(batch, \.\.\., spatial, channels\)"):
+        instance_norm().apply({}, {}, np.zeros((2, 3), np.float32))
+    with pytest.raises(LayerError, match=r"rms_norm.*\(batch, \.\.\., 4\)"):
+        r = rms_norm()
+        p, s, _ = r.init(random.key(0), (4,))
+        r.apply(p, s, np.zeros((2, 5), np.float32))
+
+
+def test_new_norms_need_dx_false():
+    x = random.normal(random.key(1), (2, 3, 4))
+    dy = random.normal(random.key(2), (2, 3, 4))
+    for layer in (group_norm(2), instance_norm(affine=True), rms_norm()):
+        params, state, _ = layer.init(random.key(0), (3, 4))
+        g1, dx1 = layer.vjp(params, state, x)[2](dy)
+        g2, dx2 = layer.vjp(params, state, x, need_dx=False)[2](dy)
+        assert dx1.shape == x.shape and dx2 is None
+        for k in g1:
+            np.testing.assert_array_equal(g1[k], g2[k])

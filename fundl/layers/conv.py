@@ -12,6 +12,11 @@ and the backward's ``cols.T @ dy`` gives ``dW`` and, in its last row, ``db``
 offset (a Python loop over the ``kh*kw`` offsets), added into ``dx`` through a
 strided slice.
 
+With ``groups > 1`` (grouped / depthwise conv) the im2col is built per group,
+``(G, N*OH*OW, kh*kw*C/G)``, and multiplied by the per-group kernels in one
+batched ``np.matmul`` over the group axis (the bias added after); the input
+gradient is one batched matmul and a strided add per kernel offset.
+
 The window geometry (padding, output sizes, offset views) is in
 :mod:`fundl.layers.windows`, shared with :mod:`fundl.layers.pool`.
 """
@@ -123,12 +128,56 @@ def _input_grad(dy2: np.ndarray, w: np.ndarray, x_shape, pads: Pads, kernel, dil
     return dx
 
 
+def _grouped_cols(xp: np.ndarray, groups: int, kernel, dilation, out_hw, strides) -> np.ndarray:
+    """``cols`` of shape (G, N*OH*OW, kh*kw*C/G): group ``g``'s im2col matrix, row-major
+    over (n, oh, ow) x (i, j, c within the group) -- one strided copy of a window view."""
+    n, c = xp.shape[0], xp.shape[3]
+    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, strides
+    oh, ow = out_hw
+    extent = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    win = sliding_window_view(xp, extent, axis=(1, 2))  # (N, ., ., C, eh, ew)
+    win = win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
+    win = win.reshape(n, oh, ow, groups, c // groups, kh, kw)
+    cols = np.empty((groups, n, oh, ow, kh, kw, c // groups), xp.dtype)
+    cols[...] = win.transpose(3, 0, 1, 2, 5, 6, 4)
+    return cols.reshape(groups, n * oh * ow, -1)
+
+
+def _grouped_input_grad(dcols: np.ndarray, x_shape, pads: Pads, kernel, dilation, out_hw,
+                        strides) -> np.ndarray:
+    """dx (N, H, W, C) from ``dcols`` (G, N*OH*OW, kh*kw*C/G): the adjoint of pad +
+    :func:`_grouped_cols` (col2im: one strided add per kernel offset, over every group)."""
+    n, h, wd, c = x_shape
+    (kh, kw), (oh, ow) = kernel, out_hw
+    groups = dcols.shape[0]
+    per = dcols.reshape(groups, n, oh, ow, kh * kw, c // groups)
+    dx = np.zeros(x_shape, dcols.dtype)
+    dx5 = dx.reshape(n, h, wd, groups, c // groups)  # a view
+    for k, di, dj in offsets(kernel, dilation):
+        rows = _in_bounds(h, pads[0][0], di, strides[0], oh)
+        cols = _in_bounds(wd, pads[1][0], dj, strides[1], ow)
+        if rows is None or cols is None:
+            continue
+        (o_r, i_r), (o_c, i_c) = rows, cols
+        dx5[:, i_r, i_c] += per[:, :, o_r, o_c, k].transpose(1, 2, 3, 0, 4)
+    return dx
+
+
 def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilation,
-          use_bias: bool, w_init: Initializer, b_init: Initializer, dtype) -> Layer:
+          use_bias: bool, w_init: Initializer, b_init: Initializer, dtype,
+          groups: int = 1) -> Layer:
     """A ``d``-D convolution (d = 1 or 2) built on the 2-D core."""
     if int(features) < 1:
         raise LayerError(f"features must be >= 1, got {features}", name)
     features = int(features)
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise LayerError(f"groups must be an int >= 1, got {groups!r}", name)
+    groups = int(groups)
+    if features % groups:
+        raise LayerError(f"features ({features}) must be divisible by groups ({groups})", name)
+    if groups > 1:
+        return _grouped_conv(name, d, features, kernel_size, stride, padding, dilation,
+                             use_bias, w_init, b_init, dtype, groups)
     k_d = int_tuple(kernel_size, d, "kernel_size", name)
     s_d = int_tuple(stride, d, "stride", name)
     dil_d = int_tuple(dilation, d, "dilation", name)
@@ -194,11 +243,83 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
                            fresh=("y", "dx", "dparams"))
 
 
+def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding, dilation,
+                  use_bias: bool, w_init: Initializer, b_init: Initializer, dtype,
+                  groups: int) -> Layer:
+    """``groups > 1``: im2col per group and one batched matmul over the group axis."""
+    k_d = int_tuple(kernel_size, d, "kernel_size", name)
+    s_d = int_tuple(stride, d, "stride", name)
+    dil_d = int_tuple(dilation, d, "dilation", name)
+    pad_spec = parse_padding(padding, d, name)
+    dtype = np.dtype(dtype)
+    lift = (lambda t: (1,) + t) if d == 1 else (lambda t: t)
+    kernel, strides, dil = lift(k_d), lift(s_d), lift(dil_d)
+    extents_d = tuple((k - 1) * q + 1 for k, q in zip(k_d, dil_d))
+    f_g = features // groups
+
+    def geometry(spatial: Tuple[int, ...]):
+        return window_geometry(pad_spec, spatial, extents_d, s_d, "kernel (with dilation)")
+
+    def check_channels(c: int):
+        if c % groups:
+            raise LayerError(f"input channels ({c}) must be divisible by groups ({groups})")
+
+    def init(key, in_shape):
+        in_shape = check_spatial_in_shape(in_shape, d)
+        check_channels(in_shape[-1])
+        _, _, out_d = geometry(in_shape[:-1])
+        k_w, k_b = random.split(key)
+        params = {"w": w_init(k_w, k_d + (in_shape[-1] // groups, features), dtype)}
+        if use_bias:
+            params["b"] = b_init(k_b, (features,), dtype)
+        return params, out_d + (features,)
+
+    def forward(params, x):
+        """Checks ``x`` and returns ``(y, cols, w_g, geometry)``."""
+        check_float_input(x)
+        w = params["w"]
+        check_trailing_shape(x, (None,) * d + (w.shape[-2] * groups,))
+        check_param_dtype(x, w)
+        pads, out_hw, out_d = geometry(x.shape[1:-1])
+        x4 = x[:, None] if d == 1 else x
+        cols = _grouped_cols(pad_nhwc(x4, pads), groups, kernel, dil, out_hw, strides)
+        w_g = w.reshape(-1, groups, f_g).transpose(1, 0, 2)   # (G, kh*kw*C/G, F/G)
+        y_g = np.matmul(cols, w_g)                             # (G, M, F/G)
+        y = y_g.transpose(1, 0, 2).reshape((x.shape[0],) + out_d + (features,))  # a copy
+        if use_bias:
+            y += params["b"]
+        return y, cols, w_g, (x4.shape, pads, out_hw)
+
+    def apply(params, x):
+        return forward(params, x)[0]
+
+    def vjp(params, x, need_dx=True):
+        y, cols, w_g, (x4_shape, pads, out_hw) = forward(params, x)
+        x_shape = x.shape
+
+        def pullback(dy):
+            dy_g = dy.reshape(-1, groups, f_g).transpose(1, 0, 2)  # (G, M, F/G), a view
+            g = np.matmul(cols.transpose(0, 2, 1), dy_g)           # (G, kh*kw*C/G, F/G)
+            grads = {"w": g.transpose(1, 0, 2).reshape(k_d + (x_shape[-1] // groups, features))}
+            if use_bias:
+                grads["b"] = dy.reshape(-1, features).sum(axis=0)
+            if not need_dx:
+                return grads, None
+            dcols = np.matmul(dy_g, w_g.transpose(0, 2, 1))       # (G, M, kh*kw*C/G)
+            dx = _grouped_input_grad(dcols, x4_shape, pads, kernel, dil, out_hw, strides)
+            return grads, dx.reshape(x_shape)
+
+        return y, pullback
+
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",),
+                           fresh=("y", "dx", "dparams"))
+
+
 def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,
            stride: Union[int, Tuple[int]] = 1, padding: Padding = "valid",
            dilation: Union[int, Tuple[int]] = 1, use_bias: bool = True,
            w_init: Initializer = he_normal, b_init: Initializer = zeros,
-           dtype: Any = np.float32) -> Layer:
+           dtype: Any = np.float32, groups: int = 1) -> Layer:
     """1-D convolution (cross-correlation, as in every DL library) on NWC data.
 
     Shapes: ``x`` is ``(batch, width, c_in)``, ``y`` is ``(batch, out_width, features)``
@@ -210,17 +331,24 @@ def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,
     outputs; an odd total pad puts the extra cell at the end, as TF/JAX),
     an int (both sides) or ``[(lo, hi)]``.
 
+    Groups (PyTorch's ``Conv1d(groups=...)``): ``c_in`` and ``features`` divisible by
+    ``groups``; ``w`` is ``(k, c_in // groups, features)`` and output channel ``f``
+    sees only input channels ``g * c_in/groups ... (g + 1) * c_in/groups - 1`` of its
+    group ``g = f // (features / groups)``; ``groups == c_in`` is a depthwise conv.
+    Same numbers as ``torch.nn.Conv1d`` on NCW data, whose weight ``(out, in/groups, k)``
+    is ``w.transpose(2, 1, 0)`` (and ``padding`` int = torch's symmetric padding).
+
     Memory: ``vjp`` keeps the im2col matrix for dW, ``k`` times the (padded) input.
     """
     return _conv("conv1d", 1, features, kernel_size, stride, padding, dilation,
-                 use_bias, w_init, b_init, dtype)
+                 use_bias, w_init, b_init, dtype, groups)
 
 
 def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
            stride: Union[int, Tuple[int, int]] = 1, padding: Padding = "valid",
            dilation: Union[int, Tuple[int, int]] = 1, use_bias: bool = True,
            w_init: Initializer = he_normal, b_init: Initializer = zeros,
-           dtype: Any = np.float32) -> Layer:
+           dtype: Any = np.float32, groups: int = 1) -> Layer:
     """2-D convolution (cross-correlation, as in every DL library) on NHWC data.
 
     Shapes: ``x`` is ``(batch, height, width, c_in)``, ``y`` is
@@ -234,6 +362,16 @@ def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
     outputs; an odd total pad puts the extra cell at the end, as TF/JAX),
     an int (every side) or ``[(top, bottom), (left, right)]``.
 
+    Groups (grouped / depthwise convolution, PyTorch's ``Conv2d(groups=...)``):
+    ``c_in`` and ``features`` must be divisible by ``groups``; ``w`` is then
+    ``(kh, kw, c_in // groups, features)`` (as TF/JAX store it) and output channel
+    ``f`` sees only the input channels of its group ``g = f // (features / groups)``;
+    ``groups == c_in`` is a depthwise conv (``features = multiplier * c_in``).  It is
+    one im2col per group and one batched matmul over the group axis (no loop over
+    channels); ``groups=1`` is the plain path below.  Same numbers as
+    ``torch.nn.Conv2d`` on NCHW data, whose weight ``(out, in/groups, kh, kw)`` is
+    ``w.transpose(3, 2, 0, 1)`` (``w = torch_w.permute(2, 3, 1, 0)``).
+
     Memory: ``vjp`` keeps the im2col matrix for dW, ``kh * kw`` times the size of
     the (padded) input, plus a column of ones with a bias (14 MB for
     64 x 14 x 14 x 32 and a 3x3 kernel, float32);
@@ -241,4 +379,4 @@ def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
     step of a small CNN.
     """
     return _conv("conv2d", 2, features, kernel_size, stride, padding, dilation,
-                 use_bias, w_init, b_init, dtype)
+                 use_bias, w_init, b_init, dtype, groups)

@@ -1,17 +1,21 @@
-"""Normalisation layers: ``batch_norm`` (with running statistics) and ``layer_norm``.
+"""Normalisation layers: ``batch_norm`` (with running statistics), ``layer_norm``,
+``group_norm``, ``instance_norm`` and ``rms_norm``.
 
-Both normalise ``xhat = (x - mean) / sqrt(var + eps)`` (biased variance) and
+All but ``rms_norm`` normalise ``xhat = (x - mean) / sqrt(var + eps)`` (biased variance) and
 then apply ``y = xhat * scale + bias``.  With ``g = dy * scale`` the full
 gradient through the mean and variance is the standard compact formula
 
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
 with the means taken over the normalised axes; ``dscale = sum(dy * xhat)`` and
-``dbias = sum(dy)`` over every axis but the feature axis.
+``dbias = sum(dy)`` over every axis but the feature axis.  ``rms_norm`` divides
+by the root mean square only, ``xhat = x / sqrt(mean(x**2) + eps)``, and its
+gradient lacks the ``mean(g)`` term: ``dx = (g - xhat * mean(g * xhat)) / rms``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Tuple
 
 import numpy as np
@@ -20,7 +24,7 @@ from .. import fusion
 from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
 from ..core import Layer, stateless_layer
 
-__all__ = ["batch_norm", "layer_norm"]
+__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
 
 
 def _feature_axis(axis: int, ndim: int) -> int:
@@ -251,3 +255,223 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
         return y, pullback
 
     return stateless_layer(name, init, apply, vjp)
+
+
+# --- group, instance and RMS normalisation (channels last, torch semantics) -----------
+
+def _check_eps(eps: Any, name: str) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise LayerError(f"eps must be finite and > 0, got {eps!r}", name)
+    return value
+
+
+def _affine_params(affine: bool, bias: bool, c: int, dtype) -> dict:
+    params = {}
+    if affine:
+        params["scale"] = np.ones((c,), dtype)
+        if bias:
+            params["bias"] = np.zeros((c,), dtype)
+    return params
+
+
+def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
+                  min_rank: int) -> Layer:
+    """Normalise ``x`` (N, ..., C) viewed as (N, S, G, C/G) over the axes (S, C/G).
+
+    ``groups`` is an int, or ``None`` for one group per channel (instance norm).
+    """
+    eps = _check_eps(eps, name)
+    dtype = np.dtype(dtype)
+    per_example = "(..., channels)" if min_rank == 2 else "(..., spatial, channels)"
+    layout = "(batch, " + per_example[1:]
+
+    def n_groups(c: int) -> int:
+        g = c if groups is None else groups
+        if c % g:
+            raise LayerError(f"channels ({c}) must be divisible by num_groups ({g})")
+        return g
+
+    def init(key, in_shape):
+        in_shape = as_shape(in_shape)
+        if len(in_shape) < min_rank - 1 or min(in_shape, default=0) < 1:
+            raise LayerError(f"expected a per-example input shape {per_example} "
+                             f"with sizes >= 1, got {in_shape}")
+        n_groups(in_shape[-1])
+        return _affine_params(affine, True, in_shape[-1], dtype), in_shape
+
+    def check(params, x):
+        check_float_input(x)
+        if x.ndim < min_rank:
+            raise LayerError(f"expected input of shape {layout}, got shape {tuple(x.shape)}")
+        for p in params.values():
+            if x.shape[-1] != p.shape[0]:
+                raise LayerError(f"expected input of shape (batch, ..., {p.shape[0]}), "
+                                 f"got shape {tuple(x.shape)}")
+            check_param_dtype(x, p)
+        g = n_groups(x.shape[-1])
+        s = math.prod(x.shape[1:-1])
+        if groups is None and s < 2:
+            raise LayerError(f"instance norm needs more than one spatial position per channel, "
+                             f"got shape {tuple(x.shape)}")
+        return (x.shape[0], s, g, x.shape[-1] // g)
+
+    def forward(params, x, view):
+        x4 = x.reshape(view)
+        m = view[1] * view[3]
+        mean = x4.mean(axis=(1, 3), keepdims=True)
+        xhat = x4 - mean
+        var = np.einsum("nsgc,nsgc->ng", xhat, xhat)[:, None, :, None]
+        var *= 1.0 / m
+        var += eps
+        inv = np.sqrt(var, out=var)
+        np.divide(1.0, inv, out=inv)
+        xhat *= inv
+        xhat = xhat.reshape(x.shape)
+        y = _scale_shift(xhat, params, (x.shape[-1],))
+        return y, xhat, inv
+
+    def apply(params, x):
+        view = check(params, x)
+        return forward(params, x, view)[0]
+
+    def vjp(params, x, need_dx=True):
+        view = check(params, x)
+        y, xhat, inv = forward(params, x, view)
+        m = view[1] * view[3]
+
+        def pullback(dy):
+            lead = tuple(range(x.ndim - 1))
+            grads = {}
+            if affine:
+                grads["scale"] = _channel_dot(dy, xhat, x.ndim - 1, lead)
+                grads["bias"] = dy.sum(axis=lead)
+            if not need_dx:
+                return grads, None
+            g = dy * params["scale"] if affine else dy.copy()
+            # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over (S, C/G)
+            g4, xh4 = g.reshape(view), xhat.reshape(view)
+            gx = np.einsum("nsgc,nsgc->ng", g4, xh4)[:, None, :, None]
+            gx *= 1.0 / m
+            g4 -= g4.mean(axis=(1, 3), keepdims=True)
+            g4 -= xh4 * gx
+            g4 *= inv
+            return grads, g
+
+        return y, pullback
+
+    # without affine params y is xhat, which the pullback keeps: not fresh then
+    fresh = ("y", "dx", "dparams") if affine else ("dx", "dparams")
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=fresh)
+
+
+def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True,
+               dtype: Any = np.float32, name: str = "group_norm") -> Layer:
+    """Group normalisation (Wu & He, 2018) over channels-last data: PyTorch's ``GroupNorm``.
+
+    Shapes: ``x`` and ``y`` are ``(batch, ..., channels)`` (``(N, C)``, ``(N, W, C)``,
+    ``(N, H, W, C)``...), ``channels`` divisible by ``num_groups``.  Each example's
+    channels are split into ``num_groups`` consecutive groups (group ``g`` holds
+    channels ``g * C/G ... (g + 1) * C/G - 1``, as torch) and each group is normalised
+    with the mean and biased variance over all its positions and channels; then
+    ``y = xhat * scale + bias`` per channel.  Params (``affine=True``, as torch): ``scale``
+    (ones) and ``bias`` (zeros) of shape ``(C,)`` and ``dtype`` -- torch's ``weight`` and
+    ``bias``; ``affine=False``: none.  No state; training and inference are the same.
+    ``eps`` must be finite and > 0 (a :class:`LayerError` otherwise).
+    Same numbers as ``torch.nn.GroupNorm(num_groups, C, eps, affine)`` on NC... data
+    moved to channels first.
+    """
+    if (not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
+            or num_groups < 1):
+        raise LayerError(f"num_groups must be an int >= 1, got {num_groups!r}", name)
+    return _grouped_norm(name, int(num_groups), eps, affine, dtype, min_rank=2)
+
+
+def instance_norm(eps: float = 1e-5, affine: bool = False, dtype: Any = np.float32,
+                  name: str = "instance_norm") -> Layer:
+    """Instance normalisation (Ulyanov et al., 2016) over channels-last data:
+    PyTorch's ``InstanceNorm1d/2d/3d`` with ``track_running_stats=False``.
+
+    Shapes: ``x`` and ``y`` are ``(batch, ..., spatial, channels)`` (at least one spatial
+    axis, more than one spatial position in all -- torch refuses one too).  Each
+    channel of each example is normalised with its own mean and biased variance over
+    the spatial positions (a :func:`group_norm` with one group per channel), then
+    ``y = xhat * scale + bias`` per channel if ``affine`` (default False, as torch).
+    Params with ``affine=True``: ``scale`` (ones) and ``bias`` (zeros) of shape ``(C,)``,
+    torch's ``weight`` and ``bias``.  No state: the same in training and inference.
+    ``eps`` must be finite and > 0 (a :class:`LayerError` otherwise).
+    """
+    return _grouped_norm(name, None, eps, affine, dtype, min_rank=3)
+
+
+def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
+             name: str = "rms_norm") -> Layer:
+    """Root-mean-square normalisation (Zhang & Sennrich, 2019) over the last axis:
+    PyTorch's ``RMSNorm(features, eps)``.
+
+    Shapes: ``x`` and ``y`` are ``(batch, ..., features)``;
+    ``y = x / sqrt(mean(x**2, last axis) + eps) * scale`` (no mean subtraction, no
+    bias).  Params with ``affine=True`` (torch's ``elementwise_affine``): ``scale`` (ones)
+    of shape ``(features,)`` and ``dtype``, torch's ``weight``; none otherwise.
+    ``eps`` must be finite and > 0 (a :class:`LayerError` otherwise; torch's
+    ``eps=None`` default, the dtype's machine epsilon, has no counterpart: pass it).
+    """
+    eps = _check_eps(eps, name)
+    dtype = np.dtype(dtype)
+
+    def init(key, in_shape):
+        in_shape = as_shape(in_shape)
+        if len(in_shape) == 0 or min(in_shape) < 1:
+            raise LayerError(f"expected an input shape (..., features) with sizes >= 1, "
+                             f"got {in_shape}")
+        return _affine_params(affine, False, in_shape[-1], dtype), in_shape
+
+    def check(params, x):
+        check_float_input(x)
+        if x.ndim < 2:
+            raise LayerError(f"expected input of shape (batch, ..., features), "
+                             f"got shape {tuple(x.shape)}")
+        for p in params.values():
+            if x.shape[-1] != p.shape[0]:
+                raise LayerError(f"expected input of shape (batch, ..., {p.shape[0]}), "
+                                 f"got shape {tuple(x.shape)}")
+            check_param_dtype(x, p)
+
+    def forward(params, x):
+        inv = _row_dot(x, x)
+        inv *= 1.0 / x.shape[-1]
+        inv += eps
+        np.sqrt(inv, out=inv)
+        np.divide(1.0, inv, out=inv)
+        xhat = x * inv
+        y = xhat * params["scale"] if affine else xhat
+        return y, xhat, inv
+
+    def apply(params, x):
+        check(params, x)
+        return forward(params, x)[0]
+
+    def vjp(params, x, need_dx=True):
+        check(params, x)
+        y, xhat, inv = forward(params, x)
+
+        def pullback(dy):
+            lead = tuple(range(x.ndim - 1))
+            grads = {"scale": _channel_dot(dy, xhat, x.ndim - 1, lead)} if affine else {}
+            if not need_dx:
+                return grads, None
+            g = dy * params["scale"] if affine else dy.copy()
+            # dx = inv * (g - xhat * mean(g * xhat)), mean over features
+            gx = _row_dot(g, xhat)
+            gx *= 1.0 / x.shape[-1]
+            g -= xhat * gx
+            g *= inv
+            return grads, g
+
+        return y, pullback
+
+    fresh = ("y", "dx", "dparams") if affine else ("dx", "dparams")
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=fresh)
