@@ -344,3 +344,15 @@ def test_new_norms_need_dx_false():
         assert dx1.shape == x.shape and dx2 is None
         for k in g1:
             np.testing.assert_array_equal(g1[k], g2[k])
+
+
+def test_batch_norm_and_layer_norm_refuse_a_nan_eps_and_batch_norm_an_empty_training_batch():
+    import fundl as fl
+    for build in (fl.batch_norm, fl.layer_norm):
+        with pytest.raises(ValueError, match="finite eps > 0, got nan"):
+            build(eps=float("nan"))
+    layer = fl.batch_norm()
+    params, state, _ = layer.init(fl.random.key(0), (3,))
+    with pytest.raises(fl.LayerError, match=r"layer 'batch_norm': training mode needs at least "
+                                            r"one example"):
+        layer.vjp(params, state, np.zeros((0, 3), np.float32))

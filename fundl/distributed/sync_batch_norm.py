@@ -27,9 +27,9 @@ from typing import Any, Tuple
 import numpy as np
 from mpi4py import MPI
 
-from ..checks import LayerError, check_float_input, check_param_dtype
+from ..checks import LayerError
 from ..core import Layer
-from ..layers.norm import _channel_dot, _feature_axis, _scale_shift, batch_norm
+from ..layers.norm import _channel_dot, _check_batch_norm_input, _scale_shift, batch_norm
 from .comm import as_comm
 
 __all__ = ["sync_batch_norm"]
@@ -55,20 +55,7 @@ def sync_batch_norm(comm: Any, axis: int = -1, momentum: float = 0.99, eps: floa
     axis, momentum, eps = int(axis), float(momentum), float(eps)
 
     def check(params, state, x) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
-        check_float_input(x)
-        ax = _feature_axis(axis, x.ndim)
-        c = state["mean"].shape[0]
-        if x.shape[ax] != c:
-            want = ["?"] * x.ndim
-            want[0], want[ax] = "batch", str(c)
-            raise LayerError(f"expected input of shape ({', '.join(want)}), "
-                             f"got shape {tuple(x.shape)}")
-        check_param_dtype(x, state["mean"])
-        for p in params.values():
-            check_param_dtype(x, p)
-        red = tuple(i for i in range(x.ndim) if i != ax)
-        bshape = tuple(c if i == ax else 1 for i in range(x.ndim))
-        return ax, red, bshape
+        return _check_batch_norm_input(axis, params, state, x)
 
     def moments(x, ax, red, bshape):
         """``(mean, var, M)``: global mean and biased variance (x's dtype, kept dims) and count."""

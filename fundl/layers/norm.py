@@ -62,6 +62,26 @@ def _scale_shift(xhat, params, bshape):
     return xhat
 
 
+def _check_batch_norm_input(axis: int, params: Any, state: Any, x: Any
+                            ) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
+    """``(feature axis, reduce axes, broadcast shape)`` of a batch norm's input, checked
+    against its state and params (also :func:`fundl.distributed.sync_batch_norm`'s check)."""
+    check_float_input(x)
+    ax = _feature_axis(axis, x.ndim)
+    c = state["mean"].shape[0]
+    if x.shape[ax] != c:
+        want = ["?"] * x.ndim
+        want[0], want[ax] = "batch", str(c)
+        raise LayerError(f"expected input of shape ({', '.join(want)}), "
+                         f"got shape {tuple(x.shape)}")
+    check_param_dtype(x, state["mean"])
+    for p in params.values():
+        check_param_dtype(x, p)
+    reduce_axes = tuple(i for i in range(x.ndim) if i != ax)
+    bshape = tuple(c if i == ax else 1 for i in range(x.ndim))
+    return ax, reduce_axes, bshape
+
+
 def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = True,
                use_bias: bool = True, dtype: Any = np.float32, name: str = "batch_norm") -> Layer:
     """Batch normalisation over every axis except the feature ``axis`` (a data axis; default last).
@@ -80,8 +100,8 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm needs 0 <= momentum <= 1, got {momentum}")
-    if eps <= 0:
-        raise ValueError(f"batch_norm needs eps > 0, got {eps}")
+    if not (math.isfinite(float(eps)) and eps > 0):
+        raise ValueError(f"batch_norm needs a finite eps > 0, got {eps}")
     axis, momentum, eps = int(axis), float(momentum), float(eps)
     dtype = np.dtype(dtype)
 
@@ -96,21 +116,11 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         state = {"mean": np.zeros((c,), dtype), "var": np.ones((c,), dtype)}
         return params, state, in_shape
 
-    def check(params, state, x) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
-        check_float_input(x)
-        ax = _feature_axis(axis, x.ndim)
-        c = state["mean"].shape[0]
-        if x.shape[ax] != c:
-            want = ["?"] * x.ndim
-            want[0], want[ax] = "batch", str(c)
-            raise LayerError(f"expected input of shape ({', '.join(want)}), "
-                             f"got shape {tuple(x.shape)}")
-        check_param_dtype(x, state["mean"])
-        for p in params.values():
-            check_param_dtype(x, p)
-        reduce_axes = tuple(i for i in range(x.ndim) if i != ax)
-        bshape = tuple(c if i == ax else 1 for i in range(x.ndim))
-        return ax, reduce_axes, bshape
+    def check(params, state, x, training) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
+        if training and isinstance(x, np.ndarray) and x.ndim and x.shape[0] == 0:
+            raise LayerError("training mode needs at least one example (the batch statistics "
+                             "of an empty batch are undefined)")
+        return _check_batch_norm_input(axis, params, state, x)
 
     def normalise(params, x, ax, red, bshape):
         """``(y, xhat, inv, mean, var)`` with the batch statistics (kept dims)."""
@@ -127,7 +137,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
     def apply(params, state, x, *, key=None, train=False):
         try:
-            ax, red, bshape = check(params, state, x)
+            ax, red, bshape = check(params, state, x, train)
         except LayerError as err:
             raise err.named(name) from None
         if train:
@@ -147,7 +157,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
     def vjp(params, state, x, *, key=None):
         try:
-            ax, red, bshape = check(params, state, x)
+            ax, red, bshape = check(params, state, x, True)
         except LayerError as err:
             raise err.named(name) from None
         y, xhat, inv, mean, var = normalise(params, x, ax, red, bshape)
@@ -187,8 +197,8 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
     (ones) and ``bias`` (zeros) of shape ``(features,)`` and ``dtype`` (float32),
     each only if enabled.  No state; training and inference are the same.
     """
-    if eps <= 0:
-        raise ValueError(f"layer_norm needs eps > 0, got {eps}")
+    if not (math.isfinite(float(eps)) and eps > 0):
+        raise ValueError(f"layer_norm needs a finite eps > 0, got {eps}")
     eps = float(eps)
     dtype = np.dtype(dtype)
 
