@@ -731,3 +731,19 @@ def test_fast_bptt_matches_straightforward_reference(kind, return_sequences, dty
 def test_check_layer_one_feature(make, return_sequences):
     res = check_layer(make(3, return_sequences=return_sequences), (5, 1))
     assert res.max_error < 1e-6
+
+
+@pytest.mark.parametrize("make", [lambda: rnn(3), lambda: gru(3), lambda: lstm(3),
+                                  lambda: lstm(3, return_sequences=False),
+                                  lambda: bidirectional(gru(3))])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(make):
+    """0 examples (a rank with no share of a global batch): empty outputs, zero param grads."""
+    layer = make()
+    params, state, out_shape = layer.init(random.key(0), (4, 2))
+    x = np.zeros((0, 4, 2), np.float32)
+    y, _, pullback = layer.vjp(params, state, x)
+    assert y.shape == (0,) + tuple(out_shape)
+    grads, dx = pullback(np.zeros_like(y))
+    assert dx.shape == x.shape
+    assert all(not np.any(g) for g in tree.leaves(grads))
+    assert layer.apply(params, state, x).shape == y.shape

@@ -185,7 +185,7 @@ class _GradChunks:
         dt = xt.dtype
         self.xt, self.hs, self.h0, self.w_x = xt, hs, h0, w_x
         self.x_rows, self.h_rows, self.sum_rows = x_rows, h_rows, sums
-        self.k = max(1, min(n_t, _CHUNK_COLUMNS // n_b))
+        self.k = max(1, min(n_t, _CHUNK_COLUMNS // max(n_b, 1)))
         self.buf = np.empty((self.k, n_rows, n_b), dt)
         self.folded = np.empty((n_rows, self.k, n_b), dt)
         self.dw_x = np.zeros((f, w_x.shape[1]), dt)
@@ -207,8 +207,8 @@ class _GradChunks:
         n_b = self.xt.shape[1]
         d = self.folded[:, :m]
         np.copyto(d, self.buf[:m].swapaxes(0, 1))
-        d = d.reshape(-1, m * n_b)
-        x2 = self.xt[t0:t0 + m].reshape(m * n_b, -1)
+        d = d.reshape(d.shape[0], m * n_b)   # explicit rows: n_b may be 0 (an empty batch)
+        x2 = self.xt[t0:t0 + m].reshape(m * n_b, self.xt.shape[2])
         dx = None
         for rows, cols in self.x_rows:
             self.dw_x[:, cols] += x2.T @ d[rows].T
@@ -217,7 +217,7 @@ class _GradChunks:
                 part = d[rows].T @ self.w_x[:, cols].T
                 dx = part if dx is None else np.add(dx, part, out=dx)
         if dx is not None:
-            self.dx[:, t0:t0 + m] = dx.reshape(m, n_b, -1).swapaxes(0, 1)
+            self.dx[:, t0:t0 + m] = dx.reshape(m, n_b, self.xt.shape[2]).swapaxes(0, 1)
         if self.sums is not None:
             self.sums += d[self.sum_rows].sum(axis=1)
         dh = d[self.h_rows]
