@@ -16,7 +16,7 @@ Shape = Tuple[int, ...]
 
 __all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_shapes",
            "check_float_input", "check_param_dtype", "check_trailing_shape",
-           "check_sequence_in_shape"]
+           "check_input_tuple", "check_sequence_in_shape"]
 
 
 class LayerError(ValueError):
@@ -110,6 +110,17 @@ def check_trailing_shape(x: np.ndarray, expected: Shape, what: str = "input") ->
     for got, exp in zip(x.shape[1:], expected):
         if exp is not None and got != exp:
             raise LayerError(f"expected {what} of shape {want}, got shape {tuple(x.shape)}")
+
+
+def check_input_tuple(inp: Any, n: int, forms: str) -> Tuple[Any, ...]:
+    """``inp`` as a tuple of ``n`` inputs (a multi-input layer's data), or a
+    :class:`LayerError` that says what was given; ``forms`` names the expected ones."""
+    if not isinstance(inp, (tuple, list)) or len(inp) != n:
+        got = (f"an array of shape {tuple(inp.shape)}" if isinstance(inp, np.ndarray)
+               else f"{type(inp).__name__} of length {len(inp)}"
+               if isinstance(inp, (tuple, list)) else type(inp).__name__)
+        raise LayerError(f"expected a tuple of {n} inputs {forms}, got {got}")
+    return tuple(inp)
 
 
 def check_sequence_in_shape(in_shape: Any) -> Shape:

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .. import kernels, random
-from ..checks import (Array, LayerError, as_shape, check_float_input, check_param_dtype,
+from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape)
 from ..core import Layer, keyed_layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
@@ -174,11 +174,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         if n_inputs == 1:
             x, ctx, mask = inp, None, None
         else:
-            if not isinstance(inp, (tuple, list)) or len(inp) != n_inputs:
-                got = (f"an array of shape {tuple(inp.shape)}" if isinstance(inp, np.ndarray)
-                       else f"{type(inp).__name__} of length {len(inp)}"
-                       if isinstance(inp, (tuple, list)) else type(inp).__name__)
-                raise LayerError(f"expected a tuple of {n_inputs} inputs {forms}, got {got}")
+            inp = check_input_tuple(inp, n_inputs, forms)
             x = inp[0]
             ctx = inp[1] if cross else None
             mask = inp[-1] if masked else None

@@ -163,6 +163,18 @@ def _grouped_input_grad(dcols: np.ndarray, x_shape, pads: Pads, kernel, dilation
     return dx
 
 
+def _geometry(name: str, d: int, kernel_size, stride, padding, dilation):
+    """A ``d``-D conv's checked geometry, and its 2-D view (a 1-D conv has a unit height):
+    ``(k_d, s_d, dil_d, pad_spec, kernel, strides, dil, extents_d)``."""
+    k_d = int_tuple(kernel_size, d, "kernel_size", name)
+    s_d = int_tuple(stride, d, "stride", name)
+    dil_d = int_tuple(dilation, d, "dilation", name)
+    pad_spec = parse_padding(padding, d, name)
+    lift = (lambda t: (1,) + t) if d == 1 else (lambda t: t)
+    extents_d = tuple((k - 1) * q + 1 for k, q in zip(k_d, dil_d))
+    return k_d, s_d, dil_d, pad_spec, lift(k_d), lift(s_d), lift(dil_d), extents_d
+
+
 def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilation,
           use_bias: bool, w_init: Initializer, b_init: Initializer, dtype,
           groups: int = 1) -> Layer:
@@ -178,15 +190,9 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
     if groups > 1:
         return _grouped_conv(name, d, features, kernel_size, stride, padding, dilation,
                              use_bias, w_init, b_init, dtype, groups)
-    k_d = int_tuple(kernel_size, d, "kernel_size", name)
-    s_d = int_tuple(stride, d, "stride", name)
-    dil_d = int_tuple(dilation, d, "dilation", name)
-    pad_spec = parse_padding(padding, d, name)
+    k_d, s_d, dil_d, pad_spec, kernel, strides, dil, extents_d = _geometry(
+        name, d, kernel_size, stride, padding, dilation)
     dtype = np.dtype(dtype)
-    # 2-D view of the geometry: a 1-D conv has a unit height.
-    lift = (lambda t: (1,) + t) if d == 1 else (lambda t: t)
-    kernel, strides, dil = lift(k_d), lift(s_d), lift(dil_d)
-    extents_d = tuple((k - 1) * q + 1 for k, q in zip(k_d, dil_d))
 
     def geometry(spatial: Tuple[int, ...]):
         return window_geometry(pad_spec, spatial, extents_d, s_d, "kernel (with dilation)")
@@ -247,14 +253,9 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
                   use_bias: bool, w_init: Initializer, b_init: Initializer, dtype,
                   groups: int) -> Layer:
     """``groups > 1``: im2col per group and one batched matmul over the group axis."""
-    k_d = int_tuple(kernel_size, d, "kernel_size", name)
-    s_d = int_tuple(stride, d, "stride", name)
-    dil_d = int_tuple(dilation, d, "dilation", name)
-    pad_spec = parse_padding(padding, d, name)
+    k_d, s_d, dil_d, pad_spec, kernel, strides, dil, extents_d = _geometry(
+        name, d, kernel_size, stride, padding, dilation)
     dtype = np.dtype(dtype)
-    lift = (lambda t: (1,) + t) if d == 1 else (lambda t: t)
-    kernel, strides, dil = lift(k_d), lift(s_d), lift(dil_d)
-    extents_d = tuple((k - 1) * q + 1 for k, q in zip(k_d, dil_d))
     f_g = features // groups
 
     def geometry(spatial: Tuple[int, ...]):

@@ -51,7 +51,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from .. import fusion, kernels, random
-from ..checks import (Array, LayerError, as_shape, check_float_input, check_param_dtype,
+from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape, normalize_shapes)
 from ..combinators import apply_child, init_child, split_key, vjp_child
 from ..core import Layer, stateless_layer
@@ -311,11 +311,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
         if n_inputs == 1:
             _check_input(params, inp)
             return inp, _Steps(None, None, None)
-        if not isinstance(inp, (tuple, list)) or len(inp) != n_inputs:
-            got = (f"an array of shape {tuple(inp.shape)}" if isinstance(inp, np.ndarray)
-                   else f"{type(inp).__name__} of length {len(inp)}"
-                   if isinstance(inp, (tuple, list)) else type(inp).__name__)
-            raise LayerError(f"expected a tuple of {n_inputs} inputs {forms}, got {got}")
+        inp = check_input_tuple(inp, n_inputs, forms)
         x = inp[0]
         _check_input(params, x)
         vf = pad = state0 = None
