@@ -2,7 +2,7 @@
 
 Each metric averages over the examples of a batch, so a weighted average by
 batch size over batches gives the metric over a whole data set (this is what
-:func:`fundl.train.evaluate` does).  Classification metrics take logits (or
+:func:`fundl.evaluate` does).  Classification metrics take logits (or
 probabilities) of shape ``(n, classes)`` and integer labels of shape ``(n,)``
 or one-hot rows of shape ``(n, classes)``.
 """
