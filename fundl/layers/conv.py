@@ -163,6 +163,16 @@ def _grouped_input_grad(dcols: np.ndarray, x_shape, pads: Pads, kernel, dilation
     return dx
 
 
+def _kernel_params(key: Any, w_shape: Tuple[int, ...], use_bias: bool, w_init: Initializer,
+                   b_init: Initializer, dtype: Any) -> dict:
+    """A convolution's params: ``w`` of ``w_shape`` (``(*kernel, c_in, c_out)``) and ``b``."""
+    k_w, k_b = random.split(key)
+    params = {"w": w_init(k_w, w_shape, dtype)}
+    if use_bias:
+        params["b"] = b_init(k_b, (w_shape[-1],), dtype)
+    return params
+
+
 def _geometry(name: str, d: int, kernel_size, stride, padding, dilation):
     """A ``d``-D conv's checked geometry, and its 2-D view (a 1-D conv has a unit height):
     ``(k_d, s_d, dil_d, pad_spec, kernel, strides, dil, extents_d)``."""
@@ -200,11 +210,8 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
     def init(key, in_shape):
         in_shape = check_spatial_in_shape(in_shape, d)
         _, _, out_d = geometry(in_shape[:-1])
-        k_w, k_b = random.split(key)
-        params = {"w": w_init(k_w, k_d + (in_shape[-1], features), dtype)}
-        if use_bias:
-            params["b"] = b_init(k_b, (features,), dtype)
-        return params, out_d + (features,)
+        return (_kernel_params(key, k_d + (in_shape[-1], features), use_bias, w_init, b_init,
+                               dtype), out_d + (features,))
 
     def forward(params, x):
         """Checks ``x`` and returns ``(y, cols, geometry)``."""
@@ -269,11 +276,8 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
         in_shape = check_spatial_in_shape(in_shape, d)
         check_channels(in_shape[-1])
         _, _, out_d = geometry(in_shape[:-1])
-        k_w, k_b = random.split(key)
-        params = {"w": w_init(k_w, k_d + (in_shape[-1] // groups, features), dtype)}
-        if use_bias:
-            params["b"] = b_init(k_b, (features,), dtype)
-        return params, out_d + (features,)
+        return (_kernel_params(key, k_d + (in_shape[-1] // groups, features), use_bias, w_init,
+                               b_init, dtype), out_d + (features,))
 
     def forward(params, x):
         """Checks ``x`` and returns ``(y, cols, w_g, geometry)``."""

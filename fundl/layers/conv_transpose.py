@@ -16,11 +16,10 @@ from typing import Any, Tuple, Union
 
 import numpy as np
 
-from .. import random
 from ..checks import LayerError, check_float_input, check_param_dtype, check_trailing_shape
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
-from .conv import _im2col, _input_grad
+from .conv import _im2col, _input_grad, _kernel_params
 from .windows import check_spatial_in_shape, int_tuple, pad_nhwc
 
 __all__ = ["conv_transpose1d", "conv_transpose2d"]
@@ -100,11 +99,8 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
     def init(key, in_shape):
         in_shape = check_spatial_in_shape(in_shape, d)
         out_d = out_sizes(in_shape[:-1])
-        k_w, k_b = random.split(key)
-        params = {"w": w_init(k_w, k_d + (in_shape[-1], features), dtype)}
-        if use_bias:
-            params["b"] = b_init(k_b, (features,), dtype)
-        return params, out_d + (features,)
+        return (_kernel_params(key, k_d + (in_shape[-1], features), use_bias, w_init, b_init,
+                               dtype), out_d + (features,))
 
     def check(params, x):
         check_float_input(x)

@@ -9,7 +9,7 @@ transpose (the VJP) sums the weighted output rows of each source index with one
 
 from __future__ import annotations
 
-from typing import Any, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 
