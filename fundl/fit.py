@@ -728,7 +728,8 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
 
     def checkpoint(state: TrainState) -> None:
         if checkpoint_path is not None and saved[0] != state.step:
-            verified(state, float("nan"))  # a checkpoint only ever holds a finite state
+            if state is not good[0]:  # a checkpoint only ever holds a finite state
+                verified(state, float("nan"))
             if lead:
                 io.save(checkpoint_path, state)
             saved[0] = state.step
