@@ -21,7 +21,7 @@ from .data.batching import flatten_data, iter_batches, num_batches
 from .losses import Loss
 from .metrics import MetricSpec, loss_metric, resolve
 from .optim.base import Optimizer, as_lr
-from .step import Schedule, TrainState, make_step
+from .step import Schedule, TrainState, check_parts, make_step
 from .validate import SpecError, TreeSpec, data_shapes
 
 __all__ = ["fit", "evaluate", "predict", "EarlyStopping", "NonFiniteLossError"]
@@ -420,22 +420,6 @@ class _Progress:
 
 # --- fit: checks before the first step -------------------------------------------------------
 
-def _check_parts(model: Any, loss: Any, optimizer: Any) -> None:
-    if not isinstance(model, Layer):
-        raise TypeError(f"fit: model must be a fundl Layer (e.g. fl.serial(fl.dense(10), ...)), "
-                        f"got {type(model).__name__}")
-    if not isinstance(loss, Loss):
-        hint = (" (a loss factory such as fl.losses.huber must be called: fl.losses.huber(1.0))"
-                if callable(loss) else "")
-        raise TypeError(f"fit: loss must be a fundl Loss, e.g. fl.losses.softmax_cross_entropy; "
-                        f"fl.losses.Loss(value, value_and_grad, name) wraps your own; got "
-                        f"{type(loss).__name__}{hint}")
-    if not isinstance(optimizer, Optimizer):
-        hint = " (did you forget to call it, e.g. fl.optim.adam()?)" if callable(optimizer) else ""
-        raise TypeError(f"fit: optimizer must be a fundl Optimizer, got "
-                        f"{type(optimizer).__name__}{hint}")
-
-
 def _non_finite_path(ts: TrainState) -> Optional[str]:
     """The path of the first float leaf of the train state holding a nan or inf, or ``None``.
 
@@ -628,7 +612,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Tuple[Any, A
       (2026-12-03) it changed no workload's step time beyond the run-to-run
       noise (-7% to +7%, in both directions).
     """
-    _check_parts(model, loss, optimizer)
+    check_parts("fit", model, loss, optimizer)
     x, y, n = _pair(train_data, "fit: train_data")
     if (epochs is None) == (steps is None):
         raise ValueError("fit needs exactly one of epochs= or steps=")

@@ -13,7 +13,7 @@ from .optim.base import Optimizer, as_lr
 from .optim.schedules import Schedule
 from .validate import SpecError, TreeSpec
 
-__all__ = ["TrainState", "make_step", "Schedule"]
+__all__ = ["TrainState", "make_step", "Schedule", "check_parts"]
 
 
 class TrainState(NamedTuple):
@@ -50,14 +50,7 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
     float).  Nothing the caller passed in is ever written; how the gradients
     reach an optimizer that reuses their memory is :func:`fundl.fusion.owned_update`.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"make_step: model must be a fundl Layer, got {type(model).__name__}")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
-    if not isinstance(optimizer, Optimizer):
-        hint = " (did you forget to call it, e.g. fl.optim.adam()?)" if callable(optimizer) else ""
-        raise TypeError(f"make_step: optimizer must be a fundl Optimizer, got "
-                        f"{type(optimizer).__name__}{hint}")
+    check_parts("make_step", model, loss, optimizer)
     forward = fusion.runner(model)
     update = fusion.owned_update(model, optimizer)
     opt_state_spec = _OptStateSpec(optimizer)
@@ -74,6 +67,24 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer
         return TrainState(params, new_state, opt_state, key, ts.step + 1), {"loss": float(value)}
 
     return step
+
+
+def check_parts(who: str, model: Any, loss: Any, optimizer: Any) -> None:
+    """TypeErrors that say what to pass unless ``model`` is a Layer, ``loss`` a Loss and
+    ``optimizer`` an Optimizer (``who`` names the caller: ``"make_step"``, ``"fit"``)."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"{who}: model must be a fundl Layer (e.g. fl.serial(fl.dense(10), ...)), "
+                        f"got {type(model).__name__}")
+    if not isinstance(loss, Loss):
+        hint = (" (a loss factory such as fl.losses.huber must be called: fl.losses.huber(1.0))"
+                if callable(loss) else "")
+        raise TypeError(f"{who}: loss must be a fundl Loss, e.g. fl.losses.softmax_cross_entropy; "
+                        f"fl.losses.Loss(value, value_and_grad, name) wraps your own; got "
+                        f"{type(loss).__name__}{hint}")
+    if not isinstance(optimizer, Optimizer):
+        hint = " (did you forget to call it, e.g. fl.optim.adam()?)" if callable(optimizer) else ""
+        raise TypeError(f"{who}: optimizer must be a fundl Optimizer, got "
+                        f"{type(optimizer).__name__}{hint}")
 
 
 def _check_batch(batch: Any) -> Tuple[Any, Any]:

@@ -12,7 +12,7 @@ from .. import fusion, random, tree
 from ..core import Layer
 from ..losses import Loss
 from ..optim.base import Optimizer, as_lr
-from ..step import Schedule, TrainState
+from ..step import Schedule, TrainState, check_parts
 from .comm import as_comm
 from .buckets import Fusion
 
@@ -57,10 +57,7 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
     Pass ``check_optimizer=False`` for an optimizer that averages gradients
     across ranks under another name.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"make_step: model must be a fundl Layer, got {type(model).__name__}")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"make_step: loss must be a fundl Loss, got {type(loss).__name__}")
+    check_parts("distributed.make_step", model, loss, optimizer)
     comm = as_comm(comm)
     if check_optimizer and comm.size > 1 and "mean_gradients" not in optimizer.name:
         raise ValueError(f"distributed.make_step: the optimizer {optimizer.name!r} does not "
