@@ -58,6 +58,13 @@ def _channel_sum(a, ax, red):
     return np.sum(a, axis=red)
 
 
+def _row_mean(a):
+    """The mean over the last axis, keeping it (size 1): ``a @ (ones / F)``, a BLAS gemv
+    (0.015 against 0.068 ms for ``a.mean(-1)`` on the benchmark transformer's (32, 64, 128))."""
+    f = a.shape[-1]
+    return (a @ np.full(f, 1.0 / f, a.dtype))[..., None]
+
+
 def _row_dot(a, b):
     """``sum(a * b)`` over the last axis, keeping it (size 1)."""
     return np.einsum("...i,...i->...", a, b)[..., None]
@@ -247,7 +254,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
                              f"got shape {tuple(x.shape)}")
 
     def forward(params, x):
-        mean = x.mean(axis=-1, keepdims=True)
+        mean = _row_mean(x)
         xhat = x - mean
         var = _row_dot(xhat, xhat)
         var *= 1.0 / x.shape[-1]
@@ -271,7 +278,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over features
             gx = _row_dot(g, xhat)
             gx *= 1.0 / x.shape[-1]
-            g -= g.mean(axis=-1, keepdims=True)
+            g -= _row_mean(g)
             g -= xhat * gx
             g *= inv
             lead = tuple(range(x.ndim - 1))
@@ -279,7 +286,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
             if use_scale:
                 grads["scale"] = _channel_dot(dy, xhat, x.ndim - 1, lead)
             if use_bias:
-                grads["bias"] = dy.sum(axis=lead)
+                grads["bias"] = _channel_sum(dy, x.ndim - 1, lead)
             return grads, g
 
         return y, pullback
