@@ -312,3 +312,24 @@ def test_command_line_filters():
     assert run._batches(full) == ([32, 128, 512], 64)
     with pytest.raises(SystemExit):
         run._parser().parse_args(["--workloads", "resnet"])
+
+
+def test_breakdown_times_every_leaf_layer_of_the_tiny_transformer():
+    from benchmarks import breakdown
+    wl = workloads(size="tiny", names=["transformer"], optimizers=["sgd"])[0]
+    impl = wl.implementations(["fundl"])["fundl"]
+    rows = breakdown.fundl_layers(impl.model, impl.ts.params, impl.ts.state, impl.x, repeats=2)
+    names = [name for _, name, _, _ in rows]
+    # embedding, positional, 2 x (ln, mha) + 2 x (ln, dense, gelu, dense), ln, dense
+    assert names.count("multi_head_attention") == 2 and names.count("gelu") == 2
+    assert names.count("layer_norm") == 5 and names.count("dense") == 5 and len(rows) == 16
+    assert rows[2][0] == "/residual_2/serial_0/layer_norm_0"
+    assert all(f > 0 and b >= 0 for _, _, f, b in rows)
+
+
+def test_breakdown_runs_end_to_end_at_tiny_size(capsys):
+    from benchmarks import breakdown
+    breakdown.main(["cnn_bn", "--size", "tiny", "--repeats", "2", "--ops", "3"])
+    out = capsys.readouterr().out
+    assert "/conv2d_0" in out and "/batch_norm_5" in out and "fundl step" in out
+    assert "torch" in out  # the torch profile, or why it is missing
