@@ -162,6 +162,10 @@ def _gelu_exact_f32(x: Array, need_grad: bool):
     every float32 in [-14, 8] with ``|x| >= 2**-10``: ``y`` 4.0e-7 relative, ``g`` 4.7e-7
     of ``|Phi| + |x phi|`` (its relative error away from its zero at x = -0.75).
     """
+    # Forward + derivative of the transformer's (32, 64, 512) activations in blocks of 2**16,
+    # old / this, medians of 15 interleaved runs on a busy 2-core machine: 12.2 / 9.6 ms with
+    # glibc's default allocator, 9.1 / 6.4 ms when it keeps freed memory (no page faults).
+    # Of the ~360 us a block: the continued fraction 150, the float64 exp(-x^2/2) 100.
     xc = np.clip(x, -64.0, 64.0)               # no inf * 0 at x = +-inf; past 14 all is 0
     a = np.abs(xc)
     t = normal_tailx_f32(a)
