@@ -188,3 +188,69 @@ def test_softmax_other_axis_and_bad_axis():
         softmax(axis=0).init(random.key(0), (4,))
     with pytest.raises(LayerError, match="axis 2"):
         _run(softmax(axis=2), np.zeros((3, 4)))
+
+
+def _floats_between(lo, hi):
+    """Every float32 in [lo, hi) (0 <= lo < hi)."""
+    i0, i1 = np.float32(lo).view(np.int32), np.float32(hi).view(np.int32)
+    return np.arange(i0, i1, dtype=np.int32).view(np.float32)
+
+
+def test_gelu_float32_accuracy_against_float64():
+    # float32 has its own path (fundl.special.normal_cdf_f32's parts); the float64 one is
+    # the reference.  A dense grid of [-14, 8] plus every float32 near the error peaks:
+    # |x| ~ 0.0047, the last normal y (x ~ -13.1) and g (x ~ -13.33, where exp(-x^2/2)
+    # is already subnormal).  The array is large enough to run in blocks.
+    near0 = _floats_between(0.0047, 0.00472)
+    x = np.concatenate([np.linspace(-14, 8, 1_000_001, dtype=np.float32), near0, -near0,
+                        -_floats_between(13.08, 13.1), -_floats_between(13.32, 13.34)])
+    layer = gelu()
+    y, _, pb = layer.vjp({}, {}, x)
+    g = pb(np.ones_like(y))[1]
+    assert y.dtype == g.dtype == np.float32
+    np.testing.assert_array_equal(_run(layer, x), y)
+    x64 = x.astype(np.float64)
+    y64, _, pb64 = layer.vjp({}, {}, x64)
+    g64 = pb64(np.ones_like(y64))[1]
+    tiny = np.finfo(np.float32).tiny
+    m = np.abs(y64) >= tiny
+    rel_y = np.abs(y[m] - y64[m]) / np.abs(y64[m])
+    assert rel_y.max() < 4.2e-7, (rel_y.max(), x[m][rel_y.argmax()])  # 3.7e-7; all float32: 4.0e-7
+    assert np.all(np.abs(y[~m]) <= tiny)
+    # g = Phi + x phi cancels near its zero (x = -0.75): its error is measured against
+    # |Phi| + |x phi|, the size of the terms; away from the zero that is its relative error
+    phi_cdf = np.where(x64 != 0, y64 / np.where(x64 != 0, x64, 1), 0.5)
+    x_phi = x64 * np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
+    m = np.abs(g64) >= tiny
+    err_g = np.abs(g[m] - g64[m]) / (phi_cdf[m] + np.abs(x_phi[m]))
+    assert err_g.max() < 5e-7, (err_g.max(), x[m][err_g.argmax()])           # 4.7e-7
+    far = m & ((x64 > -0.2) | (x64 < -1.6))
+    assert (np.abs(g[far] - g64[far]) / np.abs(g64[far])).max() < 5e-7
+
+
+def test_gelu_float32_limits_and_special_values():
+    x = np.array([[0.0, -0.0, np.inf, -np.inf, 6.0, 40.0, 1e30, -40.0, -1e30, 3e38]],
+                 np.float32)
+    layer = gelu()
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y, _, pb = layer.vjp({}, {}, x)
+        g = pb(np.ones_like(y))[1]
+    want_y = np.array([[0.0, 0.0, np.inf, 0.0, 6.0, 40.0, 1e30, 0.0, 0.0, 3e38]], np.float32)
+    np.testing.assert_array_equal(y, want_y)                            # y == x from x = 6 on
+    np.testing.assert_array_equal(g[0, 2:], [1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(g[0, :2], [0.5, 0.5])                 # Phi(0), no x phi
+    y_nan, _, pb_nan = layer.vjp({}, {}, np.array([[np.nan, 1.0]], np.float32))
+    assert np.isnan(y_nan[0, 0]) and np.isnan(pb_nan(np.ones((1, 2), np.float32))[1][0, 0])
+    # the negative tail keeps its relative accuracy: -10 * Phi(-10) = -7.6198530241605e-23
+    tail = _run(layer, np.array([[-10.0, -5.0]], np.float32))
+    np.testing.assert_allclose(tail, [[-7.619853024160526e-23, -1.4332578593959695e-06]], rtol=4e-7)
+
+
+def test_gelu_float16_goes_through_float32():
+    x16 = np.linspace(-12, 8, 4001).astype(np.float16)
+    y, _, pb = gelu().vjp({}, {}, x16)
+    g = pb(np.ones_like(y))[1]
+    assert y.dtype == g.dtype == np.float16
+    y32, _, pb32 = gelu().vjp({}, {}, x16.astype(np.float32))
+    np.testing.assert_array_equal(y, y32.astype(np.float16))
+    np.testing.assert_array_equal(g, pb32(np.ones_like(y32))[1].astype(np.float16))

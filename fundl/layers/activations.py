@@ -21,7 +21,7 @@ import numpy as np
 from .. import kernels
 from ..checks import Array, LayerError, as_shape, check_float_input
 from ..core import Layer, elementwise_layer, stateless_layer
-from ..special import erfcx_nonneg, exp_neg_half_sq
+from ..special import erfcx_nonneg, exp_neg_half_sq, exp_neg_half_sq_f32, normal_tailx_f32
 
 
 __all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
@@ -149,8 +149,53 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def _gelu_exact_f32(x: Array, need_grad: bool):
+    """:func:`_gelu_exact` for float32: 31 passes over memory (25 without ``g``; 55 before).
+
+    With ``a = |x|``, ``e = exp(-a^2/2)`` and ``t`` the scaled tail
+    :func:`fundl.special.normal_tailx_f32`: ``Phi(-a) = e t = h``, ``phi = e / sqrt(2 pi)``,
+    ``y = x - x h`` (x >= 0) or ``x h`` (x < 0), taken as ``max(x - xh, xh)`` with
+    ``xh = (x e) t``, and ``g = |[x >= 0] - h| + (x e) / sqrt(2 pi)``.  Forming ``x e``
+    first keeps ``y`` accurate where ``h`` is already subnormal (``y`` is normal down to
+    x = -13.1, ``h`` only to -12.95); ``g`` is normal to -13.33, ``e`` only to -13.21,
+    which costs ``g`` up to 3 bits there (its error stays below 4.5e-7).  Max errors over
+    every float32 in [-14, 8] with ``|x| >= 2**-10``: ``y`` 4.0e-7 relative, ``g`` 4.7e-7
+    of ``|Phi| + |x phi|`` (its relative error away from its zero at x = -0.75).
+    """
+    # Forward + derivative of the transformer's (32, 64, 512) activations in blocks of 2**16,
+    # old / this, medians of 15 interleaved runs on a busy 2-core machine: 12.2 / 9.6 ms with
+    # glibc's default allocator, 9.1 / 6.4 ms when it keeps freed memory (no page faults).
+    # Of the ~360 us a block: the continued fraction 150, the float64 exp(-x^2/2) 100.
+    xc = np.clip(x, -64.0, 64.0)               # no inf * 0 at x = +-inf; past 14 all is 0
+    a = np.abs(xc)
+    t = normal_tailx_f32(a)
+    e = exp_neg_half_sq_f32(a, out=a)
+    xe = np.multiply(xc, e, out=xc)            # sqrt(2 pi) x phi(x)
+    h = np.multiply(e, t, out=e) if need_grad else None       # Phi(-|x|) <= 1/2
+    xh = np.multiply(xe, t, out=t)             # x Phi(-|x|)
+    y = np.subtract(x, xh)
+    np.maximum(y, xh, out=y)                   # x Phi(x): x - xh if x >= 0 (h <= 1/2), else xh
+    if not need_grad:
+        return y, None
+    phi_cdf = np.greater_equal(x, 0, out=xh)
+    phi_cdf -= h
+    np.abs(phi_cdf, out=phi_cdf)               # Phi = h where x < 0, 1 - h where x >= 0
+    xe *= _INV_SQRT_2PI
+    xe += phi_cdf                              # g = Phi + x phi
+    return y, xe
+
+
 def _gelu_exact(x: Array, need_grad: bool):
-    """``y = x * Phi(x)`` and (if asked) ``g = Phi(x) + x * phi(x)``; Phi = normal CDF."""
+    """``y = x * Phi(x)`` and (if asked) ``g = Phi(x) + x * phi(x)``; Phi = normal CDF.
+
+    float32 takes :func:`_gelu_exact_f32`, float16 the same through float32; other
+    dtypes (float64) the erfcx series of :mod:`fundl.special`, to float64 precision.
+    """
+    if x.dtype == np.float32:
+        return _gelu_exact_f32(x, need_grad)
+    if x.dtype == np.float16:
+        y, g = _gelu_exact_f32(x.astype(np.float32), need_grad)
+        return y.astype(np.float16), None if g is None else g.astype(np.float16)
     z = np.abs(x)
     ez = exp_neg_half_sq(z, 0.5)              # exp(-x^2 / 2)
     z *= _INV_SQRT2
@@ -202,7 +247,9 @@ def gelu(approximate: bool = False) -> Layer:
 
     ``approximate=False`` uses the exact erf-based Phi; ``approximate=True`` the
     tanh form ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.  The vjp keeps
-    only the local derivative.
+    only the local derivative.  The exact form is accurate to the input's precision,
+    in the far negative tail too: float64 to ~1e-15, float32 (and float16, computed in
+    float32) to a few float32 ulps by a float32 path of its own.
     """
     fn = _gelu_tanh if approximate else _gelu_exact
     return _local_grad_layer("gelu", lambda x: fn(x, False)[0], lambda x: fn(x, True))
