@@ -333,3 +333,12 @@ def test_breakdown_runs_end_to_end_at_tiny_size(capsys):
     out = capsys.readouterr().out
     assert "/conv2d_0" in out and "/batch_norm_5" in out and "fundl step" in out
     assert "torch" in out  # the torch profile, or why it is missing
+
+
+def test_alloc_measures_fresh_processes_with_both_allocator_settings(capsys):
+    from benchmarks import alloc
+    got = alloc.run_child("mlp", "sgd", "keep", 2, "tiny", "fundl")
+    assert set(got) == {"ms", "faults"} and got["ms"] > 0 and got["faults"] >= 0
+    alloc.main(["--workloads", "gru_paper", "--size", "tiny", "--rounds", "1", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert "gru_paper" in out and "keep/default" in out
