@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    fl.perf.keep_freed_memory()  # freed arrays reused by the next step (fundl.perf)
 
     start = time.perf_counter()
     w, b, w_real, b_real, loss = run(args.steps, args.lr, args.seed)

@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save the loss curves to this PNG (needs matplotlib); default: no file")
     args = parser.parse_args()
+    fundl.perf.keep_freed_memory()  # freed arrays reused by the next step (fundl.perf)
 
     k_data, k_init, k_batches = random.split(random.key(0), 3)
     x, y = make_data(k_data)

@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer examples and epochs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    fl.perf.keep_freed_memory()  # freed arrays reused by the next step (fundl.perf)
     if args.quick:
         run(n_train=1000, n_test=300, epochs=4, seed=args.seed)
     else:

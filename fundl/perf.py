@@ -9,17 +9,25 @@ the single largest overhead: on a 2-core machine a hand-written numpy MLP step
 at batch 128 ran ~1.6x faster, and a small CNN step ~1.9x faster, once the
 process kept its freed memory.
 
-:func:`keep_freed_memory` is the explicit opt-in: call it once at the start of
-a training script::
+:func:`keep_freed_memory` is an explicit call: make it once at the start of a
+training script::
 
     import fundl.perf
     fundl.perf.keep_freed_memory()      # True on glibc; False (no effect) elsewhere
 
 It changes the whole process (every library in it) and cannot be undone
-exactly, so nothing calls it on import or by default; ``fundl.fit(...,
-keep_freed_memory=True)`` calls it before its first step.  Measured on
-2026-12-03 (two full ``benchmarks.run`` runs, 2 threads): within the noise
-(-7% to +7%) on every workload, so it stays opt-in.  The cost is memory: freed blocks
+exactly, so nothing calls it on import.  :func:`fundl.fit` calls it before its
+first step unless told ``keep_freed_memory=False``, and the examples call it in
+their ``main``.  Measured on 2026-12-03 in fresh processes (``python3 -m
+benchmarks.alloc``, 2 rounds, SGD): with glibc as it comes, a step page-faulted
+2,500-4,400 times; kept, none -- CNN 25.1 -> 19.3 ms per step, CNN with batch
+norm 53.8 -> 47.4, LSTM 21.0 -> 16.8, GRU-128 38.5 -> 35.3, transformer 68.4 ->
+62.9, MLP with Adam 4.80 -> 3.55 (its SGD step, without faults, unchanged).
+(An earlier comparison inside ``benchmarks.run``'s worker saw no difference:
+glibc trims only free memory at the top of the heap, and there PyTorch's live
+allocations sit above fundl's, so fundl's freed memory was reused anyway -- cnn_bn
+measured 3,586 page faults per fundl step alone, 54 with PyTorch's model stepped
+in the same process.)  The cost is memory: freed blocks
 stay in the process's heap for reuse instead of going back to the OS, so the
 resident size stays near the peak of a step rather than dropping between
 steps.

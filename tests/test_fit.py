@@ -565,11 +565,11 @@ def test_early_stopping_modes_and_the_tracker_by_hand():
             fl.EarlyStopping(**bad)
 
 
-def test_fit_keeps_freed_memory_only_when_told(monkeypatch):
+def test_fit_keeps_freed_memory_by_default_and_not_when_told(monkeypatch):
     import fundl.perf
     calls = []
     monkeypatch.setattr(fundl.perf, "keep_freed_memory", lambda: calls.append(1) or True)
-    a, _ = _fit(steps=2)
+    a, _ = _fit(steps=2, keep_freed_memory=False)
     assert calls == []
-    b, _ = _fit(steps=2, keep_freed_memory=True)
+    b, _ = _fit(steps=2)
     assert calls == [1] and tree.all_equal(a, b)     # the same training, bit for bit
