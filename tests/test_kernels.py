@@ -60,3 +60,11 @@ def test_blockwise_gives_the_bits_of_one_pass_for_one_or_several_outputs(shape):
     assert kernels.blockwise(lambda a: (a * 2.0, None), x)[1] is None
     strided = np.asarray(x)[..., ::2]
     np.testing.assert_array_equal(kernels.blockwise(np.sin, strided), np.sin(strided))
+
+
+def test_column_sums_sum_over_every_leading_axis():
+    a = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    got = kernels.column_sums(a)
+    assert got.dtype == np.float32 and got.shape == (4,)
+    np.testing.assert_array_equal(got, [60.0, 66.0, 72.0, 78.0])
+    np.testing.assert_array_equal(kernels.column_sums(np.zeros((0, 5), np.float64)), np.zeros(5))

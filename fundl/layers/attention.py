@@ -40,7 +40,7 @@ def _masked_softmax_(s: Array) -> Array:
 _CAUSAL_BIAS: Dict[Tuple[int, int, str], Array] = {}
 
 
-def causal_bias(t: int, s: int, dtype: Any) -> Array:
+def _causal_bias(t: int, s: int, dtype: Any) -> Array:
     """A read-only ``(t, s)`` matrix, ``-inf`` where key ``j`` > query ``i``, else 0: added
     to the scores (0.09 ms on (32, 4, 64, 64) float32, against 0.35 ms for
     ``np.copyto(where=triu)``).  Cached per shape and dtype (a constant)."""
@@ -251,7 +251,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
             k, v = (kv[:, :, j].transpose(0, 2, 1, 3) for j in range(2))
         p = q @ k.transpose(0, 1, 3, 2)                           # (N, h, T, S)
         if causal:
-            p += causal_bias(p.shape[2], p.shape[3], p.dtype)     # -inf where j > i
+            p += _causal_bias(p.shape[2], p.shape[3], p.dtype)     # -inf where j > i
         if mask is not None:
             np.copyto(p, -np.inf, where=~mask)
             _masked_softmax_(p)
@@ -304,7 +304,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
                 grads[nm] = np.ascontiguousarray(dw[:, j * width:(j + 1) * width])
             grads["w_q"] *= scale
             if use_bias:
-                db = np.ones(n * t, x.dtype) @ dqkv2                  # a gemv, as in dense
+                db = kernels.column_sums(dqkv2)
                 grads.update(b_q=db[:width] * scale, b_v=db[2 * width:])
             dx = (dqkv2 @ w_in.T).reshape(n, t, f) if need_dx else None
             return {key: grads[key] for key in params}, dx, None

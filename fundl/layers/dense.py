@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import random
+from .. import kernels, random
 from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
@@ -69,9 +69,7 @@ def dense(features: int, *, use_bias: bool = True,
             dy2 = dy.reshape(-1, features)
             grads = {"w": x2.T @ dy2}
             if use_bias:
-                # ones @ dy (a BLAS gemv) measured 2-4x faster than dy.sum(axis=0),
-                # and closer to the float64 sum in float32.
-                grads["b"] = np.ones(dy2.shape[0], dy2.dtype) @ dy2
+                grads["b"] = kernels.column_sums(dy2)
             dx = (dy2 @ w.T).reshape(x.shape) if need_dx else None
             return grads, dx
 
