@@ -28,11 +28,18 @@ from .checks import normalize_shapes
 from .core import Layer
 from .gradcheck import GradCheckResult, _random_input, check_vjp
 
-__all__ = ["check_layer", "read_only", "ContractError"]
+__all__ = ["check_layer", "read_only", "every_float32", "ContractError"]
 
 
 class ContractError(AssertionError):
     """A layer breaks the Layer contract; the message says how."""
+
+
+def every_float32(lo: float, hi: float) -> np.ndarray:
+    """Every float32 in ``[lo, hi)`` (``0 <= lo < hi``), ascending: for accuracy tests
+    that must not miss the worst input between two grid points."""
+    i0, i1 = np.float32(lo).view(np.int32), np.float32(hi).view(np.int32)
+    return np.arange(i0, i1, dtype=np.int32).view(np.float32)
 
 
 def read_only(t: Any) -> Any:

@@ -7,7 +7,7 @@ from fundl import random
 from fundl import LayerError
 from fundl.layers.activations import (elu, gelu, leaky_relu, log_softmax, relu,
                                       sigmoid, silu, softmax, softplus, tanh)
-from fundl.testing import check_layer
+from fundl.testing import check_layer, every_float32
 
 ELEMENTWISE = [
     ("relu", relu(), lambda x: max(x, 0.0)),
@@ -190,20 +190,14 @@ def test_softmax_other_axis_and_bad_axis():
         _run(softmax(axis=2), np.zeros((3, 4)))
 
 
-def _floats_between(lo, hi):
-    """Every float32 in [lo, hi) (0 <= lo < hi)."""
-    i0, i1 = np.float32(lo).view(np.int32), np.float32(hi).view(np.int32)
-    return np.arange(i0, i1, dtype=np.int32).view(np.float32)
-
-
 def test_gelu_float32_accuracy_against_float64():
     # float32 has its own path (fundl.special.normal_cdf_f32's parts); the float64 one is
     # the reference.  A dense grid of [-14, 8] plus every float32 near the error peaks:
     # |x| ~ 0.0047, the last normal y (x ~ -13.1) and g (x ~ -13.33, where exp(-x^2/2)
     # is already subnormal).  The array is large enough to run in blocks.
-    near0 = _floats_between(0.0047, 0.00472)
+    near0 = every_float32(0.0047, 0.00472)
     x = np.concatenate([np.linspace(-14, 8, 1_000_001, dtype=np.float32), near0, -near0,
-                        -_floats_between(13.08, 13.1), -_floats_between(13.32, 13.34)])
+                        -every_float32(13.08, 13.1), -every_float32(13.32, 13.34)])
     layer = gelu()
     y, _, pb = layer.vjp({}, {}, x)
     g = pb(np.ones_like(y))[1]

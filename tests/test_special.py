@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from fundl.testing import every_float32
 from fundl.special import erf, erfc, exp_neg_half_sq_f32, normal_cdf_f32, normal_tailx_f32
 
 
@@ -28,18 +29,12 @@ def test_erf_matches_math_erf():
     np.testing.assert_allclose(erf(x32), [math.erf(v) for v in x32], atol=3e-7)
 
 
-def _floats_between(lo, hi):
-    """Every float32 in [lo, hi) (0 <= lo < hi)."""
-    i0, i1 = np.float32(lo).view(np.int32), np.float32(hi).view(np.int32)
-    return np.arange(i0, i1, dtype=np.int32).view(np.float32)
-
-
 def test_normal_cdf_f32_relative_accuracy():
     # a dense grid of [-14, 8] and every float32 where the errors peak: near |x| = 0.0047
     # (the continued fraction's rounding) and the last normal values of Phi (x ~ -12.95)
-    near0 = _floats_between(0.0047, 0.00472)
+    near0 = every_float32(0.0047, 0.00472)
     x = np.concatenate([np.linspace(-14, 8, 1_000_001, dtype=np.float32), near0, -near0,
-                        -_floats_between(12.94, 12.96)])
+                        -every_float32(12.94, 12.96)])
     got = normal_cdf_f32(x)
     assert got.dtype == np.float32
     x64 = x.astype(np.float64)
