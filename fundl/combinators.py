@@ -171,17 +171,32 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             x = apply_child(k, layer, params[k], state[k], x, keys[j], train)
         return x
 
+    bound: Dict[Tuple[bool, bool, bool], List[Any]] = {}
+
+    def bound_runs(hints: Tuple[bool, bool, bool]) -> List[Any]:
+        """Per run position: (index, key, moved ReLU, the child's vjp with its hints bound)
+        for this call's ``(need_dx, x_donated, dy_donated)``; built once per signature."""
+        need_dx, x_donated, dy_donated = hints
+        return [(j, k, plan.moved_relu[p], fusion.bound_runner(
+                    layer, need_dx or p > 0, plan.x_donated[p] or (p == 0 and x_donated),
+                    plan.dy_donated[p] or (p == last and dy_donated)))
+                for p, (j, k, layer, _) in enumerate(runs)]
+
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
         guard.check(params, state, x)
         keys = split_key(key, len(layers), plan.speed.uses_key)
+        hints = (bool(need_dx), bool(x_donated), bool(dy_donated))
+        calls = bound.get(hints)
+        if calls is None:
+            calls = bound[hints] = bound_runs(hints)
         new_state, pullbacks = {}, []
-        for p, (j, k, _, run) in enumerate(runs):
-            if plan.moved_relu[p] is not None:
-                _check_moved_relu(plan.moved_relu[p], names, layers, x)
-            x, new_state[k], pb = vjp_child(
-                k, run, params[k], state[k], x, keys[j], need_dx or p > 0,
-                plan.x_donated[p] or (p == 0 and x_donated),
-                plan.dy_donated[p] or (p == last and dy_donated))
+        for j, k, moved, call in calls:
+            if moved is not None:
+                _check_moved_relu(moved, names, layers, x)
+            try:
+                x, new_state[k], pb = call(params[k], state[k], x, key=keys[j])
+            except LayerError as err:
+                raise err.within(k) from None
             pullbacks.append((k, pb))
 
         def pullback(dy):

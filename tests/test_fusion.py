@@ -143,6 +143,45 @@ def test_donating_conv_pool_chains_pass_the_float64_gradient_check(in_shape, poo
 
 # --- serial runs a ReLU after the max pool that follows it -------------------------------
 
+def test_bound_runner_binds_only_the_hints_a_layer_takes():
+    calls = []
+
+    def recorder(takes):
+        def vjp(params, state, x, *, key=None, **hints):
+            calls.append(hints)
+            return x, state, lambda dy: ({}, dy)
+        return Layer(lambda k, s: ({}, {}, s), lambda p, s, x, **kw: x, vjp, "rec",
+                     speed=fusion.Speed(takes=frozenset(takes)))
+
+    x = np.ones((1, 2), np.float32)
+    for takes in ((), ("need_dx",), ("x_donated", "dy_donated"), fusion.HINTS):
+        layer = recorder(takes)
+        for hints in ((True, False, False), (False, True, True), (True, True, False)):
+            calls.clear()
+            fusion.bound_runner(layer, *hints)({}, {}, x, key=None)
+            fusion.runner(layer)({}, {}, x, None, *hints)
+            bound, general = calls
+            assert set(bound) <= set(takes)
+            defaults = {"need_dx": True, "x_donated": False, "dy_donated": False}
+            assert {**defaults, **bound} == {**defaults, **general}   # the same effective hints
+    plain = recorder(fusion.HINTS)
+    assert fusion.bound_runner(plain, True, False, False) is plain.vjp   # the plain call stays plain
+
+
+def test_step_gives_the_same_next_key_with_and_without_a_keyed_layer():
+    from fundl.layers.dropout import dropout
+    x, y = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1])
+    keys = []
+    for model in (serial(dense(2)), serial(dropout(0.0), dense(2))):
+        assert fusion.speed_of(model).uses_key == (len(model.children) == 2)
+        ts = fl.TrainState.create(KEY, model, fl.optim.sgd(), (3,))
+        step = fl.make_step(model, fl.losses.softmax_cross_entropy, fl.optim.sgd())
+        ts, _ = step(ts, (x, y), 0.1)
+        keys.append(ts.key)
+    np.testing.assert_array_equal(keys[0], keys[1])
+    np.testing.assert_array_equal(keys[0], random.split(random.split(KEY)[1])[0])
+
+
 def test_run_order_moves_each_relu_after_the_max_pool_that_follows_it():
     layers = [dense(2), relu(), max_pool2d(2), relu(), relu(), max_pool1d(2), max_pool2d(2),
               relu(), avg_pool2d(2), tanh(), max_pool2d(2)]
