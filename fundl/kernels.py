@@ -16,7 +16,7 @@ import numpy as np
 from .checks import Array
 
 
-__all__ = ["relu", "tanh", "sigmoid", "sigmoid_tanh", "softmax", "log_softmax", "column_sums",
+__all__ = ["relu", "tanh", "sigmoid", "sigmoid_tanh", "softmax", "log_softmax", "column_sums", "row_sums",
            "blockwise", "BLOCK"]
 
 #: Elements per block of :func:`blockwise`: 256 KiB per float32 temporary, so a chain of
@@ -64,7 +64,10 @@ def softmax(x: Array, axis: int = -1, out: Optional[Array] = None) -> Array:
     is subtracted first)."""
     e = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     np.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
+    if axis in (-1, e.ndim - 1):
+        e /= row_sums(e)[..., None]
+    else:
+        e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
@@ -82,6 +85,21 @@ def column_sums(a: Array) -> Array:
     sum in float32."""
     c = a.shape[-1]
     return np.ones(a.size // c if c else 0, a.dtype) @ a.reshape(-1, c)
+
+
+def row_sums(a: Array) -> Array:
+    """The sums of ``a`` over its last axis: shape ``a.shape[:-1]``, as one BLAS gemv
+    ``a2 @ ones`` on the 2-D view ``a2`` when ``a`` is C-contiguous (else ``a.sum(-1)``).
+
+    Short rows are where numpy's reduction is slowest: the attention scores' rows of 64
+    (32, 4, 64, 64) float32, 0.018 against 0.178 ms.  A row's sum depends on its own
+    values alone, not on the other rows' (for one shape: like any BLAS product, its
+    rounding may change with the number of rows, e.g. for fewer than four).
+    """
+    if not a.flags.c_contiguous or a.ndim == 0 or a.size == 0:
+        return a.sum(axis=-1)
+    c = a.shape[-1]
+    return (a.reshape(-1, c) @ np.ones(c, a.dtype)).reshape(a.shape[:-1])
 
 
 Outputs = Union[Array, Tuple[Optional[Array], ...]]

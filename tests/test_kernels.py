@@ -68,3 +68,23 @@ def test_column_sums_sum_over_every_leading_axis():
     assert got.dtype == np.float32 and got.shape == (4,)
     np.testing.assert_array_equal(got, [60.0, 66.0, 72.0, 78.0])
     np.testing.assert_array_equal(kernels.column_sums(np.zeros((0, 5), np.float64)), np.zeros(5))
+
+
+def test_row_sums_sum_over_the_last_axis_each_row_on_its_own():
+    a = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    got = kernels.row_sums(a)
+    assert got.dtype == np.float32 and got.shape == (2, 3)
+    np.testing.assert_array_equal(got, [[6.0, 22.0, 38.0], [54.0, 70.0, 86.0]])
+    np.testing.assert_array_equal(kernels.row_sums(a[:, :, ::2]), a[:, :, ::2].sum(-1))  # strided
+    assert kernels.row_sums(np.zeros((3, 0))).shape == (3,)
+    assert kernels.row_sums(np.zeros((0, 5), np.float64)).shape == (0,)
+    # a row's sum does not depend on the other rows' values (exact zeros, e.g. masked
+    # entries, included); it is the float64 sum up to float32 rounding
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((8, 64)).astype(np.float32)
+    others = rng.standard_normal((8, 64)).astype(np.float32)
+    others[3:5] = rows[3:5]
+    others[:3] = 0.0
+    np.testing.assert_array_equal(kernels.row_sums(others)[3:5], kernels.row_sums(rows)[3:5])
+    np.testing.assert_allclose(kernels.row_sums(rows), rows.astype(np.float64).sum(-1),
+                               rtol=0, atol=2e-5)

@@ -31,7 +31,7 @@ def _masked_softmax_(s: Array) -> Array:
     m[m == -np.inf] = 0.0
     s -= m
     np.exp(s, out=s)            # exp(-inf) = 0 exactly
-    total = s.sum(axis=-1, keepdims=True)
+    total = kernels.row_sums(s)[..., None]
     total[total == 0] = 1.0     # a fully masked row stays 0 / 1 = 0
     s /= total
     return s

@@ -77,7 +77,7 @@ def _sce_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
         row_mass = t.sum(axis=-1, keepdims=True)
         cross = np.vdot(t, e)  # sum_i sum_c t_ic shifted_ic
     np.exp(e, out=e)
-    total = e.sum(axis=-1, keepdims=True)
+    total = kernels.row_sums(e)[:, None]
     log_total = np.log(total)
     if labels is not None:
         # -mean log softmax(z)[label] = mean(log sum exp(shifted) - shifted[label])
