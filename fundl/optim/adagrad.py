@@ -38,16 +38,17 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-10) -> 
     def init(params):
         return AdagradState(tree.map(lambda p: np.full_like(p, init_value), params))
 
-    def rule(p, g, acc):
+    def rule(p, g, acc, out=(None,)):
         u = np.multiply(g, g)
-        acc = np.add(acc, u)       # fresh: the new state
+        acc = np.add(acc, u, out=out[0])       # fresh (or out): the new state
         np.sqrt(acc, out=u)
         u += eps
         np.divide(g, u, out=u)
         return u, acc
 
     def step(state):
-        return PerLeaf(rule, (state.sum_of_squares,), lambda trees: AdagradState(*trees))
+        return PerLeaf(rule, (state.sum_of_squares,), lambda trees: AdagradState(*trees),
+                       elementwise=True)
 
     return leafwise(init, step, "scale_by_rss")
 

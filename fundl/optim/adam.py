@@ -69,15 +69,15 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         eps_t = eps * s2
         scale = s2 / (1.0 - b1 ** t)
 
-        def rule(p, g, m, v):
+        def rule(p, g, m, v, out=(None, None)):
             if g.dtype.itemsize < 4:
                 _check_eps("adam", eps, eps_t, g.dtype)
             u = np.multiply(g, 1.0 - b1)
-            m = np.multiply(m, b1)            # fresh: new state
+            m = np.multiply(m, b1, out=out[0])  # fresh (or out): new state
             m += u
             np.multiply(g, g, out=u)
             u *= 1.0 - b2
-            v = np.multiply(v, b2)            # fresh: new state
+            v = np.multiply(v, b2, out=out[1])  # fresh (or out): new state
             v += u
             np.sqrt(v, out=u)
             u += eps_t
@@ -86,7 +86,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
             return u, m, v
 
         return PerLeaf(rule, (state.mu, state.nu),
-                       lambda trees: AdamState(count_array(t), *trees))
+                       lambda trees: AdamState(count_array(t), *trees), elementwise=True)
 
     return leafwise(_init_adam, step, "scale_by_adam")
 
@@ -99,22 +99,22 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         t = int(state.count) + 1
         c1 = 1.0 / (1.0 - b1 ** t)
 
-        def rule(p, g, m, v):
+        def rule(p, g, m, v, out=(None, None)):
             if g.dtype.itemsize < 4:
                 _check_eps("adamax", eps, eps, g.dtype)
             u = np.multiply(g, 1.0 - b1)
-            m = np.multiply(m, b1)            # fresh: new state
+            m = np.multiply(m, b1, out=out[0])  # fresh (or out): new state
             m += u
             np.abs(g, out=u)
             u += eps
-            v = np.multiply(v, b2)            # fresh: new state
+            v = np.multiply(v, b2, out=out[1])  # fresh (or out): new state
             np.maximum(v, u, out=v)
             np.divide(m, v, out=u)
             u *= c1
             return u, m, v
 
         return PerLeaf(rule, (state.mu, state.nu),
-                       lambda trees: AdamState(count_array(t), *trees))
+                       lambda trees: AdamState(count_array(t), *trees), elementwise=True)
 
     return leafwise(_init_adam, step, "scale_by_adamax")
 

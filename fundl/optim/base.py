@@ -50,11 +50,17 @@ class PerLeaf(NamedTuple):
     ``rule(p, g, *s) -> (u, *new_s)`` runs on matching leaves of the params, the
     gradients and each tree of ``trees`` (state trees shaped like params);
     ``rebuild(new_trees) -> state`` makes the new state from the rebuilt trees.
+
+    ``elementwise=True`` declares that every output element depends only on the
+    same element of the inputs, and that ``rule(p, g, *s, out=new_s_out)`` writes the
+    new states into the given arrays (and returns them): :func:`descend` then runs
+    the rule and the descent over cache-sized blocks of large leaves (the same bits).
     """
 
     rule: Callable[..., Tuple[Any, ...]]
     trees: Tuple[Any, ...]
     rebuild: Callable[[List[Any]], Any]
+    elementwise: bool = False
 
 
 class Optimizer(NamedTuple):
@@ -135,6 +141,19 @@ def _run_rule(step: PerLeaf, ps: Sequence[Any], gs: Sequence[Any],
     return list(columns[0]), step.rebuild([treedef.unflatten(c) for c in columns[1:]])
 
 
+def _descend_elementwise(step: PerLeaf, ps: Sequence[Any], gs: Sequence[Any],
+                         treedef: tree.TreeDef, lr: float) -> Tuple[Any, Any]:
+    """The new params and state of :func:`descend` with an elementwise rule, leaf by leaf
+    (large leaves in blocks)."""
+    check_grads(ps, gs, treedef)
+    cols = [treedef.leaves_of(t) for t in step.trees]
+    outs = [_descend_blocks(step, p, g, xs, lr) for p, g, *xs in zip(ps, gs, *cols)]
+    new_ps = [o[0] for o in outs]
+    columns = [list(c) for c in zip(*(o[1] for o in outs))] if outs else [[]] * len(cols)
+    return (treedef.unflatten(new_ps),
+            step.rebuild([treedef.unflatten(c) for c in columns]))
+
+
 def leafwise(init: Callable[[Any], Any], step: Callable[[Any], PerLeaf],
              name: str) -> GradientTransform:
     """A transform from a rule per leaf: ``step(state)`` gives this update's :class:`PerLeaf`."""
@@ -148,11 +167,44 @@ def leafwise(init: Callable[[Any], Any], step: Callable[[Any], PerLeaf],
     return GradientTransform(init, update, name, step)
 
 
-def descend_leaf(p: np.ndarray, u: np.ndarray, lr: float) -> np.ndarray:
-    """``p - lr * u`` as one fresh array in ``p``'s dtype (``p`` and ``u`` are not written)."""
-    new = np.multiply(u, -lr, dtype=p.dtype)  # the one fresh array, in p's dtype
+def descend_leaf(p: np.ndarray, u: np.ndarray, lr: float, out: Optional[np.ndarray] = None
+                 ) -> np.ndarray:
+    """``p - lr * u`` as one fresh array in ``p``'s dtype (``p`` and ``u`` are not written),
+    or written into ``out``."""
+    new = np.multiply(u, -lr, dtype=p.dtype, out=out)  # the one fresh array, in p's dtype
     new += p
     return new
+
+
+#: Bytes of each array in one block of :func:`_descend_blocks` (2**16 float32 elements).
+#: Adam's rule and descent on the benchmark MLP's 670k float32 params, caches swept
+#: between updates: 1.90 ms leaf by leaf, 1.39 in blocks of 2**16 elements (1.48 in
+#: 2**15, 1.60 in 2**14): its 13 passes then run in L2, and each array is read or
+#: written once from memory.
+_BLOCK_BYTES = 2 ** 18
+
+
+def _descend_blocks(step: PerLeaf, p: np.ndarray, g: Any, states: Sequence[Any],
+                    lr: float) -> Tuple[np.ndarray, List[Any]]:
+    """An elementwise rule and the descent of one leaf: ``(p - lr * u, new_states)``, in
+    blocks when the leaf is larger than one block (the same values as unblocked)."""
+    block = max(1024, _BLOCK_BYTES // max(p.itemsize, 1))
+    if (p.size <= block or not isinstance(g, np.ndarray)
+            or any(not isinstance(s, np.ndarray) or s.shape != p.shape for s in states)):
+        u, *new_states = step.rule(p, g, *states)
+        return descend_leaf(p, u, lr), new_states
+    flat = [a.reshape(-1) for a in (p, g, *states)]
+    new_p = np.empty(p.size, p.dtype)
+    new_states = [np.empty(s.size, s.dtype) for s in states]
+    for lo in range(0, p.size, block):
+        part = slice(lo, lo + block)
+        outs = tuple(s[part] for s in new_states)
+        u, *written = step.rule(*(a[part] for a in flat), out=outs)
+        for o, w in zip(outs, written):
+            if w is not o:   # a rule that returned a state array of its own
+                o[...] = w
+        descend_leaf(flat[0][part], u, lr, out=new_p[part])
+    return new_p.reshape(p.shape), [s.reshape(p.shape) for s in new_states]
 
 
 def descend(transform: GradientTransform, name: str = "") -> Optimizer:
@@ -166,7 +218,11 @@ def descend(transform: GradientTransform, name: str = "") -> Optimizer:
         lr = as_lr(lr)
         ps, treedef = tree.flatten(params)
         if transform.per_leaf is not None:
-            us, state = _run_rule(transform.per_leaf(state), ps, treedef.leaves_of(grads), treedef)
+            step = transform.per_leaf(state)
+            gs = treedef.leaves_of(grads)
+            if step.elementwise:
+                return _descend_elementwise(step, ps, gs, treedef, lr)
+            us, state = _run_rule(step, ps, gs, treedef)
         else:
             updates, state = transform.update(params, grads, state)
             us = treedef.leaves_of(updates)

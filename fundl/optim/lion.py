@@ -37,18 +37,18 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransform:
     def init(params):
         return LionState(tree.zeros_like(params))
 
-    def rule(p, g, m):
+    def rule(p, g, m, out=(None,)):
         c = np.multiply(m, b1)
         tmp = np.multiply(g, 1.0 - b1)
         c += tmp
         u = np.sign(c)                   # not in place: numpy 2's in-place sign is ~10x slower
         np.multiply(g, 1.0 - b2, out=tmp)
-        np.multiply(m, b2, out=c)        # reuse c for the new state
-        c += tmp
-        return u, c
+        new = np.multiply(m, b2, out=c if out[0] is None else out[0])  # c reused if no out
+        new += tmp
+        return u, new
 
     def step(state):
-        return PerLeaf(rule, (state.mu,), lambda trees: LionState(*trees))
+        return PerLeaf(rule, (state.mu,), lambda trees: LionState(*trees), elementwise=True)
 
     return leafwise(init, step, "scale_by_lion")
 

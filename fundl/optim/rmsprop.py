@@ -43,13 +43,13 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False) 
     def init(params):
         return RMSState(tree.zeros_like(params), tree.zeros_like(params) if centered else None)
 
-    def rule(p, g, nu, mu=None):
+    def rule(p, g, nu, mu=None, out=(None, None)):
         u = np.multiply(g, g)
         u *= rest
-        nu = np.multiply(nu, decay)      # fresh: the new state
+        nu = np.multiply(nu, decay, out=out[0])      # fresh (or out): the new state
         nu += u
         if mu is not None:
-            mu = np.multiply(mu, decay)  # fresh: the new state
+            mu = np.multiply(mu, decay, out=out[1])  # fresh (or out): the new state
             np.multiply(g, rest, out=u)
             mu += u
             np.multiply(mu, mu, out=u)
@@ -62,14 +62,16 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False) 
         np.divide(g, u, out=u)
         return u, nu, mu
 
-    def uncentered(p, g, nu):
-        u, nu, _ = rule(p, g, nu)
+    def uncentered(p, g, nu, out=(None,)):
+        u, nu, _ = rule(p, g, nu, out=(out[0], None))
         return u, nu
 
     def step(state):
         if centered:
-            return PerLeaf(rule, (state.nu, state.mu), lambda trees: RMSState(*trees))
-        return PerLeaf(uncentered, (state.nu,), lambda trees: RMSState(trees[0], None))
+            return PerLeaf(rule, (state.nu, state.mu), lambda trees: RMSState(*trees),
+                           elementwise=True)
+        return PerLeaf(uncentered, (state.nu,), lambda trees: RMSState(trees[0], None),
+                       elementwise=True)
 
     return leafwise(init, step, "scale_by_rms")
 

@@ -78,8 +78,8 @@ def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
     def init(params):
         return TraceState(tree.zeros_like(params))
 
-    def rule(p, g, v):
-        v = np.multiply(v, beta)   # fresh
+    def rule(p, g, v, out=(None,)):
+        v = np.multiply(v, beta, out=out[0])   # fresh (or out)
         v += g
         if not nesterov:
             return v, v            # the update aliases the new state: nobody writes into it
@@ -88,7 +88,7 @@ def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
         return u, v
 
     def step(state):
-        return PerLeaf(rule, (state.velocity,), lambda trees: TraceState(*trees))
+        return PerLeaf(rule, (state.velocity,), lambda trees: TraceState(*trees), elementwise=True)
 
     return leafwise(init, step, "nesterov" if nesterov else "trace")
 
