@@ -97,19 +97,26 @@ def _feature_major(a: Array) -> Array:
 
 def _input_projection(xt: Array, w_x: Array, b: Array) -> Array:
     """``(x_t @ w_x + b)^T`` for all steps: ``xt`` ``(T, N, F)`` -> ``(T, G*H, N)`` (fresh;
-    each step's gates contiguous)."""
-    if xt.shape[2] == 1:  # a matmul over one feature is an outer product, ~3x faster so
-        xp = np.multiply(w_x.T[None], xt.swapaxes(1, 2))
-    else:
-        xp = np.matmul(w_x.T, xt.swapaxes(1, 2))
-    xp += b[:, None]
-    return xp
+    each step's gates contiguous).
+
+    The bias rides in the matmul, as a row of ``w_x`` against a row of ones appended to
+    each step's ``x_t^T``: a broadcast add over the result, whose rows are only N long,
+    cost more than the matmul (the LSTM benchmark's (50, 512, 64): 1.14 -> 0.72 ms; the
+    GRU-128's (40, 384, 100) with one feature, against an outer product and the add:
+    1.09 -> 0.32 ms).
+    """
+    t, n, f = xt.shape
+    xa = np.empty((t, f + 1, n), xt.dtype)
+    xa[:, :f] = xt.swapaxes(1, 2)
+    xa[:, f] = 1.0
+    wa = np.concatenate([w_x, b[None]], axis=0)      # (F + 1, G*H)
+    return np.matmul(wa.T, xa)
 
 
 def _projection_by_unit(xt: Array, w_x: Array, b: Array) -> Array:
     """The same as ``(H, T, N)`` (one matmul; a step's slice has rows ``T*N`` apart)."""
     t, n, f = xt.shape
-    if f == 1:  # an outer product (see _input_projection)
+    if f == 1:  # a matmul over one feature is an outer product, ~3x faster so
         xp = np.multiply(w_x.T[:, :, None], xt[None, :, :, 0])
     else:
         xp = (w_x.T @ xt.reshape(t * n, f).T).reshape(w_x.shape[1], t, n)
@@ -209,17 +216,19 @@ class _GradChunks:
         np.copyto(d, self.buf[:m].swapaxes(0, 1))
         d = d.reshape(d.shape[0], m * n_b)   # explicit rows: n_b may be 0 (an empty batch)
         x2 = self.xt[t0:t0 + m].reshape(m * n_b, self.xt.shape[2])
+        # row sums as a gemv: 0.01 against 0.08 ms for d.sum(axis=1) on (512, 1024)
+        ones = np.ones(m * n_b, d.dtype)
         dx = None
         for rows, cols in self.x_rows:
             self.dw_x[:, cols] += x2.T @ d[rows].T
-            self.db[cols] += d[rows].sum(axis=1)
+            self.db[cols] += d[rows] @ ones
             if self.dx is not None:
                 part = d[rows].T @ self.w_x[:, cols].T
                 dx = part if dx is None else np.add(dx, part, out=dx)
         if dx is not None:
             self.dx[:, t0:t0 + m] = dx.reshape(m, n_b, self.xt.shape[2]).swapaxes(0, 1)
         if self.sums is not None:
-            self.sums += d[self.sum_rows].sum(axis=1)
+            self.sums += d[self.sum_rows] @ ones
         dh = d[self.h_rows]
         hdim = self.hs.shape[0]
         if t0 > 0:
