@@ -96,7 +96,7 @@ def row_sums(a: Array) -> Array:
     values alone, not on the other rows' (for one shape: like any BLAS product, its
     rounding may change with the number of rows, e.g. for fewer than four).
     """
-    if not a.flags.c_contiguous or a.ndim == 0 or a.size == 0:
+    if not a.flags.c_contiguous or a.ndim == 0 or a.size < 1024:  # below, the sum is faster
         return a.sum(axis=-1)
     c = a.shape[-1]
     return (a.reshape(-1, c) @ np.ones(c, a.dtype)).reshape(a.shape[:-1])

@@ -342,3 +342,14 @@ def test_alloc_measures_fresh_processes_with_both_allocator_settings(capsys):
     alloc.main(["--workloads", "gru_paper", "--size", "tiny", "--rounds", "1", "--steps", "2"])
     out = capsys.readouterr().out
     assert "gru_paper" in out and "keep/default" in out
+
+
+def test_overhead_runs_the_same_training_both_ways(capsys):
+    from benchmarks import overhead
+    via_step, by_hand = overhead.build()
+    losses = [(via_step(), by_hand()) for _ in range(3)]
+    for a, b in losses:                      # the same network, params and updates
+        assert abs(a - b) <= 1e-6 * max(1.0, abs(a))
+    assert losses[0][0] != losses[2][0]      # and both train
+    overhead.main(["--repeats", "1", "--steps", "5"])
+    assert "ratio" in capsys.readouterr().out

@@ -81,8 +81,8 @@ def test_row_sums_sum_over_the_last_axis_each_row_on_its_own():
     # a row's sum does not depend on the other rows' values (exact zeros, e.g. masked
     # entries, included); it is the float64 sum up to float32 rounding
     rng = np.random.default_rng(0)
-    rows = rng.standard_normal((8, 64)).astype(np.float32)
-    others = rng.standard_normal((8, 64)).astype(np.float32)
+    rows = rng.standard_normal((32, 64)).astype(np.float32)
+    others = rng.standard_normal((32, 64)).astype(np.float32)
     others[3:5] = rows[3:5]
     others[:3] = 0.0
     np.testing.assert_array_equal(kernels.row_sums(others)[3:5], kernels.row_sums(rows)[3:5])
