@@ -530,10 +530,15 @@ def gru(hidden: int, *, return_sequences: bool = True,
         return params
 
     def scan(params, x, steps, keep):
-        w_ht, b_hn = np.ascontiguousarray(params["w_h"].T), params["b_hn"][:, None]
+        hdim = params["w_h"].shape[0]
+        # sigmoid(a) = (1 + tanh(a / 2)) / 2 on r and z, with a / 2 folded into their
+        # weight columns (bit for bit the same: a power-of-two scale commutes with rounding;
+        # one pass less per step: GRU-128 step 36.5 -> 35.8 ms, GRU-6 2.50 -> 2.46 ms)
+        half = np.repeat(np.array((0.5, 0.5, 1.0), x.dtype), hdim)          # (3H,)
+        w_ht, b_hn = np.multiply(params["w_h"].T, half[:, None]), params["b_hn"][:, None]
         xt = _time_major(x)
-        acts = _input_projection(xt, params["w_x"], params["b"])  # becomes r, z, n in place
-        n_t, n_b, hdim = xt.shape[0], xt.shape[1], w_ht.shape[1]
+        acts = _input_projection(xt, params["w_x"] * half, params["b"] * half)  # r, z, n
+        n_t, n_b = xt.shape[0], xt.shape[1]
         hs = np.empty((hdim, n_t, n_b), x.dtype)
         hns = np.empty((n_t, hdim, n_b), x.dtype) if keep else None
         hp = np.empty((3 * hdim, n_b), x.dtype)   # (h @ w_h)^T
@@ -544,7 +549,9 @@ def gru(hidden: int, *, return_sequences: bool = True,
             a = acts[t]
             rz = a[:2 * hdim]
             rz += hp[:2 * hdim]
-            kernels.sigmoid_tanh(rz, out=rz)
+            np.tanh(rz, out=rz)                   # halved already: sigmoid = (1 + tanh) / 2
+            rz += 1.0
+            rz *= 0.5
             r, z, n = a[:hdim], a[hdim:2 * hdim], a[2 * hdim:]
             hn = np.add(hp[2 * hdim:], b_hn, out=hns[t] if keep else hp[2 * hdim:])
             n += np.multiply(r, hn, out=tmp)
@@ -636,12 +643,18 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
         return params
 
     def scan(params, x, steps, keep):
-        w_ht = np.ascontiguousarray(params["w_h"].T)
-        xt = _time_major(x)
-        acts = _input_projection(xt, params["w_x"], params["b"])  # becomes i, f, g, o
-        n_t, n_b, hdim = xt.shape[0], xt.shape[1], w_ht.shape[1]
         dt = x.dtype
-        # sigmoid(a) = (1 + tanh(a / 2)) / 2 on i, f, o and tanh(a) on g, all four at once
+        hdim = params["w_h"].shape[0]
+        # sigmoid(a) = (1 + tanh(a / 2)) / 2 on i, f, o and tanh(a) on g, all four at once.
+        # The halving a / 2 is folded into the weights' i, f, o columns: scaling by a power
+        # of two commutes with rounding, so the gates are bit for bit the same, and each
+        # step saves a pass over its (4H, N) gates: 3 us on the LSTM benchmark's (512, 64),
+        # which its whole step did not show (17.10 vs 17.10 ms; the GRU's below did).
+        half = np.repeat(np.array((0.5, 0.5, 1.0, 0.5), dt), hdim)          # (4H,)
+        w_ht = np.multiply(params["w_h"].T, half[:, None])                 # (4H, H), compact
+        xt = _time_major(x)
+        acts = _input_projection(xt, params["w_x"] * half, params["b"] * half)  # i, f, g, o
+        n_t, n_b = xt.shape[0], xt.shape[1]
         scale, shift = (np.array(v, dt).reshape(4, 1, 1) for v in
                         ((0.5, 0.5, 1.0, 0.5), (0.5, 0.5, 0.0, 0.5)))
         hs = np.empty((hdim, n_t, n_b), dt)
@@ -654,7 +667,6 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
             if h is not None:
                 a += np.matmul(w_ht, h, out=hp)
             a4 = a.reshape(4, hdim, n_b)
-            a4 *= scale
             np.tanh(a, out=a)
             a4 *= scale
             a4 += shift
