@@ -21,7 +21,7 @@ when the model was built in another process and never initialised here).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -79,9 +79,12 @@ class TreeSpec:
         self.exact = [(leaf.shape, leaf.dtype) for leaf in self.leaves]
         self.paths = tree.paths(t)
         self.node_paths = _node_paths(t)
+        self.is_exactly = _exact_test(t)
 
     def matches(self, t: Any) -> bool:
         """Whether ``t`` matches (no exception, no message)."""
+        if self.is_exactly is not None and self.is_exactly(t):
+            return True
         try:
             self.check(t)
         except SpecError:
@@ -90,6 +93,8 @@ class TreeSpec:
 
     def check(self, t: Any, root: str = "params") -> None:
         """Raise :class:`SpecError` unless ``t`` matches this spec (see the module docstring)."""
+        if self.is_exactly is not None and self.is_exactly(t):
+            return  # the common case: nested dicts of arrays, all as made
         try:
             values = self.treedef.leaves_of(t)
         except tree.TreeError:
@@ -141,6 +146,54 @@ class TreeSpec:
         return SpecError(f"{root} do not match the model: " + "; ".join(parts))
 
 
+def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
+    """``is_exactly(other)``: whether ``other`` is nested dicts with the keys of ``t`` and arrays
+    of exactly its shapes and dtypes; ``None`` unless ``t`` is nested dicts of arrays only (the
+    params and state of most models).
+
+    The walk is planned once: a flat list of the dicts (each found in its parent) and of the
+    leaves (each found in its dict), so a test is two loops, with no call per node, no list of
+    leaves and no exception (the guard of every ``apply``/``vjp`` runs it; measured on a
+    5-layer MLP's params: 2.52 -> 1.14 us, its state 0.82 -> 0.42).
+    """
+    dicts: List[Tuple[int, Any, int]] = []            # (parent's index in nodes, key, len)
+    leaves: List[Tuple[int, Any, Any, Any]] = []      # (dict's index in nodes, key, shape, dtype)
+
+    def plan(d: Any, index: int) -> bool:
+        for k, v in d.items():
+            if type(v) is np.ndarray:
+                leaves.append((index, k, v.shape, v.dtype))
+            elif type(v) is dict:
+                dicts.append((index, k, len(v)))
+                if not plan(v, len(dicts)):
+                    return False
+            else:
+                return False
+        return True
+
+    if type(t) is not dict or not plan(t, 0):
+        return None
+    size = len(t)
+
+    def is_exactly(other: Any) -> bool:
+        if type(other) is not dict or len(other) != size:
+            return False
+        nodes = [other]
+        for parent, k, n in dicts:   # equal lengths and every key found: the same keys
+            d = nodes[parent].get(k)
+            if type(d) is not dict or len(d) != n:
+                return False
+            nodes.append(d)
+        for index, k, shape, dtype in leaves:
+            v = nodes[index].get(k)
+            if type(v) is not np.ndarray or v.shape != shape or (
+                    v.dtype is not dtype and v.dtype != dtype):
+                return False
+        return True
+
+    return is_exactly
+
+
 def _top(paths: List[str]) -> List[str]:
     """The outermost of ``paths`` (a missing ``dense_0`` hides its ``dense_0/w``)."""
     out: List[str] = []
@@ -173,6 +226,7 @@ class ModelGuard:
         self._init = init
         self._specs: Dict[Any, Optional[Tuple[TreeSpec, TreeSpec]]] = {}
         self._last: Optional[Tuple[TreeSpec, TreeSpec]] = None
+        self._last_exactly: Any = None  # the last specs' two exact tests, when both have one
 
     def record(self, in_shape: Any, params: Any, state: Any) -> None:
         try:
@@ -180,16 +234,25 @@ class ModelGuard:
         except TypeError:
             return
         if key not in self._specs and len(self._specs) < 32:
-            self._specs[key] = self._last = (TreeSpec(params), TreeSpec(state))
+            self._specs[key] = spec = (TreeSpec(params), TreeSpec(state))
+            self._remember(spec)
+
+    def _remember(self, spec: Tuple[TreeSpec, TreeSpec]) -> None:
+        self._last = spec
+        tests = (spec[0].is_exactly, spec[1].is_exactly)
+        self._last_exactly = tests if None not in tests else None
 
     def check(self, params: Any, state: Any, x: Any) -> None:
+        exactly = self._last_exactly  # the common case: the trees as the last init made them
+        if exactly is not None and exactly[0](params) and exactly[1](state):
+            return
         last = self._last
         if last is not None and last[0].matches(params) and last[1].matches(state):
             return
         candidates = [s for s in self._specs.values() if s is not None]
         for spec in candidates:
             if spec[0].matches(params) and spec[1].matches(state):
-                self._last = spec
+                self._remember(spec)
                 return
         spec = self._spec_for(data_shapes(x))
         if spec is None:
@@ -198,7 +261,7 @@ class ModelGuard:
             spec = candidates[-1]
         spec[0].check(params, "params")
         spec[1].check(state, "state")
-        self._last = spec
+        self._remember(spec)
 
     def _spec_for(self, in_shape: Any) -> Optional[Tuple[TreeSpec, TreeSpec]]:
         try:

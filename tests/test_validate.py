@@ -103,6 +103,35 @@ def test_tree_spec_on_other_trees():
         spec.check({"a": np.ones(2, np.int64), "b": [np.zeros((1, 2))]}, "tree")
 
 
+def test_the_planned_exact_test_of_nested_dicts_misses_no_difference():
+    made = {"dense_0": {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)},
+            "relu_1": {}, "block_2": {"norm_0": {"scale": np.ones(2, np.float32)}}}
+    spec = TreeSpec(made)
+    assert spec.is_exactly is not None and spec.is_exactly(fl.tree.map(np.copy, made))
+
+    def changed(edit):
+        t = fl.tree.map(np.copy, made)
+        edit(t)
+        return t
+
+    others = [
+        changed(lambda t: t["dense_0"].update(extra=np.ones(1, np.float32))),   # a key more
+        changed(lambda t: t["dense_0"].pop("b")),                                  # a key less
+        changed(lambda t: t["relu_1"].update(w=np.ones(1, np.float32))),         # an empty dict not empty
+        changed(lambda t: t.update(relu_1=[])),                                   # another container
+        changed(lambda t: t["block_2"]["norm_0"].update(scale=np.ones(3, np.float32))),  # shape
+        changed(lambda t: t["dense_0"].update(b=np.zeros(2, np.float64))),       # dtype
+        changed(lambda t: t["dense_0"].update(b=np.ma.zeros(2, np.float32))),    # an array subclass
+        changed(lambda t: t["dense_0"].update(b=[0.0, 0.0])),                    # not an array
+        changed(lambda t: t.update(dense_9=t.pop("dense_0"))),                    # a key renamed
+    ]
+    for other in others:
+        assert not spec.is_exactly(other)
+    assert TreeSpec({"a": [np.ones(1)]}).is_exactly is None   # lists: only the general walk
+    with pytest.raises(SpecError, match="params/block_2/norm_0/scale: expected shape"):
+        spec.check(others[4])
+
+
 # --- the step's own checks ----------------------------------------------------------------
 
 def _ts_step(opt=None):
