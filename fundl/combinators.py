@@ -182,13 +182,16 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
                     plan.dy_donated[p] or (p == last and dy_donated)))
                 for p, (j, k, layer, _) in enumerate(runs)]
 
+    in_order = list(plan.order) == list(range(len(layers)))  # no ReLU moved after a pool
+    no_keys, uses_key = (None,) * len(layers), plan.speed.uses_key
+
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
         guard.check(params, state, x)
-        keys = split_key(key, len(layers), plan.speed.uses_key)
-        hints = (bool(need_dx), bool(x_donated), bool(dy_donated))
-        calls = bound.get(hints)
+        keys = no_keys if key is None or not uses_key else random.split(key, len(layers))
+        calls = bound.get((need_dx, x_donated, dy_donated))
         if calls is None:
-            calls = bound[hints] = bound_runs(hints)
+            hints = (bool(need_dx), bool(x_donated), bool(dy_donated))
+            calls = bound[(need_dx, x_donated, dy_donated)] = bound_runs(hints)
         new_state, pullbacks = {}, []
         for j, k, moved, call in calls:
             if moved is not None:
@@ -198,14 +201,17 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             except LayerError as err:
                 raise err.within(k) from None
             pullbacks.append((k, pb))
+        pullbacks.reverse()
 
         def pullback(dy):
-            grads = {}
-            for k, pb in reversed(pullbacks):
+            grads = dict.fromkeys(names)  # the children's order, filled in reverse
+            for k, pb in pullbacks:
                 grads[k], dy = pb(dy)
-            return {k: grads[k] for k in names}, dy
+            return grads, dy
 
-        return x, {k: new_state[k] for k in names}, pullback
+        # Run in order, new_state has the children's order already (the rebuild was 0.5 us
+        # of a tiny MLP's step; the pullback's dict.fromkeys saves another).
+        return x, new_state if in_order else {k: new_state[k] for k in names}, pullback
 
     return Layer(init, apply, vjp, name, tuple(zip(names, layers)), plan.speed)
 

@@ -118,7 +118,17 @@ def _named_layer(name: str, init: Callable, apply: Callable, vjp: Callable,
             raise err.named(name) from None
         return y, state, pullback
 
-    return Layer(layer_init, layer_apply, layer_vjp, name, (), speed)
+    def bind(**hints):
+        """``layer_vjp`` with ``hints`` fixed (``fusion.Speed.bind``): no partial's keywords."""
+        def layer_vjp_bound(params, state, x, *, key=None):
+            try:
+                y, pullback = vjp(params, x, key, **hints) if keyed else vjp(params, x, **hints)
+            except LayerError as err:
+                raise err.named(name) from None
+            return y, state, pullback
+        return layer_vjp_bound
+
+    return Layer(layer_init, layer_apply, layer_vjp, name, (), speed._replace(bind=bind))
 
 
 def elementwise_layer(

@@ -82,6 +82,8 @@ def split(k: Key, n: int = 2) -> Tuple[Key, ...]:
     if n < 1:
         raise ValueError(f"split needs n >= 1, got {n}")
     a, b = k.tolist()
+    if n <= 2:  # a training step's split, without the generator (2.2 -> 1.8 us for n=1)
+        return (_derive(a, b, 0), _derive(a, b, 2)) if n == 2 else (_derive(a, b, 0),)
     return tuple(_derive(a, b, 2 * i) for i in range(n))
 
 

@@ -19,6 +19,7 @@ layer honours the contract of :mod:`fundl.core`:
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Optional
 
 import numpy as np
@@ -125,12 +126,15 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
         raise ContractError(f"{layer.name}: pullback gives different results on a second call")
     speed = fusion.speed_of(layer)
     if "need_dx" in speed.takes:
-        y_n, _, pullback_n = layer.vjp(params, state, x, key=k_fwd, need_dx=False)
-        dparams_n, dx_n = pullback_n(dy)
-        if not (tree.all_equal(y_n, y_t) and tree.all_equal(dparams_n, dparams)):
-            raise ContractError(f"{layer.name}: vjp(need_dx=False) changes the output or dparams")
-        if dx_n is not None and not tree.all_equal(dx_n, dx):
-            raise ContractError(f"{layer.name}: vjp(need_dx=False) returns a different dx")
+        for how, vjp in (("", functools.partial(layer.vjp, need_dx=False)),
+                         (" bound", fusion.bound_runner(layer, False, False, False))):
+            y_n, _, pullback_n = vjp(params, state, x, key=k_fwd)
+            dparams_n, dx_n = pullback_n(dy)
+            if not (tree.all_equal(y_n, y_t) and tree.all_equal(dparams_n, dparams)):
+                raise ContractError(f"{layer.name}: vjp(need_dx=False){how} changes the output "
+                                    "or dparams")
+            if dx_n is not None and not tree.all_equal(dx_n, dx):
+                raise ContractError(f"{layer.name}: vjp(need_dx=False){how} returns a different dx")
     _check_donation(layer, params, state, x, k_fwd, dy, y_t, dparams, dx)
     try:
         tree.map(lambda a, b: None, params, dparams)
@@ -212,11 +216,18 @@ def _check_donation(layer: Layer, params, state, x, key, dy, y, dparams, dx) -> 
             _scribble(layer, what, pullback_f(dy)[index], (inputs, first))
             same(pullback_f(dy), f"overwriting the {words} it declares fresh")
     run = fusion.runner(layer)
+    # Both ways a combinator passes the hints: as keywords, and bound once (Speed.bind).
+    donated = {"x_donated": fusion.bound_runner(layer, True, True, False),
+               "dy_donated": fusion.bound_runner(layer, True, False, True)}
     if "x_donated" in speed.takes:
-        y_d, _, pullback_d = run(params, state, _writeable_copy(x), key, x_donated=True)
-        if not tree.all_equal(y_d, y):
-            raise ContractError(f"{layer.name}: vjp(x_donated=True) changes the output")
-        same(pullback_d(dy), "vjp(x_donated=True)")
+        for how, vjp in (("", functools.partial(run, x_donated=True)),
+                         (" bound", donated["x_donated"])):
+            y_d, _, pullback_d = vjp(params, state, _writeable_copy(x), key=key)
+            if not tree.all_equal(y_d, y):
+                raise ContractError(f"{layer.name}: vjp(x_donated=True){how} changes the output")
+            same(pullback_d(dy), f"vjp(x_donated=True){how}")
     if "dy_donated" in speed.takes:
-        _, _, pullback_d = run(params, state, x, key, dy_donated=True)
-        same(pullback_d(_writeable_copy(dy)), "vjp(dy_donated=True)")
+        for how, vjp in (("", functools.partial(run, dy_donated=True)),
+                         (" bound", donated["dy_donated"])):
+            _, _, pullback_d = vjp(params, state, x, key=key)
+            same(pullback_d(_writeable_copy(dy)), f"vjp(dy_donated=True){how}")

@@ -3,6 +3,8 @@ max pool) and the step's gradient ownership -- the same results as running plain
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -166,6 +168,26 @@ def test_bound_runner_binds_only_the_hints_a_layer_takes():
             assert {**defaults, **bound} == {**defaults, **general}   # the same effective hints
     plain = recorder(fusion.HINTS)
     assert fusion.bound_runner(plain, True, False, False) is plain.vjp   # the plain call stays plain
+
+
+def test_bound_runner_uses_the_binding_a_stateless_layer_declares():
+    seen = []
+
+    def vjp(params, x, x_donated=False, dy_donated=False):
+        seen.append((x_donated, dy_donated))
+        if x.shape[-1] != 2:
+            raise LayerError(f"expected 2 features, got {x.shape[-1]}")
+        return x, lambda dy: ({}, dy)
+
+    layer = fl.stateless_layer("twice", lambda k, s: ({}, s), lambda p, x: x, vjp,
+                               takes=("x_donated", "dy_donated"))
+    assert layer.speed.bind is not None
+    run = fusion.bound_runner(layer, True, True, False)
+    assert not isinstance(run, functools.partial)        # the layer's own binding, no partial
+    y, state, pullback = run({}, {}, np.ones((1, 2), np.float32), key=None)
+    assert seen == [(True, False)] and state == {} and pullback(y)[1] is y
+    with pytest.raises(LayerError, match="layer 'twice': expected 2 features, got 3"):
+        run({}, {}, np.ones((1, 3), np.float32), key=None)   # errors still name the layer
 
 
 def test_step_gives_the_same_next_key_with_and_without_a_keyed_layer():

@@ -396,3 +396,24 @@ def test_sgd_declares_the_update_that_reuses_owned_gradients():
     assert tree.all_equal(new, want)
     assert new["a"] is grads["a"]                     # built in the handed-over memory
     assert optim.adam().update_owning_grads is None
+
+
+def test_sgd_owning_update_walks_nested_dicts_and_names_a_differing_path():
+    opt = optim.sgd()
+    params = {"dense_0": {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)},
+              "relu_1": {}, "lstm_2": {"cell": (np.ones(2, np.float32),)}}
+    grads = tree.map(lambda p: np.full_like(p, 2.0), params)
+    grads["dense_0"]["b"] = np.full(3, 2.0)               # float64: a new float32 array instead
+    new, _ = opt.update_owning_grads(params, grads, {}, 0.25)
+    np.testing.assert_array_equal(new["dense_0"]["w"], np.full((2, 3), 0.5, np.float32))
+    assert new["dense_0"]["w"] is grads["dense_0"]["w"]
+    assert new["dense_0"]["b"].dtype == np.float32 and new["dense_0"]["b"][0] == -0.5
+    assert new["relu_1"] == {} and new["lstm_2"]["cell"][0][1] == 0.5   # a tuple, via tree.map
+    wrong = tree.map(np.copy, grads)
+    wrong["dense_0"] = {"w": wrong["dense_0"]["w"], "bias": wrong["dense_0"]["b"]}
+    with pytest.raises(tree.TreeError, match="dense_0"):
+        opt.update_owning_grads(params, wrong, {}, 0.1)
+    wrong = tree.map(np.copy, grads)
+    wrong["dense_0"]["w"] = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"shape \(3, 2\) for a parameter of shape \(2, 3\)"):
+        opt.update_owning_grads(params, wrong, {}, 0.1)

@@ -54,15 +54,53 @@ def sgd() -> Optimizer:
     def init(params):
         return {}
 
-    def descend_with(leaf):
-        def update(params, grads, opt_state, lr):
-            lr = as_lr(lr)
-            # One walk over both trees (tree.map's two-tree path): with no state to
-            # gather, faster than flatten + leaves_of + unflatten (7.9 vs 12.7 us, tiny MLP).
-            return tree.map(lambda p, g: leaf(p, g, lr), params, grads), opt_state
-        return update
+    def update(params, grads, opt_state, lr):
+        lr = as_lr(lr)
+        # One walk over both trees (tree.map's two-tree path): with no state to
+        # gather, faster than flatten + leaves_of + unflatten (7.9 vs 12.7 us, tiny MLP).
+        return tree.map(lambda p, g: _descend(p, g, lr), params, grads), opt_state
 
-    return Optimizer(init, descend_with(_descend), "sgd", descend_with(_descend_into_grad))
+    def update_owning_grads(params, grads, opt_state, lr):
+        lr = as_lr(lr)
+        new = _descend_into_grads(params, grads, lr)
+        if new is _DIFFERENT:  # name the path where the structures differ
+            tree.map(lambda p, g: None, params, grads)
+            raise tree.TreeError("sgd: the gradients' structure differs from the params'")
+        return new, opt_state
+
+    return Optimizer(init, update, "sgd", update_owning_grads)
+
+
+_DIFFERENT = object()
+
+
+def _descend_into_grads(params: Any, grads: Any, lr: float) -> Any:
+    """The new params ``p - lr * g``, each written into its ``g``, in one walk of both trees
+    (``_DIFFERENT`` where two dicts' keys differ).
+
+    Dicts and arrays are walked here, with no call per leaf (the tiny MLP's update:
+    9.7 -> 7.6 us, against 7.0 for ``p - lr * g`` by hand); any other subtree, and a
+    gradient of another dtype, go through :func:`fundl.tree.map`.
+    """
+    if type(params) is not dict or type(grads) is not dict:
+        return tree.map(lambda p, g: _descend_into_grad(p, g, lr), params, grads)
+    if params.keys() != grads.keys():
+        return _DIFFERENT
+    out = {}
+    for k, p in params.items():
+        g = grads[k]
+        if type(p) is np.ndarray and type(g) is np.ndarray and g.dtype == p.dtype \
+                and g.shape == p.shape:
+            g *= -lr
+            g += p
+            out[k] = g
+        elif type(p) is dict and not p and type(g) is dict and not g:  # a layer without params
+            out[k] = {}
+        else:
+            out[k] = _descend_into_grads(p, g, lr)
+            if out[k] is _DIFFERENT:
+                return _DIFFERENT
+    return out
 
 
 class TraceState(NamedTuple):
