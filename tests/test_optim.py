@@ -362,7 +362,9 @@ def test_fused_per_leaf_descent_equals_the_transform_then_descent(transform):
 @pytest.mark.parametrize("transform", [
     lambda: optim.scale_by_adam(), lambda: optim.scale_by_adamax(), lambda: optim.scale_by_rss(),
     lambda: optim.scale_by_rms(centered=True), lambda: optim.scale_by_rms(),
-    lambda: optim.scale_by_lion(), lambda: optim.trace(0.9), lambda: optim.trace(0.9, nesterov=True)])
+    lambda: optim.scale_by_lion(), lambda: optim.trace(0.9), lambda: optim.trace(0.9, nesterov=True),
+    lambda: optim.chain(optim.scale_by_adam(), optim.add_weight_decay(0.05)),     # adamw's
+    lambda: optim.chain(optim.scale_by_lion(), optim.add_weight_decay(0.1))])     # lion's
 def test_large_leaves_descend_in_blocks_with_the_same_bits(transform):
     """Leaves larger than one block (2**16 float32, 2**15 float64 elements) run the rule
     and the descent block by block; the result is the unblocked one, bit for bit, for
@@ -386,6 +388,25 @@ def test_large_leaves_descend_in_blocks_with_the_same_bits(transform):
         assert tree.all_equal(state_a, state_b[0])
         assert pa["w"].dtype == np.float32 and pa["v"].dtype == np.float64
     assert not np.array_equal(pa["w"], params["w"])
+
+
+def test_a_chain_of_rules_is_one_rule_unless_a_part_has_none():
+    decay = optim.add_weight_decay(0.05)
+    masked = optim.add_weight_decay(0.05, mask=lambda path: path.endswith("c"))
+    assert optim.chain(optim.scale_by_adam(), decay).per_leaf is not None
+    assert optim.chain(optim.scale_by_adam(), masked).per_leaf is None    # the mask needs paths
+    assert optim.chain(optim.clip_by_global_norm(1.0), optim.scale_by_adam()).per_leaf is None
+    # the chained rule gives the chain's result: adam's update, then p * rate added
+    adam_u, _ = optim.scale_by_adam().update(P0, GRADS[0], optim.scale_by_adam().init(P0))
+    both = optim.chain(optim.scale_by_adam(), decay)
+    u, state = both.update(P0, GRADS[0], both.init(P0))
+    np.testing.assert_array_equal(u["a"], adam_u["a"] + 0.05 * P0["a"])
+    assert isinstance(state, tuple) and state[1] == {} and int(state[0].count) == 1
+    # masked: only "b/c" is decayed
+    u, _ = optim.chain(optim.scale_by_adam(), masked).update(P0, GRADS[0], both.init(P0))
+    np.testing.assert_array_equal(u["a"], adam_u["a"])
+    with pytest.raises(ValueError, match="needs the params"):
+        decay.update(None, GRADS[0], {})
 
 
 def test_sgd_declares_the_update_that_reuses_owned_gradients():

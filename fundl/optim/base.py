@@ -245,7 +245,38 @@ def _chain_transforms(parts: List[GradientTransform]) -> GradientTransform:
             new_states.append(s)
         return grads, tuple(new_states)
 
-    return GradientTransform(init, update, "chain(" + ", ".join(t.name for t in parts) + ")")
+    per_leaf = None
+    if all(t.per_leaf is not None for t in parts):
+        def per_leaf(state):
+            return _chain_rules([t.per_leaf(s) for t, s in zip(parts, state)])
+    return GradientTransform(init, update, "chain(" + ", ".join(t.name for t in parts) + ")",
+                             per_leaf)
+
+
+def _chain_rules(steps: List[PerLeaf]) -> PerLeaf:
+    """One :class:`PerLeaf` that runs ``steps``' rules one after another on each leaf (each
+    rule's update is the next one's gradient), elementwise if all of them are: ``adamw``'s
+    ``chain(scale_by_adam(), add_weight_decay(rate))`` then runs in blocks like ``adam``
+    (its update of 670k float32 params: see the benchmarks README)."""
+    sizes = [len(s.trees) for s in steps]
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def rule(p, g, *states, out=None):
+        new_states: List[Any] = []
+        for s, lo, hi in zip(steps, bounds, bounds[1:]):
+            if out is None:
+                g, *new = s.rule(p, g, *states[lo:hi])
+            else:
+                g, *new = s.rule(p, g, *states[lo:hi], out=out[lo:hi])
+            new_states.extend(new)
+        return (g, *new_states)
+
+    def rebuild(trees):
+        return tuple(s.rebuild(list(trees[lo:hi]))
+                     for s, lo, hi in zip(steps, bounds, bounds[1:]))
+
+    return PerLeaf(rule, tuple(t for s in steps for t in s.trees), rebuild,
+                   elementwise=all(s.elementwise for s in steps))
 
 
 def chain(*parts: Union[GradientTransform, Optimizer]) -> Union[GradientTransform, Optimizer]:
