@@ -16,7 +16,7 @@ import numpy as np
 from .checks import Array
 
 
-__all__ = ["relu", "tanh", "sigmoid", "sigmoid_tanh", "softmax", "log_softmax", "column_sums", "row_sums",
+__all__ = ["relu", "tanh", "sigmoid", "softmax", "log_softmax", "column_sums", "row_sums",
            "blockwise", "BLOCK"]
 
 #: Elements per block of :func:`blockwise`: 256 KiB per float32 temporary, so a chain of
@@ -47,16 +47,6 @@ def sigmoid(x: Array, out: Optional[Array] = None) -> Array:
     np.exp(num, out=num)
     num /= den
     return num
-
-
-def sigmoid_tanh(x: Array, out: Optional[Array] = None) -> Array:
-    """``1 / (1 + exp(-x))`` as ``(1 + tanh(x / 2)) / 2``: one transcendental per entry,
-    no overflow (the recurrent gates' form; it rounds differently from :func:`sigmoid`)."""
-    a = np.multiply(x, 0.5, out=out)
-    np.tanh(a, out=a)
-    a += 1.0
-    a *= 0.5
-    return a
 
 
 def softmax(x: Array, axis: int = -1, out: Optional[Array] = None) -> Array:
