@@ -255,7 +255,9 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         # the keys then reduces over axis -2, which numpy vectorises along the contiguous
         # queries (the row max of (32, 4, 64, 64) float32 0.21 against 0.84 ms over axis
         # -1), and pT^T @ v is faster than p @ v too: scores + softmax + p v 2.33 -> 1.70 ms.
-        pT = k @ q.transpose(0, 1, 3, 2)                          # (N, h, S, T)
+        # q^T copied contiguous first: k @ q^T with q^T a transposed view ran at half the
+        # speed (0.53 ms on (32, 4, 64, 32), against 0.24 + 0.08 for the copy)
+        pT = k @ np.ascontiguousarray(q.transpose(0, 1, 3, 2))   # (N, h, S, T)
         if causal:
             pT += _causal_bias_key_major(pT.shape[2], pT.shape[3], pT.dtype)  # -inf, j > i
         if mask is not None:
@@ -296,7 +298,7 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         else:
             dv = np.empty((n, heads) + v.shape[2:], x.dtype)
         np.matmul(pdT, do, out=dv)                                # (N, h, S, d)
-        dsT = v @ do.transpose(0, 1, 3, 2)                        # d(pd), key-major
+        dsT = v @ np.ascontiguousarray(do.transpose(0, 1, 3, 2))  # d(pd), key-major (as pT)
         if drop is not None:
             dsT *= drop                                           # d(p)
         # softmax; the dot over the keys by einsum (0.15 ms; (ds * p).sum was 0.38 ms)
