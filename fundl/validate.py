@@ -153,8 +153,9 @@ def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
 
     The walk is planned once: a flat list of the dicts (each found in its parent) and of the
     leaves (each found in its dict), so a test is two loops, with no call per node, no list of
-    leaves and no exception (the guard of every ``apply``/``vjp`` runs it; measured on a
-    5-layer MLP's params: 2.52 -> 1.14 us, its state 0.82 -> 0.42).
+    leaves and no exception; a tree without arrays (a state of empty dicts) is tested by
+    dict equality.  The guard of every ``apply``/``vjp`` runs it; measured on a 5-layer
+    MLP: its params 2.52 -> 1.14 us, its state 0.82 -> 0.42 (planned) -> 0.13 (equality).
     """
     dicts: List[Tuple[int, Any, int]] = []            # (parent's index in nodes, key, len)
     leaves: List[Tuple[int, Any, Any, Any]] = []      # (dict's index in nodes, key, shape, dtype)
@@ -173,6 +174,15 @@ def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
 
     if type(t) is not dict or not plan(t, 0):
         return None
+    if not leaves:
+        skeleton = tree.map(lambda leaf: leaf, t)   # a copy of the nested (empty) dicts
+
+        def is_empty_like(other: Any) -> bool:
+            try:
+                return type(other) is dict and other == skeleton
+            except Exception:  # noqa: BLE001 - e.g. an array where {} belongs: not a match
+                return False
+        return is_empty_like
     size = len(t)
 
     def is_exactly(other: Any) -> bool:

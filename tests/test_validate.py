@@ -128,6 +128,12 @@ def test_the_planned_exact_test_of_nested_dicts_misses_no_difference():
     for other in others:
         assert not spec.is_exactly(other)
     assert TreeSpec({"a": [np.ones(1)]}).is_exactly is None   # lists: only the general walk
+    empty = TreeSpec({"dense_0": {}, "block_1": {"relu_0": {}}})  # a state without arrays
+    assert empty.is_exactly({"dense_0": {}, "block_1": {"relu_0": {}}})
+    for other in ({"dense_0": {}, "block_1": {}}, {"dense_0": {}, "block_1": {"relu_0": []}},
+                  {"dense_0": np.ones(3), "block_1": {"relu_0": {}}},      # no ValueError
+                  {"dense_0": {}, "block_1": {"relu_0": {"x": np.ones(2)}}}, [{}], None):
+        assert not empty.is_exactly(other)
     with pytest.raises(SpecError, match="params/block_2/norm_0/scale: expected shape"):
         spec.check(others[4])
 

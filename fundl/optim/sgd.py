@@ -84,11 +84,13 @@ def _descend_into_grads(params: Any, grads: Any, lr: float) -> Any:
     """
     if type(params) is not dict or type(grads) is not dict:
         return tree.map(lambda p, g: _descend_into_grad(p, g, lr), params, grads)
-    if params.keys() != grads.keys():
+    if len(params) != len(grads):
         return _DIFFERENT
     out = {}
     for k, p in params.items():
-        g = grads[k]
+        g = grads.get(k, _DIFFERENT)   # equal lengths and every key found: the same keys
+        if g is _DIFFERENT:
+            return _DIFFERENT
         if type(p) is np.ndarray and type(g) is np.ndarray and g.dtype == p.dtype \
                 and g.shape == p.shape:
             g *= -lr
