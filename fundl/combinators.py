@@ -188,10 +188,10 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
         guard.check(params, state, x)
         keys = no_keys if key is None or not uses_key else random.split(key, len(layers))
-        calls = bound.get((need_dx, x_donated, dy_donated))
+        signature = (need_dx, x_donated, dy_donated)
+        calls = bound.get(signature)
         if calls is None:
-            hints = (bool(need_dx), bool(x_donated), bool(dy_donated))
-            calls = bound[(need_dx, x_donated, dy_donated)] = bound_runs(hints)
+            calls = bound[signature] = bound_runs(tuple(bool(h) for h in signature))
         new_state, pullbacks = {}, []
         for j, k, moved, call in calls:
             if moved is not None:
