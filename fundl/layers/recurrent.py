@@ -213,9 +213,13 @@ class _GradChunks:
         self.k = max(1, min(n_t, _CHUNK_COLUMNS // max(n_b, 1)))
         self.buf = np.empty((self.k, n_rows, n_b), dt)
         self.folded = np.empty((n_rows, self.k, n_b), dt)
-        self.dw_x = np.zeros((f, w_x.shape[1]), dt)
+        # the weight gradients are summed transposed, as dG @ X and dG @ H_prev^T: OpenBLAS
+        # runs those 1.8x and 1.15x faster than X^T @ dG^T and H_prev @ dG^T on the LSTM
+        # benchmark's chunks ((512, 1024) x (1024, 32): 156 against 284 us; with (1024, 128):
+        # 536 against 614 us)
+        self.dw_xt = np.zeros((w_x.shape[1], f), dt)
         self.db = np.zeros(w_x.shape[1], dt)
-        self.dw_h = np.zeros((hs.shape[0], h_rows.stop - h_rows.start), dt)
+        self.dw_ht = np.zeros((h_rows.stop - h_rows.start, hs.shape[0]), dt)
         self.sums = None if sums is None else np.zeros(sums.stop - sums.start, dt)
         self.dx = np.empty((n_b, n_t, f), dt) if need_dx else None
 
@@ -238,7 +242,7 @@ class _GradChunks:
         ones = np.ones(m * n_b, d.dtype)
         dx = None
         for rows, cols in self.x_rows:
-            self.dw_x[:, cols] += x2.T @ d[rows].T
+            self.dw_xt[cols] += d[rows] @ x2
             self.db[cols] += d[rows] @ ones
             if self.dx is not None:
                 part = d[rows].T @ self.w_x[:, cols].T
@@ -250,12 +254,16 @@ class _GradChunks:
         dh = d[self.h_rows]
         hdim = self.hs.shape[0]
         if t0 > 0:
-            self.dw_h += self.hs[:, t0 - 1:t0 + m - 1].reshape(hdim, m * n_b) @ dh.T
+            self.dw_ht += dh @ self.hs[:, t0 - 1:t0 + m - 1].reshape(hdim, m * n_b).T
             return
         if m > 1:
-            self.dw_h += self.hs[:, :m - 1].reshape(hdim, (m - 1) * n_b) @ dh[:, n_b:].T
+            self.dw_ht += dh[:, n_b:] @ self.hs[:, :m - 1].reshape(hdim, (m - 1) * n_b).T
         if self.h0 is not None:
-            self.dw_h += self.h0 @ dh[:, :n_b].T
+            self.dw_ht += dh[:, :n_b] @ self.h0.T
+
+    def weight_grads(self) -> Tuple[Array, Array]:
+        """``(dw_x, dw_h)``, compact, once every step is folded."""
+        return np.ascontiguousarray(self.dw_xt.T), np.ascontiguousarray(self.dw_ht.T)
 
 
 class _Steps(NamedTuple):
@@ -504,7 +512,8 @@ def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
             if t > 0 or h0 is not None:
                 dh = _passed(np.matmul(w_h, da, out=bufs[t % 2]), g, v)
             chunks.done(t)
-        grads = {"w_x": chunks.dw_x, "w_h": chunks.dw_h, "b": chunks.db}
+        dw_x, dw_h = chunks.weight_grads()
+        grads = {"w_x": dw_x, "w_h": dw_h, "b": chunks.db}
         return grads, chunks.dx, None if h0 is None else (dh,)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype,
@@ -617,7 +626,8 @@ def gru(hidden: int, *, return_sequences: bool = True,
                 dh += np.matmul(w_h, d[:3 * hdim], out=tmp)
                 dh = _passed(dh, g_all, v)
             chunks.done(t)
-        grads = {"w_x": chunks.dw_x, "w_h": chunks.dw_h, "b": chunks.db, "b_hn": chunks.sums}
+        dw_x, dw_h = chunks.weight_grads()
+        grads = {"w_x": dw_x, "w_h": dw_h, "b": chunks.db, "b_hn": chunks.sums}
         return grads, chunks.dx, None if h0 is None else (dh,)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype, init_params, scan, bptt,
@@ -741,7 +751,8 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
                 dc = dc_new
                 dh = _passed(np.matmul(w_h, d, out=dh_new), g_all, v)
             chunks.done(t)
-        grads = {"w_x": chunks.dw_x, "w_h": chunks.dw_h, "b": chunks.db}
+        dw_x, dw_h = chunks.weight_grads()
+        grads = {"w_x": dw_x, "w_h": dw_h, "b": chunks.db}
         return grads, chunks.dx, None if c0 is None else (dh, dc)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype, init_params, scan, bptt,
