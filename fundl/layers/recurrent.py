@@ -261,9 +261,10 @@ class _GradChunks:
         if self.h0 is not None:
             self.dw_ht += dh[:, :n_b] @ self.h0.T
 
-    def weight_grads(self) -> Tuple[Array, Array]:
-        """``(dw_x, dw_h)``, compact, once every step is folded."""
-        return np.ascontiguousarray(self.dw_xt.T), np.ascontiguousarray(self.dw_ht.T)
+    def grads(self) -> Dict[str, Array]:
+        """``{"w_x", "w_h", "b"}`` once every step is folded (the weights compact)."""
+        return {"w_x": np.ascontiguousarray(self.dw_xt.T),
+                "w_h": np.ascontiguousarray(self.dw_ht.T), "b": self.db}
 
 
 class _Steps(NamedTuple):
@@ -512,8 +513,7 @@ def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
             if t > 0 or h0 is not None:
                 dh = _passed(np.matmul(w_h, da, out=bufs[t % 2]), g, v)
             chunks.done(t)
-        dw_x, dw_h = chunks.weight_grads()
-        grads = {"w_x": dw_x, "w_h": dw_h, "b": chunks.db}
+        grads = chunks.grads()
         return grads, chunks.dx, None if h0 is None else (dh,)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype,
@@ -626,8 +626,7 @@ def gru(hidden: int, *, return_sequences: bool = True,
                 dh += np.matmul(w_h, d[:3 * hdim], out=tmp)
                 dh = _passed(dh, g_all, v)
             chunks.done(t)
-        dw_x, dw_h = chunks.weight_grads()
-        grads = {"w_x": dw_x, "w_h": dw_h, "b": chunks.db, "b_hn": chunks.sums}
+        grads = dict(chunks.grads(), b_hn=chunks.sums)
         return grads, chunks.dx, None if h0 is None else (dh,)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype, init_params, scan, bptt,
@@ -751,8 +750,7 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
                 dc = dc_new
                 dh = _passed(np.matmul(w_h, d, out=dh_new), g_all, v)
             chunks.done(t)
-        dw_x, dw_h = chunks.weight_grads()
-        grads = {"w_x": dw_x, "w_h": dw_h, "b": chunks.db}
+        grads = chunks.grads()
         return grads, chunks.dx, None if c0 is None else (dh, dc)
 
     return _recurrent_layer(name, hidden, return_sequences, dtype, init_params, scan, bptt,
