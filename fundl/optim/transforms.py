@@ -93,8 +93,7 @@ def add_weight_decay(rate: float, mask: Mask = None) -> GradientTransform:
         return u
 
     def update(params, grads, state):
-        if params is None:
-            raise ValueError("add_weight_decay needs the params (got params=None)")
+        _need_params(params)
         return tree.map_with_paths(leaf, grads, params), state
 
     return GradientTransform(_no_state, update, "add_weight_decay")
@@ -118,8 +117,12 @@ def _decay_every_leaf(rate: float) -> GradientTransform:
     decay = leafwise(_no_state, step, "add_weight_decay")
 
     def update(params, grads, state):
-        if params is None:
-            raise ValueError("add_weight_decay needs the params (got params=None)")
+        _need_params(params)
         return decay.update(params, grads, state)
 
     return decay._replace(update=update)
+
+
+def _need_params(params: object) -> None:
+    if params is None:
+        raise ValueError("add_weight_decay needs the params (got params=None)")
