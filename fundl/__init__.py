@@ -22,7 +22,7 @@ from .summary import summary
 from .fit import EarlyStopping, NonFiniteLossError, evaluate, fit, predict
 from .step import TrainState, make_step
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
 __all__ = [
     "Layer", "LayerError", "stateless_layer", "keyed_layer", "elementwise_layer",

@@ -83,7 +83,8 @@ def test_variable_length_padding_changes_nothing():
 
 
 @pytest.mark.parametrize("script,expect", [
-    ("variable_length.py", r"max \|logit difference\| (\d\.\d\de-(0[6-9]|[1-9]\d)|0\.00e\+00)\n.*test accuracy: 0\.[89]"),
+    ("variable_length.py", r"max \|logit difference\| (\d\.\d\de-(0[6-9]|[1-9]\d)|0\.00e\+00)\n"
+                           r".*test accuracy: 0\.[89]"),
     ("char_transformer.py", r"validation \d\.\d+ bits/char, \d\.\d+ below the unigram"),
 ])
 def test_new_examples_quick(script, expect):

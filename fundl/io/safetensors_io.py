@@ -57,9 +57,10 @@ def save_safetensors(path: PathLike, tree: Any) -> None:
 
     ``tree`` is nested dicts (lists/tuples too: their items are named ``0``, ``1``...)
     with numpy arrays of bool, integer or float dtypes at the leaves; dtype and
-    shape are kept (a big-endian array is stored, and loads, little-endian).  Any other leaf raises :class:`fundl.io.CheckpointError` naming
-    its path.  Written atomically as :func:`fundl.io.save` writes: a temporary file
-    in the same directory, fsynced, then ``os.replace`` (:func:`fundl.io.atomic_write`).
+    shape are kept (a big-endian array is stored, and loads, little-endian).  Any other
+    leaf raises :class:`fundl.io.CheckpointError` naming its path.  Written atomically as
+    :func:`fundl.io.save` writes: a temporary file in the same directory, fsynced, then
+    ``os.replace`` (:func:`fundl.io.atomic_write`).
     The metadata entry ``fundl.paths`` records the tree order of the names.
     """
     st = _safetensors_numpy()
