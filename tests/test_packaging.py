@@ -1,6 +1,7 @@
 """Release hygiene: the license, the one version, the declared dependencies and the changelog."""
 
 import importlib.metadata
+import os
 import pathlib
 import re
 import sys
@@ -44,12 +45,17 @@ def test_the_version_is_written_once():
 
 
 def test_the_installed_metadata_has_the_imported_version():
+    # CI sets FUNDL_TEST_INSTALLED=1 when it runs the suite against the installed wheel:
+    # then the imported fundl must be that wheel's, not a source tree's.
+    required = os.environ.get("FUNDL_TEST_INSTALLED") == "1"
     try:
         dist = importlib.metadata.distribution("fundl")
     except importlib.metadata.PackageNotFoundError:
+        assert not required, "FUNDL_TEST_INSTALLED=1 but fundl is not installed"
         pytest.skip("fundl is not installed (tests run from the source tree)")
     installed = pathlib.Path(dist.locate_file("fundl/__init__.py")).resolve()
     if installed != pathlib.Path(fundl.__file__).resolve():
+        assert not required, f"FUNDL_TEST_INSTALLED=1 but fundl comes from {fundl.__file__}"
         pytest.skip(f"the imported fundl ({fundl.__file__}) is not the installed one ({installed})")
     assert dist.version == fundl.__version__
     assert dist.metadata["License-Expression"] == "MIT"
