@@ -14,14 +14,43 @@ class LossError(ValueError):
 
 
 class Loss(NamedTuple):
-    """A loss: ``value(pred, target)`` and ``value_and_grad(pred, target)``."""
+    """A loss: ``value(pred, target)``, ``value_and_grad(pred, target)`` and its divisor.
+
+    Every loss is a weighted mean ``S / W``: a sum ``S`` over what it counts
+    (elements, examples, non-ignored labels weighted by their class) divided by
+    their total weight ``W``.  ``total_weight(pred, target) -> W`` (a float >= 0)
+    states that divisor, so that the loss over several batches -- an epoch in
+    :func:`fundl.evaluate`, the ranks' parts of a global batch in
+    :func:`fundl.distributed.make_step` -- is exactly ``sum S_b / sum W_b``,
+    whatever the split.  ``None`` (a loss of your own) means a mean over the
+    examples: ``W = pred.shape[0]`` (see :meth:`weight_of`).
+    """
 
     value: Callable[[np.ndarray, Any], np.ndarray]
     value_and_grad: Callable[[np.ndarray, Any], Tuple[np.ndarray, np.ndarray]]
     name: str
+    total_weight: Optional[Callable[[np.ndarray, Any], float]] = None
 
     def __call__(self, pred: np.ndarray, target: Any) -> np.ndarray:
         return self.value(pred, target)
+
+    def weight_of(self, pred: np.ndarray, target: Any) -> float:
+        """The divisor ``W`` of this loss on ``(pred, target)``: ``total_weight``, or the
+        number of examples ``pred.shape[0]`` for a loss that does not state one."""
+        if self.total_weight is not None:
+            return float(self.total_weight(pred, target))
+        return float(np.shape(pred)[0]) if np.ndim(pred) else 1.0
+
+
+def elements(pred: np.ndarray, target: Any) -> float:
+    """``total_weight`` of a mean over every element of ``pred``."""
+    return float(np.size(pred))
+
+
+def examples(pred: np.ndarray, target: Any) -> float:
+    """``total_weight`` of a mean over the examples (every leading position, classes last)."""
+    shape = np.shape(pred)
+    return float(np.prod(shape[:-1])) if shape else 1.0
 
 
 def check_pred(name: str, pred: Any, *, class_axis: bool = False) -> None:

@@ -13,7 +13,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._base import Loss, LossError, check_pred, check_probabilities, same_shape_target, scalar
+from ._base import (Loss, LossError, check_pred, check_probabilities, elements,
+                    same_shape_target, scalar)
 
 __all__ = ["sigmoid_binary_cross_entropy", "binary_cross_entropy_with_logits"]
 
@@ -59,7 +60,7 @@ def _make(name: str, pos_weight: Optional[np.ndarray]) -> Loss:
         grad *= pred.dtype.type(1.0 / pred.size)
         return v, grad.astype(pred.dtype, copy=False)
 
-    return Loss(value, value_and_grad, name)
+    return Loss(value, value_and_grad, name, elements)
 
 
 #: Mean binary cross-entropy of ``sigmoid(logits)`` against targets in ``[0, 1]``

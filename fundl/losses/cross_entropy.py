@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import kernels
 
-from ._base import (Loss, LossError, check_labels, check_pred, check_probabilities,
+from ._base import (Loss, LossError, check_labels, check_pred, check_probabilities, examples,
                     class_weights, scalar, weights_for)
 
 __all__ = ["softmax_cross_entropy", "cross_entropy"]
@@ -100,7 +100,7 @@ def _sce_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
 #: gradient ``(softmax(z) * sum_c t_c - t) / N``, i.e. ``(softmax - onehot) / N``.
 #: Equals torch's ``CrossEntropyLoss()`` with classes moved to the last axis.
 #: ``cross_entropy(...)`` adds label smoothing, class weights and an ignore index.
-softmax_cross_entropy = Loss(_sce_value, _sce_value_and_grad, _SCE)
+softmax_cross_entropy = Loss(_sce_value, _sce_value_and_grad, _SCE, examples)
 
 
 # --- with options ----------------------------------------------------------------
@@ -142,19 +142,39 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
     if eps == 0.0 and w64 is None and ignore_index is None:
         return softmax_cross_entropy
 
-    def terms(pred: np.ndarray, target: Any):
-        """``(shifted logits, exp of them, row sums, a, D)`` for the examples as rows."""
+    def checked(pred: np.ndarray, target: Any):
+        """``(labels or None, probabilities or None)``, checked."""
         check_pred(name, pred, class_axis=True)
         labels, probs = _targets(name, pred, target, ignore_index)
+        if labels is None and ignore_index is not None and ignore_index >= 0:
+            raise LossError(f"{name}: ignore_index={ignore_index} applies to integer "
+                            f"labels only, got probability targets of shape {pred.shape}")
+        return labels, probs
+
+    def label_weights(flat: np.ndarray, w: Optional[np.ndarray], dtype: np.dtype):
+        """``(keep, safe labels, row weights m_i w_{y_i})`` of flat integer labels."""
+        keep = np.ones(flat.size, bool) if ignore_index is None else flat != ignore_index
+        safe = np.where(keep, flat, 0)
+        return keep, safe, keep.astype(dtype) if w is None else w[safe] * keep
+
+    def total_weight(pred: np.ndarray, target: Any) -> float:
+        """``D``: the summed weights of the counted labels, or the number of examples for
+        probability targets (in float64: a float16 sum of many weights would overflow)."""
+        labels, _ = checked(pred, target)
+        if labels is None:
+            return float(pred.size // pred.shape[-1])
+        w = weights_for(name, w64, pred.shape[-1], np.dtype(np.float64))
+        return float(label_weights(labels.reshape(-1), w, np.dtype(np.float64))[2].sum())
+
+    def terms(pred: np.ndarray, target: Any):
+        """``(shifted logits, exp of them, row sums, a, D)`` for the examples as rows."""
+        labels, probs = checked(pred, target)
         dtype = pred.dtype
         classes = pred.shape[-1]
         w = weights_for(name, w64, classes, dtype)
         z = pred.reshape(-1, classes)
         n = z.shape[0]
         if labels is None:
-            if ignore_index is not None and ignore_index >= 0:
-                raise LossError(f"{name}: ignore_index={ignore_index} applies to integer "
-                                f"labels only, got probability targets of shape {pred.shape}")
             a = probs.reshape(-1, classes)
             if eps:
                 a = a * dtype.type(1.0 - eps) + dtype.type(eps / classes)
@@ -162,10 +182,7 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
                 a = a * w
             divisor = dtype.type(n)
         else:
-            flat = labels.reshape(-1)
-            keep = np.ones(n, bool) if ignore_index is None else flat != ignore_index
-            safe = np.where(keep, flat, 0)
-            row_w = keep.astype(dtype) if w is None else w[safe] * keep
+            keep, safe, row_w = label_weights(labels.reshape(-1), w, dtype)
             divisor = row_w.sum()
             a = np.zeros((n, classes), dtype)
             if eps:
@@ -201,4 +218,4 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
         ex -= a / divisor
         return v, ex.reshape(pred.shape)
 
-    return Loss(value, value_and_grad, name)
+    return Loss(value, value_and_grad, name, total_weight)

@@ -6,7 +6,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, check_pred, check_probabilities, same_shape_target, scalar
+from ._base import Loss, check_pred, check_probabilities, examples, same_shape_target, scalar
 
 __all__ = ["kl_divergence"]
 
@@ -45,4 +45,4 @@ def _kl_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.nd
 #: probability targets (shape ``(..., C)``, sum over the last axis, mean over the
 #: N examples; torch's ``KLDivLoss(reduction='batchmean')`` for 2-D input;
 #: ``0 log 0 = 0``); gradient ``-target / N``.
-kl_divergence = Loss(_kl_value, _kl_value_and_grad, "kl_divergence")
+kl_divergence = Loss(_kl_value, _kl_value_and_grad, "kl_divergence", examples)

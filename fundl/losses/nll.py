@@ -6,7 +6,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, check_labels, check_pred, scalar
+from ._base import Loss, check_labels, check_pred, examples, scalar
 
 __all__ = ["nll"]
 
@@ -46,4 +46,4 @@ def _nll_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
 #: ``pred`` (shape ``(..., C)``, classes LAST; torch's ``NLLLoss`` has them on
 #: axis 1) against integer labels of shape ``pred.shape[:-1]``; gradient ``-1/N``
 #: at the labels, 0 elsewhere.
-nll = Loss(_nll_value, _nll_value_and_grad, "nll")
+nll = Loss(_nll_value, _nll_value_and_grad, "nll", examples)

@@ -11,7 +11,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, LossError, check_pred, same_shape_target, scalar
+from ._base import Loss, LossError, check_pred, elements, same_shape_target, scalar
 
 __all__ = ["mse", "l1", "huber"]
 
@@ -39,7 +39,7 @@ def _mse_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
 
 #: Mean squared error over every element of ``pred`` (any shape, target of the
 #: same shape); gradient ``2 (pred - target) / N`` with N the number of elements.
-mse = Loss(_mse_value, _mse_value_and_grad, "mse")
+mse = Loss(_mse_value, _mse_value_and_grad, "mse", elements)
 
 
 # --- mean absolute error ---------------------------------------------------------
@@ -64,7 +64,7 @@ def _l1_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.nd
 
 #: Mean absolute error over every element (torch's ``L1Loss``); gradient
 #: ``sign(pred - target) / N``, 0 where ``pred == target``.
-l1 = Loss(_l1_value, _l1_value_and_grad, "l1")
+l1 = Loss(_l1_value, _l1_value_and_grad, "l1", elements)
 
 
 # --- Huber -------------------------------------------------------------------------
@@ -97,4 +97,4 @@ def huber(delta: float = 1.0) -> Loss:
         d *= pred.dtype.type(1.0 / d.size)
         return value, d
 
-    return Loss(value, value_and_grad, "huber")
+    return Loss(value, value_and_grad, "huber", elements)
