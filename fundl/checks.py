@@ -7,7 +7,7 @@ message a user sees names the layer's path in the model.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -22,16 +22,17 @@ __all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_sh
 class LayerError(ValueError):
     """Bad input to a layer: the message names the layer's path in the model.
 
-    ``path`` is the layer's position in the parameter tree (``"block_1/dense_0"``),
-    ``kind`` is the layer's own name (``"dense"``) and ``detail`` what is wrong.
-    Combinators re-raise a child's error with their child key prepended, so the
-    message a user sees points at the exact layer inside the model.
+    ``detail`` says what is wrong.  A layer raises it with the detail only; the
+    model's checked entry (:mod:`fundl.plan`) locates it: ``path`` becomes the
+    layer's position in the parameter tree (``("block_1", "dense_0")``, ``()`` for
+    the model itself) and ``kind`` the layer's kind (``"dense"``), so the message
+    a user sees points at the exact layer inside the model.
     """
 
-    def __init__(self, detail: str, kind: str = "", path: Tuple[str, ...] = ()):
+    def __init__(self, detail: str, kind: str = "", path: Optional[Tuple[str, ...]] = None):
         self.detail = detail
         self.kind = kind
-        self.path = tuple(path)
+        self.path = None if path is None else tuple(path)
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -43,15 +44,16 @@ class LayerError(ValueError):
             return f"layer '{self.kind}': {self.detail}"
         return self.detail
 
-    def named(self, kind: str) -> "LayerError":
-        """This error attributed to a layer called ``kind`` (if not yet named)."""
-        if self.kind:
-            return self
-        return LayerError(self.detail, kind, self.path)
+    @property
+    def located(self) -> bool:
+        """Whether the error already names its layer's place in the model."""
+        return self.path is not None
 
-    def within(self, parent_key: str) -> "LayerError":
-        """This error as seen from the parent that holds the layer under ``parent_key``."""
-        return LayerError(self.detail, self.kind, (parent_key,) + self.path)
+    def at(self, path: Tuple[str, ...], kind: str) -> "LayerError":
+        """This error located at the layer ``path`` of kind ``kind`` (unless already located)."""
+        if self.located:
+            return self
+        return LayerError(self.detail, self.kind or kind, path)
 
     def __reduce__(self):  # keep the error picklable despite the custom __init__
         return (LayerError, (self.detail, self.kind, self.path))

@@ -13,10 +13,8 @@ Floating-point leaves may be cast together to another float dtype (the
 gradient checks run every model in float64): what must hold is that each
 float dtype of the spec maps to one dtype of the tree.
 
-:class:`ModelGuard` is what the combinators use: it holds the specs of the
-trees ``init`` made, per input shape, and checks the ``params`` and ``state``
-given to ``apply``/``vjp`` against them (computing them from ``init`` once,
-when the model was built in another process and never initialised here).
+:mod:`fundl.plan` keeps the specs of the trees a model's ``init`` made, per input
+signature, and checks the params and state of every call against them.
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import random, tree
+from . import tree
 
-__all__ = ["SpecError", "TreeSpec", "ModelGuard", "data_shapes"]
+__all__ = ["SpecError", "TreeSpec", "data_shapes"]
 
 
 class SpecError(ValueError):
@@ -80,6 +78,11 @@ class TreeSpec:
         self.paths = tree.paths(t)
         self.node_paths = _node_paths(t)
         self.is_exactly = _exact_test(t)
+
+    def matches_exactly(self, t: Any) -> bool:
+        """Whether ``t`` is nested dicts holding arrays of exactly the recorded shapes and
+        dtypes (the fast test; ``False`` for trees with other containers)."""
+        return self.is_exactly is not None and self.is_exactly(t)
 
     def matches(self, t: Any) -> bool:
         """Whether ``t`` matches (no exception, no message; :meth:`check` tries the exact
@@ -219,79 +222,3 @@ def data_shapes(x: Any) -> Any:
     if isinstance(x, (tuple, list)):
         return tuple(data_shapes(a) for a in x)
     return None
-
-
-class ModelGuard:
-    """The specs of a model's ``(params, state)``, per input shape, for its apply/vjp checks.
-
-    :meth:`record` is called by ``init``; :meth:`check` by ``apply`` and ``vjp``.
-    A model that was never initialised in this process gets its specs from
-    ``init(key(0), in_shape)`` once per input shape (shapes and dtypes do not
-    depend on the key).  A model whose ``init`` cannot take the data's shapes
-    is not checked.
-    """
-
-    def __init__(self, init: Any) -> None:
-        self._init = init
-        self._specs: Dict[Any, Optional[Tuple[TreeSpec, TreeSpec]]] = {}
-        self._last: Optional[Tuple[TreeSpec, TreeSpec]] = None
-        self._last_exactly: Any = None  # the last specs' two exact tests, when both have one
-
-    def record(self, in_shape: Any, params: Any, state: Any) -> None:
-        try:
-            key = _hashable(in_shape)
-        except TypeError:
-            return
-        if key not in self._specs and len(self._specs) < 32:
-            self._specs[key] = spec = (TreeSpec(params), TreeSpec(state))
-            self._remember(spec)
-
-    def _remember(self, spec: Tuple[TreeSpec, TreeSpec]) -> None:
-        self._last = spec
-        tests = (spec[0].is_exactly, spec[1].is_exactly)
-        self._last_exactly = tests if None not in tests else None
-
-    def check(self, params: Any, state: Any, x: Any) -> None:
-        exactly = self._last_exactly  # the common case: the trees as the last init made them
-        if exactly is not None and exactly[0](params) and exactly[1](state):
-            return
-        last = self._last
-        if last is not None and last[0].matches(params) and last[1].matches(state):
-            return
-        candidates = [s for s in self._specs.values() if s is not None]
-        for spec in candidates:
-            if spec[0].matches(params) and spec[1].matches(state):
-                self._remember(spec)
-                return
-        spec = self._spec_for(data_shapes(x))
-        if spec is None:
-            if not candidates:
-                return  # nothing to check against
-            spec = candidates[-1]
-        spec[0].check(params, "params")
-        spec[1].check(state, "state")
-        self._remember(spec)
-
-    def _spec_for(self, in_shape: Any) -> Optional[Tuple[TreeSpec, TreeSpec]]:
-        try:
-            key = _hashable(in_shape)
-        except TypeError:
-            return None
-        if key not in self._specs:
-            if len(self._specs) >= 32:
-                return None
-            try:
-                params, state, _ = self._init(random.key(0), in_shape)
-            except Exception:  # noqa: BLE001 - the data's shapes are not an init's shapes
-                self._specs[key] = None
-            else:
-                self._specs[key] = (TreeSpec(params), TreeSpec(state))
-        return self._specs[key]
-
-
-def _hashable(shape: Any) -> Any:
-    if isinstance(shape, (list, tuple)):
-        return tuple(_hashable(s) for s in shape)
-    if shape is None or isinstance(shape, (int, np.integer)):
-        return None if shape is None else int(shape)
-    raise TypeError(f"not a shape: {shape!r}")

@@ -346,13 +346,17 @@ def test_new_norms_need_dx_false():
             np.testing.assert_array_equal(g1[k], g2[k])
 
 
-def test_batch_norm_and_layer_norm_refuse_a_nan_eps_and_batch_norm_an_empty_training_batch():
+def test_batch_norm_and_layer_norm_refuse_a_nan_eps_and_batch_norm_keeps_state_on_an_empty_batch():
+    """An empty training batch has no statistics: the running ones are used and kept (a
+    data-parallel rank without examples still takes part), and the gradients are zeros."""
     import fundl as fl
     for build in (fl.batch_norm, fl.layer_norm):
         with pytest.raises(ValueError, match="finite eps > 0, got nan"):
             build(eps=float("nan"))
     layer = fl.batch_norm()
     params, state, _ = layer.init(fl.random.key(0), (3,))
-    with pytest.raises(fl.LayerError, match=r"layer 'batch_norm': training mode needs at least "
-                                            r"one example"):
-        layer.vjp(params, state, np.zeros((0, 3), np.float32))
+    y, new_state, pullback = layer.vjp(params, state, np.zeros((0, 3), np.float32))
+    assert y.shape == (0, 3) and new_state is state
+    grads, dx = pullback(np.zeros((0, 3), np.float32))
+    assert dx.shape == (0, 3)
+    assert all(np.array_equal(g, np.zeros(3, np.float32)) for g in grads.values())

@@ -30,7 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import random
 from ..checks import LayerError, check_float_input, check_param_dtype, check_trailing_shape
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
 from .windows import (Padding, Pads, check_spatial_in_shape, int_tuple, offset_view, offsets,
                       pad_nhwc, parse_padding, window_geometry)
@@ -320,6 +320,7 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
                            fresh=("y", "dx", "dparams"))
 
 
+@builder
 def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,
            stride: Union[int, Tuple[int]] = 1, padding: Padding = "valid",
            dilation: Union[int, Tuple[int]] = 1, use_bias: bool = True,
@@ -349,6 +350,7 @@ def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,
                  use_bias, w_init, b_init, dtype, groups)
 
 
+@builder
 def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
            stride: Union[int, Tuple[int, int]] = 1, padding: Padding = "valid",
            dilation: Union[int, Tuple[int, int]] = 1, use_bias: bool = True,

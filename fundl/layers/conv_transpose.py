@@ -17,7 +17,7 @@ from typing import Any, Tuple, Union
 import numpy as np
 
 from ..checks import LayerError, check_float_input, check_param_dtype, check_trailing_shape
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
 from .conv import _im2col, _input_grad, _kernel_params
 from .windows import check_spatial_in_shape, int_tuple, pad_nhwc
@@ -155,6 +155,7 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
                            fresh=("y", "dx", "dparams"))
 
 
+@builder
 def conv_transpose1d(features: int, kernel_size: Union[int, Tuple[int]], *,
                      stride: Union[int, Tuple[int]] = 1, padding: PadSpec = 0,
                      output_padding: Union[int, Tuple[int]] = 0,
@@ -175,6 +176,7 @@ def conv_transpose1d(features: int, kernel_size: Union[int, Tuple[int]], *,
                            output_padding, dilation, use_bias, w_init, b_init, dtype)
 
 
+@builder
 def conv_transpose2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
                      stride: Union[int, Tuple[int, int]] = 1, padding: PadSpec = 0,
                      output_padding: Union[int, Tuple[int, int]] = 0,

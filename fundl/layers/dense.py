@@ -8,12 +8,13 @@ import numpy as np
 
 from .. import kernels, random
 from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["dense"]
 
 
+@builder
 def dense(features: int, *, use_bias: bool = True,
           w_init: Initializer = glorot_uniform, b_init: Initializer = zeros,
           dtype: Any = np.float32, name: str = "dense") -> Layer:

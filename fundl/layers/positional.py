@@ -12,13 +12,14 @@ import numpy as np
 
 from ..checks import (Array, LayerError, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape)
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, normal
 
 __all__ = ["positional_embedding", "sinusoidal_positions"]
 
 
 
+@builder
 def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
                          dtype: Any = np.float32, name: str = "positional_embedding") -> Layer:
     """A learned position embedding: ``y[n, t] = x[n, t] + pos[t]``.
@@ -82,6 +83,7 @@ def sinusoid_table(steps: int, features: int, base: float = 10000.0) -> Array:
     return table
 
 
+@builder
 def sinusoidal_positions(*, base: float = 10000.0,
                          name: str = "sinusoidal_positions") -> Layer:
     """The fixed "Attention is all you need" encoding added to the input.

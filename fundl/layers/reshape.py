@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..checks import LayerError, Shape, as_shape
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 
 __all__ = ["flatten", "reshape"]
 
@@ -25,6 +25,7 @@ def _check_array(x: Any) -> None:
                          f"the batch, got shape {x.shape}")
 
 
+@builder
 def flatten() -> Layer:
     """``(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)``.  Any dtype; no params."""
 
@@ -58,6 +59,7 @@ def _resolve(target: Shape, in_shape: Shape) -> Shape:
     return target
 
 
+@builder
 def reshape(shape: Sequence[int]) -> Layer:
     """``(batch, *in_shape) -> (batch, *shape)``; ``shape`` is per-example, one ``-1`` allowed.
 

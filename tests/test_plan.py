@@ -1,17 +1,17 @@
-"""fundl.fusion: the declared speed record, serial's run plan (donation, the ReLU after the
-max pool) and the step's gradient ownership -- the same results as running plainly."""
+"""fundl.plan: the speed decisions made once per model -- donation, hints, the ReLU after the
+max pool -- give the same results as running plainly; validation and error locations once per
+signature; sharing."""
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import pytest
 
 import fundl as fl
-from fundl import Layer, LayerError, fusion, random, stateless_layer, tree
+from fundl import Layer, LayerError, Traits, plan, random, stateless_layer, tree
 from fundl.combinators import child_keys, parallel, residual, serial
-from fundl.fusion import exclusive_grads, run_order
+from fundl.core import HINTS
+from fundl.plan import run_order
 from fundl.layers.activations import relu, sigmoid, tanh
 from fundl.layers.conv import conv2d
 from fundl.layers.dense import dense
@@ -57,7 +57,7 @@ def test_serial_donates_only_what_a_layer_declares_fresh(fresh):
     grads, dx = pullback(dy)
     np.testing.assert_array_equal(y, [[2.0, 3.5, 6.0]])
     np.testing.assert_array_equal(dx, [[0.0, 2.0, 3.0]])
-    assert model.speed.fresh == frozenset(fresh)
+    assert plan.fresh_results(model) == frozenset(fresh)
     # the caller's arrays were never written (they are read-only: a write would raise)
     np.testing.assert_array_equal(x, [[-2.0, 0.5, 3.0]])
 
@@ -91,14 +91,14 @@ def test_children_that_use_no_key_get_none_and_stochastic_ones_do():
     seen = []
 
     def spy(uses_key):
-        def vjp(params, state, x, *, key=None):
+        def vjp(params, state, x, *, key=None, train=True):
             seen.append(key)
             return x, state, lambda dy: ({}, dy)
         return Layer(lambda k, s: ({}, {}, s), lambda p, s, x, **kw: x, vjp, "spy",
-                     speed=fusion.Speed(uses_key=uses_key))
+                     traits=Traits(uses_key=uses_key))
 
     def uses_key(layer):
-        return fusion.speed_of(layer).uses_key
+        return layer.traits.uses_key
 
     assert not uses_key(dense(2)) and not uses_key(relu()) and uses_key(dropout(0.5))
     det = serial(dense(3), spy(False), relu())
@@ -121,7 +121,7 @@ def test_activations_work_in_place_on_a_dense_output_and_keep_exact_gradients(ac
     x = read_only(np.array([[-2.0, 0.5, 3.0], [1.0, -1.0, 0.0]], np.float32))
     model.vjp(params, state, x, key=KEY)
     want = act().apply({}, {}, x + 1.0)
-    assert model.children[1][1].speed.fresh == {"dx", "dparams"}
+    assert model.children[1][1].traits.fresh == {"dx", "dparams"}
     np.testing.assert_allclose(log["y"], want, rtol=1e-6)   # the recorder's output, overwritten
     check_layer(serial(dense(5), act(), dense(3), act(), dense(2)), (4,))
 
@@ -139,38 +139,40 @@ def test_donating_conv_pool_chains_pass_the_float64_gradient_check(in_shape, poo
     for pooling in (max_pool2d(pool, padding="same"), avg_pool2d(2)):
         model = serial(conv2d(3, 3, padding="same"), relu(), pooling, conv2d(4, 2), relu(),
                        flatten(), dense(2))
-        assert model.children[1][1].speed.fresh and "y" in model.children[0][1].speed.fresh
+        assert plan.fresh_results(model.children[1][1]) \
+            and "y" in plan.fresh_results(model.children[0][1])
         check_layer(model, in_shape)
 
 
 # --- serial runs a ReLU after the max pool that follows it -------------------------------
 
-def test_bound_runner_binds_only_the_hints_a_layer_takes():
+def test_specialise_binds_only_the_hints_a_layer_takes():
     calls = []
 
     def recorder(takes):
-        def vjp(params, state, x, *, key=None, **hints):
+        def vjp(params, state, x, *, key=None, train=True, **hints):
             calls.append(hints)
             return x, state, lambda dy: ({}, dy)
         return Layer(lambda k, s: ({}, {}, s), lambda p, s, x, **kw: x, vjp, "rec",
-                     speed=fusion.Speed(takes=frozenset(takes)))
+                     traits=Traits(takes=frozenset(takes)))
 
     x = np.ones((1, 2), np.float32)
-    for takes in ((), ("need_dx",), ("x_donated", "dy_donated"), fusion.HINTS):
+    for takes in ((), ("need_dx",), ("x_donated", "dy_donated"), HINTS):
         layer = recorder(takes)
         for hints in ((True, False, False), (False, True, True), (True, True, False)):
             calls.clear()
-            fusion.bound_runner(layer, *hints)({}, {}, x, key=None)
-            fusion.runner(layer)({}, {}, x, None, *hints)
-            bound, general = calls
+            plan.specialise(layer, *hints).vjp_fn({}, {}, x, key=None)
+            (bound,) = calls
             assert set(bound) <= set(takes)
             defaults = {"need_dx": True, "x_donated": False, "dy_donated": False}
-            assert {**defaults, **bound} == {**defaults, **general}   # the same effective hints
-    plain = recorder(fusion.HINTS)
-    assert fusion.bound_runner(plain, True, False, False) is plain.vjp   # the plain call stays plain
+            wanted = dict(zip(defaults, hints))
+            assert {**defaults, **bound} == {k: v if k in takes else defaults[k]
+                                             for k, v in wanted.items()}
+    plain = recorder(HINTS)
+    assert plan.specialise(plain, True, False, False) is plain   # the plain call stays plain
 
 
-def test_bound_runner_uses_the_binding_a_stateless_layer_declares():
+def test_specialise_uses_the_binding_a_stateless_layer_declares():
     seen = []
 
     def vjp(params, x, x_donated=False, dy_donated=False):
@@ -181,13 +183,14 @@ def test_bound_runner_uses_the_binding_a_stateless_layer_declares():
 
     layer = fl.stateless_layer("twice", lambda k, s: ({}, s), lambda p, x: x, vjp,
                                takes=("x_donated", "dy_donated"))
-    assert layer.speed.bind is not None
-    run = fusion.bound_runner(layer, True, True, False)
-    assert not isinstance(run, functools.partial)        # the layer's own binding, no partial
+    assert layer.traits.bind is not None
+    run = plan.specialise(layer, True, True, False).vjp_fn
     y, state, pullback = run({}, {}, np.ones((1, 2), np.float32), key=None)
     assert seen == [(True, False)] and state == {} and pullback(y)[1] is y
-    with pytest.raises(LayerError, match="layer 'twice': expected 2 features, got 3"):
-        run({}, {}, np.ones((1, 3), np.float32), key=None)   # errors still name the layer
+    model = serial(dense(3), layer)
+    params, state, _ = model.init(KEY, (4,))
+    with pytest.raises(LayerError, match=r"layer 'twice_1' \(twice\): expected 2 features, got 3"):
+        model.vjp(params, state, np.ones((1, 4), np.float32))   # errors still name the layer
 
 
 def test_step_gives_the_same_next_key_with_and_without_a_keyed_layer():
@@ -195,7 +198,7 @@ def test_step_gives_the_same_next_key_with_and_without_a_keyed_layer():
     x, y = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1])
     keys = []
     for model in (serial(dense(2)), serial(dropout(0.0), dense(2))):
-        assert fusion.speed_of(model).uses_key == (len(model.children) == 2)
+        assert model.traits.uses_key == (len(model.children) == 2)
         ts = fl.TrainState.create(KEY, model, fl.optim.sgd(), (3,))
         step = fl.make_step(model, fl.losses.softmax_cross_entropy, fl.optim.sgd())
         ts, _ = step(ts, (x, y), 0.1)
@@ -204,12 +207,20 @@ def test_step_gives_the_same_next_key_with_and_without_a_keyed_layer():
     np.testing.assert_array_equal(keys[0], random.split(random.split(KEY)[1])[0])
 
 
+def _order(layers):
+    """The written indices of ``layers`` in the order :func:`run_order` runs them."""
+    children = tuple(zip(child_keys(layers), layers))
+    ran = run_order(children)
+    assert [k for k, _ in ran] == [k for k, _ in children]   # every layer keeps its key
+    return [next(i for i, layer in enumerate(layers) if layer is c) for _, c in ran]
+
+
 def test_run_order_moves_each_relu_after_the_max_pool_that_follows_it():
     layers = [dense(2), relu(), max_pool2d(2), relu(), relu(), max_pool1d(2), max_pool2d(2),
               relu(), avg_pool2d(2), tanh(), max_pool2d(2)]
-    assert run_order(layers) == [0, 2, 1, 3, 5, 4, 6, 7, 8, 9, 10]
-    assert run_order([relu(), max_pool2d(2)]) == [1, 0]
-    assert run_order([max_pool2d(2), relu()]) == [0, 1]
+    assert _order(layers) == [0, 2, 1, 3, 5, 4, 6, 7, 8, 9, 10]
+    assert _order([relu(), max_pool2d(2)]) == [1, 0]
+    assert _order([max_pool2d(2), relu()]) == [0, 1]
 
 
 def _in_written_order(layers, params, x, dy):
@@ -263,9 +274,9 @@ def test_a_max_pool_after_a_relu_sees_the_relus_input_and_errors_still_name_the_
 
     def spy_vjp(params, state, x, **kw):
         seen.append(x)
-        return pool.vjp(params, state, x, **kw)
+        return pool.vjp_fn(params, state, x, **kw)
 
-    model = serial(dense(4), relu(), pool._replace(vjp=spy_vjp))
+    model = serial(dense(4), relu(), pool.replace(vjp_fn=spy_vjp))
     params, state, _ = model.init(KEY, (2, 2, 3))
     x = _x((3, 2, 2, 3))
     y, _, _ = model.vjp(params, state, x)
@@ -310,94 +321,3 @@ def test_relu_then_max_pool_match_the_written_order_with_nan_and_inf(pool):
     assert np.isnan(y).any() and np.isinf(y).any()
 
 
-# --- the step hands its gradients to an optimizer that reuses their memory ---------------
-
-def test_exclusive_grads_keeps_fresh_arrays_and_copies_shared_ones():
-    fresh = np.ones(3)
-    shared_with_params = np.zeros(2)
-    owner = np.arange(6.0)
-    view = owner[:3]
-    grads = {"a": fresh, "b": shared_with_params, "c": owner, "d": view, "e": fresh}
-    out = exclusive_grads(grads, ({"w": shared_with_params}, (np.ones(1),)))
-    assert out["a"] is not fresh and out["e"] is not fresh  # the same array twice: copied
-    assert out["b"] is not shared_with_params and not np.shares_memory(out["b"], shared_with_params)
-    assert out["c"] is not owner and out["d"] is not view      # a view of another leaf: both copied
-    for k in grads:
-        np.testing.assert_array_equal(out[k], grads[k])
-    alone = np.ones(4)
-    assert exclusive_grads({"x": alone}, ())["x"] is alone     # the common case copies nothing
-    frozen = np.ones(2)
-    frozen.flags.writeable = False
-    assert exclusive_grads({"x": frozen}, ())["x"] is not frozen
-
-
-def _aliasing_layer(kind):
-    """y = x * a (a of shape (d,)); with kind="batch" the pullback's "gradient" is a row of x."""
-    def init(key, in_shape):
-        return {"a": np.full(in_shape, 0.5, np.float64)}, in_shape
-
-    def apply(params, x):
-        return x * params["a"]
-
-    def vjp(params, x):
-        def pullback(dy):
-            true_grad = (dy * x).sum(0)
-            if kind == "batch":          # pathological: hands back (a row of) the batch
-                grad = x[0]
-            else:
-                grad = true_grad
-            return {"a": grad}, dy * params["a"]
-        return apply(params, x), pullback
-
-    return stateless_layer("alias", init, apply, vjp)
-
-
-def test_make_step_never_writes_into_the_batch_even_if_a_pullback_returns_it():
-    model = fl.serial(_aliasing_layer("batch"))
-    opt = fl.optim.sgd()
-    ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
-    x = np.arange(6.0).reshape(2, 3)
-    y = np.zeros((2, 3))
-    x_before = x.copy()
-    step = fl.make_step(model, fl.losses.mse, opt)
-    ts2, _ = step(ts, (x, y), 0.1)
-    np.testing.assert_array_equal(x, x_before)
-    np.testing.assert_allclose(ts2.params["alias_0"]["a"], 0.5 - 0.1 * x_before[0])
-
-
-def test_donated_sgd_step_equals_the_pure_update():
-    model = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
-    opt = fl.optim.sgd()
-    ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
-    x = fl.random.normal(fl.random.key(1), (5, 3))
-    y = fl.random.normal(fl.random.key(2), (5, 2))
-    params_before = fl.tree.map(np.copy, ts.params)
-    ts2, _ = fl.make_step(model, fl.losses.mse, opt)(ts, (x, y), 0.1)
-    out, _, pullback = model.vjp(ts.params, ts.state, x)
-    grads, _ = pullback(fl.losses.mse.value_and_grad(out, y)[1])
-    expected, _ = opt.update(ts.params, grads, {}, 0.1)          # the plain pure update
-    assert fl.tree.all_equal(ts2.params, expected)
-    assert fl.tree.all_equal(ts.params, params_before)             # old params untouched
-
-
-def test_make_step_trusts_only_models_that_declare_fresh_gradients(monkeypatch):
-    calls = []
-    real = fusion.exclusive_grads
-    monkeypatch.setattr(fusion, "exclusive_grads",
-                        lambda g, keep: calls.append(1) or real(g, keep))
-    x = fl.random.normal(fl.random.key(1), (5, 3))
-    y = fl.random.normal(fl.random.key(2), (5, 2))
-    trusted = fl.serial(fl.dense(4), fl.relu(), fl.dense(2))
-    checked = fl.serial(fl.dense(4), fl.layer_norm(), fl.dense(2))   # layer_norm declares nothing
-    assert "dparams" in trusted.speed.fresh and "dparams" not in checked.speed.fresh
-    opt = fl.optim.sgd()
-    for model, expect_calls in ((trusted, 0), (checked, 1)):
-        calls.clear()
-        ts = fl.TrainState.create(fl.random.key(0), model, opt, (3,))
-        params_before = fl.tree.map(np.copy, ts.params)
-        ts2, _ = fl.make_step(model, fl.losses.mse, opt)(ts, (x, y), 0.1)
-        assert len(calls) == expect_calls
-        out, _, pullback = model.vjp(ts.params, ts.state, x)
-        grads, _ = pullback(fl.losses.mse.value_and_grad(out, y)[1])
-        assert fl.tree.all_equal(ts2.params, opt.update(ts.params, grads, {}, 0.1)[0])
-        assert fl.tree.all_equal(ts.params, params_before)
