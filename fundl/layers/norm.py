@@ -269,7 +269,8 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
-            g = dy * params["scale"] if use_scale else dy.copy()
+            # a C-ordered g whatever dy's layout: the row sums below then add in one order
+            g = np.multiply(dy, params["scale"], order="C") if use_scale else dy.copy()
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over features
             gx = _row_dot(g, xhat)
             gx *= 1.0 / x.shape[-1]
@@ -383,15 +384,20 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
                 grads["bias"] = dy.sum(axis=lead)
             if not need_dx:
                 return grads, None
-            g = dy * params["scale"] if affine else dy.copy()
+            # g4 is our own (N, S, G, C/G) array, written in place and returned reshaped:
+            # never write through a reshape of ``dy * scale``, which is a copy, not a view,
+            # when dy is not C-contiguous (a Fortran-ordered or transposed dy)
+            g4 = np.multiply(dy, params["scale"], order="C") if affine else \
+                np.array(dy, order="C")
+            g4 = g4.reshape(view)
+            xh4 = xhat.reshape(view)
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over (S, C/G)
-            g4, xh4 = g.reshape(view), xhat.reshape(view)
             gx = np.einsum("nsgc,nsgc->ng", g4, xh4)[:, None, :, None]
             gx *= 1.0 / m
             g4 -= g4.mean(axis=(1, 3), keepdims=True)
             g4 -= xh4 * gx
             g4 *= inv
-            return grads, g
+            return grads, g4.reshape(x.shape)
 
         return y, pullback
 
@@ -495,7 +501,7 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
             grads = {"scale": _channel_dot(dy, xhat, x.ndim - 1, lead)} if affine else {}
             if not need_dx:
                 return grads, None
-            g = dy * params["scale"] if affine else dy.copy()
+            g = np.multiply(dy, params["scale"], order="C") if affine else dy.copy()
             # dx = inv * (g - xhat * mean(g * xhat)), mean over features
             gx = _row_dot(g, xhat)
             gx *= 1.0 / x.shape[-1]

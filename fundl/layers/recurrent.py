@@ -394,9 +394,10 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
             else:
                 dh_n = None
             if return_sequences:
-                dys = _feature_major(dy)
-                if steps.vf is not None:
-                    dys *= steps.vf
+                if steps.vf is None:
+                    dys = _feature_major(dy)    # may be dy's own memory: only read
+                else:                           # zeros at padded steps, in a new array
+                    dys = np.multiply(dy.transpose(1, 2, 0), steps.vf, order="C")
                 dy_at = lambda t: _add(dys[t], dh_n) if t == last else dys[t]  # noqa: E731
             else:
                 dy_last = _add(_feature_major(dy), dh_n)
