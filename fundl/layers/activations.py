@@ -19,7 +19,7 @@ from typing import Callable, Tuple
 import numpy as np
 
 from .. import kernels
-from ..checks import Array, LayerError, as_shape, check_float_input
+from ..checks import Array, LayerError, as_shape, check_float_input, int_arg
 from ..core import Layer, elementwise_layer, stateless_layer
 from ..special import erfcx_nonneg, exp_neg_half_sq, exp_neg_half_sq_f32, normal_tailx_f32
 
@@ -339,7 +339,7 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
 
     ``forward(x, ax) -> y``; ``backward(y, dy, ax) -> dx``; the vjp keeps only ``y``.
     """
-    axis = int(axis)
+    axis = int_arg(name, "axis", axis, minimum=None)
 
     def resolve(ndim: int) -> int:
         ax = axis + ndim if axis < 0 else axis

@@ -29,7 +29,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import random
-from ..checks import LayerError, check_float_input, check_param_dtype, check_trailing_shape
+from ..checks import (LayerError, check_float_input, check_param_dtype, check_trailing_shape,
+                      int_arg)
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
 from .windows import (Padding, Pads, check_spatial_in_shape, int_tuple, offset_view, offsets,
@@ -189,12 +190,8 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
           use_bias: bool, w_init: Initializer, b_init: Initializer, dtype,
           groups: int = 1) -> Layer:
     """A ``d``-D convolution (d = 1 or 2) built on the 2-D core."""
-    if int(features) < 1:
-        raise LayerError(f"features must be >= 1, got {features}", name)
-    features = int(features)
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise LayerError(f"groups must be an int >= 1, got {groups!r}", name)
-    groups = int(groups)
+    features = int_arg(name, "features", features)
+    groups = int_arg(name, "groups", groups)
     if features % groups:
         raise LayerError(f"features ({features}) must be divisible by groups ({groups})", name)
     if groups > 1:

@@ -21,7 +21,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from .. import fusion, kernels
-from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
+from ..checks import LayerError, as_shape, check_float_input, check_param_dtype, int_arg
 from ..core import Layer, stateless_layer
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
@@ -422,10 +422,8 @@ def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True,
     Same numbers as ``torch.nn.GroupNorm(num_groups, C, eps, affine)`` on NC... data
     moved to channels first.
     """
-    if (not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
-            or num_groups < 1):
-        raise LayerError(f"num_groups must be an int >= 1, got {num_groups!r}", name)
-    return _grouped_norm(name, int(num_groups), eps, affine, dtype, min_rank=2)
+    return _grouped_norm(name, int_arg(name, "num_groups", num_groups), eps, affine, dtype,
+                         min_rank=2)
 
 
 def instance_norm(eps: float = 1e-5, affine: bool = False, dtype: Any = np.float32,

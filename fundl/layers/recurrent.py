@@ -51,8 +51,9 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from .. import fusion, kernels, random
-from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_float_input, check_param_dtype,
-                      check_sequence_in_shape, check_trailing_shape, is_shape, normalize_shapes)
+from ..checks import (Array, LayerError, as_shape, check_float_input, check_input_tuple,
+                      check_param_dtype, check_sequence_in_shape, check_trailing_shape, int_arg,
+                      is_shape, normalize_shapes)
 from ..combinators import apply_child, init_child, split_key, vjp_child
 from ..core import Layer, stateless_layer
 from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
@@ -314,9 +315,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
     ``(N, T, F)`` (None unless ``need_dx``), ``dstate0`` the initial state's gradient
     tuple (when ``steps.state0`` is given).
     """
-    if int(hidden) < 1:
-        raise ValueError(f"{name} needs hidden >= 1, got {hidden}")
-    hidden = int(hidden)
+    hidden = int_arg(name, "hidden", hidden)
     dtype = np.dtype(dtype)
     n_inputs = 1 + int(with_lengths) + int(with_initial_state)
     state_shape = (hidden,) if n_state == 1 else ((hidden,),) * n_state
