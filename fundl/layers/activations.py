@@ -353,15 +353,16 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
         resolve(len(in_shape) + 1)
         return {}, in_shape
 
+    # x and dy C-ordered: the sums along the axis then add in one order for any layout
     def apply(params, x):
         check_float_input(x)
-        return forward(x, resolve(x.ndim))
+        return forward(np.ascontiguousarray(x), resolve(x.ndim))
 
     def vjp(params, x):
         check_float_input(x)
         ax = resolve(x.ndim)
-        y = forward(x, ax)
-        return y, lambda dy: ({}, backward(y, dy, ax))
+        y = forward(np.ascontiguousarray(x), ax)
+        return y, lambda dy: ({}, backward(y, np.ascontiguousarray(dy), ax))
 
     return stateless_layer(name, init, apply, vjp)
 

@@ -300,6 +300,8 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
         x_shape = x.shape
 
         def pullback(dy):
+            # a C-ordered dy: the batched matmuls then run the same kernels for any layout
+            dy = np.ascontiguousarray(dy)
             dy_g = dy.reshape(-1, groups, f_g).transpose(1, 0, 2)  # (G, M, F/G), a view
             g = np.matmul(cols.transpose(0, 2, 1), dy_g)           # (G, kh*kw*C/G, F/G)
             grads = {"w": g.transpose(1, 0, 2).reshape(k_d + (x_shape[-1] // groups, features))}

@@ -95,6 +95,7 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
 
     def forward(params, x, out_d):
         x4 = x[:, None] if d == 1 else x
+        x4 = np.ascontiguousarray(x4)   # the matmuls then give the same bits for any layout
         n, h, wd, c = x4.shape
         out_hw = (1,) + out_d if d == 1 else out_d
         # y is conv2d's input gradient for "dy" = x and a kernel with in/out swapped
@@ -111,10 +112,12 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
 
     def vjp(params, x, need_dx=True):
         out_d = check(params, x)
+        x = np.ascontiguousarray(x)     # kept for dW in the layout the forward used
         y = forward(params, x, out_d)
         w, x_shape = params["w"], x.shape
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             dy4 = dy[:, None] if d == 1 else dy
             n, h, wd, c = (x_shape[0], 1) + x_shape[1:] if d == 1 else x_shape
             # dy padded so that input cell (h, w) sees the window starting at (h*s, w*s)

@@ -11,6 +11,10 @@ with the means taken over the normalised axes; ``dscale = sum(dy * xhat)`` and
 ``dbias = sum(dy)`` over every axis but the feature axis.  ``rms_norm`` divides
 by the root mean square only, ``xhat = x / sqrt(mean(x**2) + eps)``, and its
 gradient lacks the ``mean(g)`` term: ``dx = (g - xhat * mean(g * xhat)) / rms``.
+
+The sums run over C-ordered arrays (``np.ascontiguousarray``: no copy for the usual
+C-contiguous input), so the results are bit-identical for inputs and ``dy`` in any memory
+layout (numpy's and BLAS's summation order follows the layout).
 """
 
 from __future__ import annotations
@@ -249,6 +253,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
                              f"got shape {tuple(x.shape)}")
 
     def forward(params, x):
+        x = np.ascontiguousarray(x)
         mean = _row_mean(x)
         xhat = x - mean
         var = _row_dot(xhat, xhat)
@@ -269,8 +274,8 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
-            # a C-ordered g whatever dy's layout: the row sums below then add in one order
-            g = np.multiply(dy, params["scale"], order="C") if use_scale else dy.copy()
+            dy = np.ascontiguousarray(dy)
+            g = dy * params["scale"] if use_scale else dy.copy()
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over features
             gx = _row_dot(g, xhat)
             gx *= 1.0 / x.shape[-1]
@@ -353,7 +358,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
         return (x.shape[0], s, g, x.shape[-1] // g)
 
     def forward(params, x, view):
-        x4 = x.reshape(view)
+        x4 = np.ascontiguousarray(x).reshape(view)
         m = view[1] * view[3]
         mean = x4.mean(axis=(1, 3), keepdims=True)
         xhat = x4 - mean
@@ -377,6 +382,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
         m = view[1] * view[3]
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             lead = tuple(range(x.ndim - 1))
             grads = {}
             if affine:
@@ -384,12 +390,9 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
                 grads["bias"] = dy.sum(axis=lead)
             if not need_dx:
                 return grads, None
-            # g4 is our own (N, S, G, C/G) array, written in place and returned reshaped:
-            # never write through a reshape of ``dy * scale``, which is a copy, not a view,
-            # when dy is not C-contiguous (a Fortran-ordered or transposed dy)
-            g4 = np.multiply(dy, params["scale"], order="C") if affine else \
-                np.array(dy, order="C")
-            g4 = g4.reshape(view)
+            # g4 is our own (N, S, G, C/G) array, written in place and returned reshaped
+            # (a reshape of a non-C array would be a copy, and writing it a lost write)
+            g4 = (dy * params["scale"] if affine else dy.copy()).reshape(view)
             xh4 = xhat.reshape(view)
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over (S, C/G)
             gx = np.einsum("nsgc,nsgc->ng", g4, xh4)[:, None, :, None]
@@ -477,6 +480,7 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
             check_param_dtype(x, p)
 
     def forward(params, x):
+        x = np.ascontiguousarray(x)
         inv = _row_dot(x, x)
         inv *= 1.0 / x.shape[-1]
         inv += eps
@@ -495,11 +499,12 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             lead = tuple(range(x.ndim - 1))
             grads = {"scale": _channel_dot(dy, xhat, x.ndim - 1, lead)} if affine else {}
             if not need_dx:
                 return grads, None
-            g = np.multiply(dy, params["scale"], order="C") if affine else dy.copy()
+            g = dy * params["scale"] if affine else dy.copy()
             # dx = inv * (g - xhat * mean(g * xhat)), mean over features
             gx = _row_dot(g, xhat)
             gx *= 1.0 / x.shape[-1]

@@ -61,7 +61,7 @@ def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
 
         def pullback(dy):
             dpos = np.zeros_like(pos)
-            dpos[:steps] = dy.sum(axis=0)
+            dpos[:steps] = np.ascontiguousarray(dy).sum(axis=0)  # one order for any layout
             return {"pos": dpos}, dy
 
         return x + pos[:steps], pullback

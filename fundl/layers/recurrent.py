@@ -374,11 +374,13 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
 
     def apply(params, inp):
         x, steps = split_inputs(params, inp)
+        params = _compact(params)
         hs, _, final = scan(params, x, steps, keep=False)
         return outputs(hs, final, steps)
 
     def vjp(params, inp, need_dx=True):
         x, steps = split_inputs(params, inp)
+        params = _compact(params)
         hs, cache, final = scan(params, x, steps, keep=True)
         y = outputs(hs, final, steps)
         last = x.shape[1] - 1
@@ -413,6 +415,12 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
         return y, pullback
 
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+
+
+def _compact(params: Dict[str, Array]) -> Dict[str, Array]:
+    """The params as C-contiguous arrays (themselves when they are, as usual): the matmuls
+    then run the same BLAS kernels, and give the same bits, for params in any layout."""
+    return {k: np.ascontiguousarray(v) for k, v in params.items()}
 
 
 def _valid_steps(lengths: Any, n: int, steps: int) -> Array:
