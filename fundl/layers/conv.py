@@ -141,7 +141,7 @@ def _grouped_cols(xp: np.ndarray, groups: int, kernel, dilation, out_hw, strides
     win = win.reshape(n, oh, ow, groups, c // groups, kh, kw)
     cols = np.empty((groups, n, oh, ow, kh, kw, c // groups), xp.dtype)
     cols[...] = win.transpose(3, 0, 1, 2, 5, 6, 4)
-    return cols.reshape(groups, n * oh * ow, -1)
+    return cols.reshape(groups, n * oh * ow, kh * kw * (c // groups))  # no -1: n may be 0
 
 
 def _grouped_input_grad(dcols: np.ndarray, x_shape, pads: Pads, kernel, dilation, out_hw,
@@ -302,11 +302,11 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
         def pullback(dy):
             # a C-ordered dy: the batched matmuls then run the same kernels for any layout
             dy = np.ascontiguousarray(dy)
-            dy_g = dy.reshape(-1, groups, f_g).transpose(1, 0, 2)  # (G, M, F/G), a view
+            dy_g = dy.reshape(cols.shape[1], groups, f_g).transpose(1, 0, 2)  # (G, M, F/G)
             g = np.matmul(cols.transpose(0, 2, 1), dy_g)           # (G, kh*kw*C/G, F/G)
             grads = {"w": g.transpose(1, 0, 2).reshape(k_d + (x_shape[-1] // groups, features))}
             if use_bias:
-                grads["b"] = dy.reshape(-1, features).sum(axis=0)
+                grads["b"] = dy.reshape(cols.shape[1], features).sum(axis=0)
             if not need_dx:
                 return grads, None
             dcols = np.matmul(dy_g, w_g.transpose(0, 2, 1))       # (G, M, kh*kw*C/G)
