@@ -788,3 +788,16 @@ def test_pullback_never_writes_dy_in_any_layout(make, return_sequences, return_s
         assert tree.all_equal(other, before), name
         assert tree.all_equal(got[0], want[0]), name
         np.testing.assert_array_equal(got[1][0], want[1][0], err_msg=name)
+
+
+@pytest.mark.parametrize("make", [rnn, gru, lstm], ids=CELL_IDS)
+@pytest.mark.parametrize("n,steps,features", [(3, 4, 2), (5, 2, 1), (2, 6, 3)])
+def test_lengths_path_float64_gradients_across_shapes(make, n, steps, features):
+    # the with_lengths pullback (padded steps of dy zeroed in a new array) and the compact
+    # params of every cell, in float64 finite differences
+    lengths = np.arange(n) % (steps + 1)
+    x = random.normal(random.key(2), (n, steps, features), np.float64)
+    layer = make(3, with_lengths=True)
+    from fundl.gradcheck import check_vjp
+    result = check_vjp(layer, ((steps, features), ()), x=(x, lengths))
+    assert result.max_error < 1e-7, result
