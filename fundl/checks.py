@@ -14,7 +14,8 @@ import numpy as np
 Array = np.ndarray
 Shape = Tuple[int, ...]
 
-__all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_shapes",
+__all__ = ["LayerError", "Array", "Shape", "int_arg", "int_or_none", "as_shape", "is_shape",
+           "normalize_shapes",
            "check_float_input", "check_param_dtype", "check_trailing_shape",
            "check_input_tuple", "check_sequence_in_shape"]
 
@@ -57,6 +58,38 @@ class LayerError(ValueError):
 
     def __reduce__(self):  # keep the error picklable despite the custom __init__
         return (LayerError, (self.detail, self.kind, self.path))
+
+
+def int_or_none(value: Any) -> Optional[int]:
+    """``value`` as a Python int if it is an integer (a Python ``int`` or a numpy integer
+    scalar, not a bool), else None.  Floats are never integers here, not even ``2.0``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
+
+
+def _described(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def int_arg(who: str, name: str, value: Any, *, minimum: Optional[int] = 1) -> int:
+    """A builder's integer argument ``name`` checked: ``value`` as an int ``>= minimum``
+    (``minimum=None``: any int, e.g. an axis).
+
+    Accepted: Python ints and numpy integer scalars.  Refused with a ``TypeError``
+    that names the builder ``who`` and the argument: bools (``dense(True)`` is not one
+    feature), floats even when integral (``2.0``, ``x / 2``: fundl never rounds or
+    truncates a size for you -- pass ``int(...)``), strings, None.  Refused with a
+    :class:`LayerError` (a ``ValueError``) naming both: an int below ``minimum``.
+    """
+    out = int_or_none(value)
+    if out is None:
+        hint = "; fundl does not round sizes: pass an int" if isinstance(
+            value, (float, np.floating)) else ""
+        raise TypeError(f"layer '{who}': {name} must be an int, got {_described(value)}{hint}")
+    if minimum is not None and out < minimum:
+        raise LayerError(f"{name} must be >= {minimum}, got {out}", who)
+    return out
 
 
 def as_shape(shape: Any) -> Shape:

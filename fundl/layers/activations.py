@@ -19,7 +19,7 @@ from typing import Callable, Tuple
 import numpy as np
 
 from .. import kernels
-from ..checks import Array, LayerError, as_shape, check_float_input
+from ..checks import (Array, LayerError, as_shape, check_float_input, int_arg)
 from ..core import Layer, builder, elementwise_layer, stateless_layer
 from ..special import erfcx_nonneg, exp_neg_half_sq, exp_neg_half_sq_f32, normal_tailx_f32
 
@@ -347,7 +347,7 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
 
     ``forward(x, ax) -> y``; ``backward(y, dy, ax) -> dx``; the vjp keeps only ``y``.
     """
-    axis = int(axis)
+    axis = int_arg(name, "axis", axis, minimum=None)
 
     def resolve(ndim: int) -> int:
         ax = axis + ndim if axis < 0 else axis
@@ -361,15 +361,16 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
         resolve(len(in_shape) + 1)
         return {}, in_shape
 
+    # x and dy C-ordered: the sums along the axis then add in one order for any layout
     def apply(params, x):
         check_float_input(x)
-        return forward(x, resolve(x.ndim))
+        return forward(np.ascontiguousarray(x), resolve(x.ndim))
 
     def vjp(params, x):
         check_float_input(x)
         ax = resolve(x.ndim)
-        y = forward(x, ax)
-        return y, lambda dy: ({}, backward(y, dy, ax))
+        y = forward(np.ascontiguousarray(x), ax)
+        return y, lambda dy: ({}, backward(y, np.ascontiguousarray(dy), ax))
 
     return stateless_layer(name, init, apply, vjp)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype, int_arg)
 from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, normal
 
@@ -68,10 +68,8 @@ def embedding(vocab_size: int, features: int, *, w_init: Initializer = normal(1.
     gradient ``dx`` is ``None`` (ids are not differentiable).  Float ids and
     ids out of range raise a LayerError naming the range and the bad values.
     """
-    vocab_size, features = int(vocab_size), int(features)
-    if vocab_size < 1 or features < 1:
-        raise ValueError(f"embedding needs vocab_size >= 1 and features >= 1, "
-                         f"got {vocab_size} and {features}")
+    vocab_size = int_arg("embedding", "vocab_size", vocab_size)
+    features = int_arg("embedding", "features", features)
     dtype = np.dtype(dtype)
 
     def init(key, in_shape):

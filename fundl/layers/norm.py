@@ -11,6 +11,10 @@ with the means taken over the normalised axes; ``dscale = sum(dy * xhat)`` and
 ``dbias = sum(dy)`` over every axis but the feature axis.  ``rms_norm`` divides
 by the root mean square only, ``xhat = x / sqrt(mean(x**2) + eps)``, and its
 gradient lacks the ``mean(g)`` term: ``dx = (g - xhat * mean(g * xhat)) / rms``.
+
+The sums run over C-ordered arrays (``np.ascontiguousarray``: no copy for the usual
+C-contiguous input), so the results are bit-identical for inputs and ``dy`` in any memory
+layout (numpy's and BLAS's summation order follows the layout).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from .. import kernels
-from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype, int_arg)
 from ..core import Layer, Traits, builder, stateless_layer
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
@@ -170,18 +174,21 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
     def apply(params, state, x, *, key=None, train=False):
         ax, red, bshape = _check_batch_norm_input(axis, params, state, x)
+        x = np.ascontiguousarray(x)  # the reductions' rounding then never depends on the layout
         if train and x.shape[0]:
             return normalise(params, x, ax, red, bshape)[0]
         return frozen(params, state, x, bshape)[0]
 
     def vjp(params, state, x, *, key=None, train=True):
         ax, red, bshape = _check_batch_norm_input(axis, params, state, x)
+        x = np.ascontiguousarray(x)
         if not train or not x.shape[0]:
             # eval mode (and an empty batch, which has no statistics): the affine map with
             # the running statistics, the state unchanged
             y, a, inv = frozen(params, state, x, bshape)
 
             def frozen_pullback(dy):
+                dy = np.ascontiguousarray(dy)
                 grads = {}
                 if use_scale:
                     xc = x - state["mean"].reshape(bshape)
@@ -201,6 +208,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         }
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             dbias = _channel_sum(dy, ax, red).reshape(bshape)
             dscale = _channel_dot(dy, xc, ax, red).reshape(bshape)
             dscale *= inv                       # sum(dy * xhat)
@@ -260,6 +268,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
                              f"got shape {tuple(x.shape)}")
 
     def forward(params, x):
+        x = np.ascontiguousarray(x)
         mean = _row_mean(x)
         xhat = x - mean
         var = _row_dot(xhat, xhat)
@@ -280,6 +289,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             g = dy * params["scale"] if use_scale else dy.copy()
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over features
             gx = _row_dot(g, xhat)
@@ -363,7 +373,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
         return (x.shape[0], s, g, x.shape[-1] // g)
 
     def forward(params, x, view):
-        x4 = x.reshape(view)
+        x4 = np.ascontiguousarray(x).reshape(view)
         m = view[1] * view[3]
         mean = x4.mean(axis=(1, 3), keepdims=True)
         xhat = x4 - mean
@@ -387,6 +397,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
         m = view[1] * view[3]
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             lead = tuple(range(x.ndim - 1))
             grads = {}
             if affine:
@@ -394,15 +405,17 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
                 grads["bias"] = dy.sum(axis=lead)
             if not need_dx:
                 return grads, None
-            g = dy * params["scale"] if affine else dy.copy()
+            # g4 is our own (N, S, G, C/G) array, written in place and returned reshaped
+            # (a reshape of a non-C array would be a copy, and writing it a lost write)
+            g4 = (dy * params["scale"] if affine else dy.copy()).reshape(view)
+            xh4 = xhat.reshape(view)
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over (S, C/G)
-            g4, xh4 = g.reshape(view), xhat.reshape(view)
             gx = np.einsum("nsgc,nsgc->ng", g4, xh4)[:, None, :, None]
             gx *= 1.0 / m
             g4 -= g4.mean(axis=(1, 3), keepdims=True)
             g4 -= xh4 * gx
             g4 *= inv
-            return grads, g
+            return grads, g4.reshape(x.shape)
 
         return y, pullback
 
@@ -428,10 +441,8 @@ def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True,
     Same numbers as ``torch.nn.GroupNorm(num_groups, C, eps, affine)`` on NC... data
     moved to channels first.
     """
-    if (not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
-            or num_groups < 1):
-        raise LayerError(f"num_groups must be an int >= 1, got {num_groups!r}", name)
-    return _grouped_norm(name, int(num_groups), eps, affine, dtype, min_rank=2)
+    return _grouped_norm(name, int_arg(name, "num_groups", num_groups), eps, affine, dtype,
+                         min_rank=2)
 
 
 @builder
@@ -487,6 +498,7 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
             check_param_dtype(x, p)
 
     def forward(params, x):
+        x = np.ascontiguousarray(x)
         inv = _row_dot(x, x)
         inv *= 1.0 / x.shape[-1]
         inv += eps
@@ -505,6 +517,7 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             lead = tuple(range(x.ndim - 1))
             grads = {"scale": _channel_dot(dy, xhat, x.ndim - 1, lead)} if affine else {}
             if not need_dx:

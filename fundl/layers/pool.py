@@ -334,8 +334,8 @@ def global_avg_pool() -> Layer:
                              f"(rank >= 3), got shape {tuple(x.shape)}")
 
     def apply(params, x):
-        check(x)
-        return x.mean(axis=tuple(range(1, x.ndim - 1)), dtype=x.dtype)
+        check(x)   # C-ordered: numpy's summation order follows the layout
+        return np.ascontiguousarray(x).mean(axis=tuple(range(1, x.ndim - 1)), dtype=x.dtype)
 
     def vjp(params, x, need_dx=True):
         check(x)

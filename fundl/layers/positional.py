@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import (Array, LayerError, check_float_input, check_param_dtype,
-                      check_sequence_in_shape, check_trailing_shape)
+                      check_sequence_in_shape, check_trailing_shape, int_arg)
 from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, normal
 
@@ -32,9 +32,7 @@ def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
     ``pos`` is its ``weight``.  The gradient of ``pos`` is ``dy`` summed over the
     batch in the first ``time`` rows and zero in the rest; ``dx = dy``.
     """
-    if int(max_len) < 1:
-        raise ValueError(f"positional_embedding needs max_len >= 1, got {max_len}")
-    max_len = int(max_len)
+    max_len = int_arg("positional_embedding", "max_len", max_len)
     dtype = np.dtype(dtype)
 
     def init_fn(key, in_shape):
@@ -64,7 +62,7 @@ def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
 
         def pullback(dy):
             dpos = np.zeros_like(pos)
-            dpos[:steps] = dy.sum(axis=0)
+            dpos[:steps] = np.ascontiguousarray(dy).sum(axis=0)  # one order for any layout
             return {"pos": dpos}, dy
 
         return x + pos[:steps], pullback

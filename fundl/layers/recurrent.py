@@ -53,7 +53,7 @@ import numpy as np
 
 from .. import kernels, random
 from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_float_input, check_param_dtype,
-                      Shape, check_sequence_in_shape, check_trailing_shape, is_shape,
+                      Shape, check_sequence_in_shape, check_trailing_shape, int_arg, is_shape,
                       normalize_shapes)
 from ..combinators import combinator, key_splitter
 from ..core import Layer, builder, stateless_layer
@@ -316,9 +316,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
     ``(N, T, F)`` (None unless ``need_dx``), ``dstate0`` the initial state's gradient
     tuple (when ``steps.state0`` is given).
     """
-    if int(hidden) < 1:
-        raise ValueError(f"{name} needs hidden >= 1, got {hidden}")
-    hidden = int(hidden)
+    hidden = int_arg(name, "hidden", hidden)
     dtype = np.dtype(dtype)
     n_inputs = 1 + int(with_lengths) + int(with_initial_state)
     state_shape = (hidden,) if n_state == 1 else ((hidden,),) * n_state
@@ -377,11 +375,13 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
 
     def apply(params, inp):
         x, steps = split_inputs(params, inp)
+        params = _compact(params)
         hs, _, final = scan(params, x, steps, keep=False)
         return outputs(hs, final, steps)
 
     def vjp(params, inp, need_dx=True):
         x, steps = split_inputs(params, inp)
+        params = _compact(params)
         hs, cache, final = scan(params, x, steps, keep=True)
         y = outputs(hs, final, steps)
         last = x.shape[1] - 1
@@ -396,9 +396,10 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
             else:
                 dh_n = None
             if return_sequences:
-                dys = _feature_major(dy)
-                if steps.vf is not None:
-                    dys *= steps.vf
+                if steps.vf is None:
+                    dys = _feature_major(dy)    # may be dy's own memory: only read
+                else:                           # zeros at padded steps, in a new array
+                    dys = np.multiply(dy.transpose(1, 2, 0), steps.vf, order="C")
                 dy_at = lambda t: _add(dys[t], dh_n) if t == last else dys[t]  # noqa: E731
             else:
                 dy_last = _add(_feature_major(dy), dh_n)
@@ -415,6 +416,12 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
         return y, pullback
 
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+
+
+def _compact(params: Dict[str, Array]) -> Dict[str, Array]:
+    """The params as C-contiguous arrays (themselves when they are, as usual): the matmuls
+    then run the same BLAS kernels, and give the same bits, for params in any layout."""
+    return {k: np.ascontiguousarray(v) for k, v in params.items()}
 
 
 def _valid_steps(lengths: Any, n: int, steps: int) -> Array:

@@ -116,6 +116,7 @@ def upsample2d(scale: Union[int, Tuple[int, int]], method: str = "nearest",
         def pullback(dy):
             if not need_dx:
                 return {}, None
+            dy = np.ascontiguousarray(dy)   # the sums then add in one order for any layout
             if method == "nearest":
                 return {}, dy.reshape(n, h, sh, w, sw, c).sum(axis=(2, 4))
             rows, cols = geometry
