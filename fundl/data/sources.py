@@ -167,7 +167,8 @@ class _Chunks(Source):
                        for lo in range(0, leaves[0].shape[0], self.chunk_size)]
         self.n = sum(hi - lo for _, lo, hi in self.chunks)
         self.length = num_batches(self.n, self.batch_size, self.drop_last)
-        self.release = PageRelease([a for leaves in self.parts for a in leaves])
+        # the pages of every group read are handed back before the next is read
+        self.release = PageRelease([a for leaves in self.parts for a in leaves], every=1)
 
     def groups(self, key: Any) -> List[List[Tuple[int, int, int]]]:
         """The epoch's groups of ``cache_chunks`` chunks, in the order they are read."""
@@ -180,8 +181,7 @@ class _Chunks(Source):
         """The rows of a group's chunks, copied out of the files, in their shuffled order."""
         columns = []
         for j in range(len(self.parts[0])):
-            columns.append(np.concatenate([np.array(self.parts[p][j][lo:hi])
-                                           for p, lo, hi in group]))
+            columns.append(np.concatenate([self.parts[p][j][lo:hi] for p, lo, hi in group]))
         self.release.read(sum(c.nbytes for c in columns))
         if self.shuffle:
             perm = random.permutation(random.fold_in(random.fold_in(key, 1), g),

@@ -172,7 +172,8 @@ def predict(model: Layer, params: Any, state: Any, x: Any, batch_size: int = 256
         raise TypeError(f"predict: proba must be True or False, got {proba!r}")
     cast = Caster(float_dtype(params), "predict")
     from ..data.sources import check_source, epoch_batches, is_source
-    if is_source(x) and not isinstance(x, list):
+    listed = isinstance(x, list) and all(isinstance(b, (tuple, list)) for b in x)
+    if listed or (is_source(x) and not isinstance(x, list)):
         check_source(x, "predict: x")
         parts = (cast(inputs(batch[0], "predict: x")) for batch in epoch_batches(x, key))
     else:
