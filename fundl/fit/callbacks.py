@@ -5,7 +5,7 @@ A callback is a :class:`Callback` (override only the hooks you need) or a plain 
 
     on_train_begin(info)                 # info: a TrainInfo (log names, steps, ...)
     on_batch_end(train_state, logs)      # after every step: logs = {"epoch", "step", "loss", "lr"}
-    on_epoch_end(train_state, logs)      # logs: this epoch's history entry
+    on_epoch_end(train_state, logs)      # logs: this epoch's history entry (whole epochs only)
     on_train_end(train_state)            # may return the train state fit returns
     get_state() / set_state(state)       # what a checkpoint keeps, so that resume is exact
 

@@ -149,7 +149,9 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
       the loop state file is there (see below), else only the steps this call ran.
     - ``callbacks``: a list of :class:`~fundl.fit.Callback` objects (``EarlyStopping``,
       ``ReduceLROnPlateau``, ``CSVLogger``, ``ModelCheckpoint`` or your own) or functions
-      ``cb(train_state, logs)`` called after each epoch (see :mod:`fundl.fit.callbacks`).
+      ``cb(train_state, logs)`` called after each whole epoch (not after the partial epoch
+      where ``steps=`` ends a run: the resumed run finishes it; see
+      :mod:`fundl.fit.callbacks`).
       A callback returns ``None``, ``"stop"`` or a ``Control(stop=, lr_factor=)``; anything
       else is a ``TypeError``.  ``on_train_end`` may return the state fit returns
       (``EarlyStopping(restore_best=True)``: the best epoch's).
@@ -414,12 +416,13 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
             verified(ts, logs["loss"])
             for k in history:
                 history[k].append(logs[k])
-            for i, cb in enumerate(cbs):
-                if control(cb.on_epoch_end(ts, dict(logs)), i, cb, "on_epoch_end"):
-                    stop = True
+            ended_epoch = ts.step % per_epoch == 0
+            if ended_epoch:  # callbacks see whole epochs: a partial one is finished on resume
+                for i, cb in enumerate(cbs):
+                    if control(cb.on_epoch_end(ts, dict(logs)), i, cb, "on_epoch_end"):
+                        stop = True
             if comm is not None:
                 stop = comm.any(stop)
-            ended_epoch = ts.step % per_epoch == 0
             checkpoint(ts, np.zeros_like(sums.sums) if ended_epoch else sums.sums)
     finally:
         bar.close()
