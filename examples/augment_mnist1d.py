@@ -13,9 +13,15 @@ full run trains up to 30 epochs of 4000 signals, twice; --quick 3 epochs of 1000
 
 import argparse
 import os
+import sys
 import tempfile
 
 import numpy as np
+
+# Python puts this folder first on sys.path, where examples/mnist1d.py would shadow the
+# `mnist1d` package that builds the data: drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import fundl as fl
 from fundl.fit import ReduceLROnPlateau
