@@ -92,3 +92,16 @@ def test_new_examples_quick(script, expect):
                          env=_checkout_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(expect, out.stdout), out.stdout[-2000:]
+
+
+def test_augmentation_example_quick_resumes_bit_identically(tmp_path):
+    pytest.importorskip("mnist1d", reason="the optional mnist1d package is not installed")
+    env = dict(_checkout_env(), FUNDL_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "augment_mnist1d.py"),
+                          "--quick"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"interrupted at step 15 and resumed: bit-identical True", out.stdout), \
+        out.stdout[-2000:]
+    accuracy = [float(a) for a in re.findall(r"val loss \d\.\d+ accuracy (\d\.\d+)", out.stdout)]
+    assert len(accuracy) == 3 and accuracy[-1] > 0.25 > 0.1, out.stdout   # chance is 0.1

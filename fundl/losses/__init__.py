@@ -26,12 +26,15 @@ wrong shape, NaN or negative probability targets and labels out of range raise
 - ``nll``: negative log-likelihood of log-probabilities (torch's ``NLLLoss``);
 - ``kl_divergence``: torch's ``KLDivLoss(reduction='batchmean')``;
 - ``sigmoid_binary_cross_entropy`` and ``binary_cross_entropy_with_logits(pos_weight=)``:
-  binary cross-entropy on logits (torch's ``BCEWithLogitsLoss``).
+  binary cross-entropy on logits (torch's ``BCEWithLogitsLoss``);
+- ``combine(*losses, weights=)``: one loss over a model's tuple of outputs (two heads,
+  a VAE's reconstruction and KL terms), the weighted sum of a loss per output.
 """
 
 from __future__ import annotations
 
 from ._base import Loss, LossError
+from .combine import CombinedLoss, combine
 from .binary import binary_cross_entropy_with_logits, sigmoid_binary_cross_entropy
 from .cross_entropy import cross_entropy, softmax_cross_entropy
 from .divergence import kl_divergence
@@ -40,4 +43,4 @@ from .regression import huber, l1, mse
 
 __all__ = ["Loss", "LossError", "mse", "l1", "huber", "softmax_cross_entropy", "cross_entropy",
            "nll", "kl_divergence", "sigmoid_binary_cross_entropy",
-           "binary_cross_entropy_with_logits"]
+           "binary_cross_entropy_with_logits", "combine", "CombinedLoss"]
