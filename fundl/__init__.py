@@ -28,7 +28,8 @@ from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, 
                      upsample2d)
 from .losses import Loss
 from .summary import summary
-from .fit import EarlyStopping, NonFiniteLossError, evaluate, fit, predict
+from .fit import (CSVLogger, Callback, Control, EarlyStopping, LRFindResult, ModelCheckpoint,
+                  NonFiniteLossError, ReduceLROnPlateau, TrainInfo, evaluate, fit, lr_find, predict)
 from .step import TrainState, make_step, value_and_grad
 
 __version__ = "0.1.0"
@@ -59,7 +60,8 @@ __all__ = [
     "upsample2d",
     "Loss", "losses", "optim", "random", "tree", "initializers",
     "check_vjp", "GradCheckResult", "GradCheckError",
-    "TrainState", "make_step", "value_and_grad", "fit", "evaluate", "predict", "EarlyStopping",
-    "NonFiniteLossError", "summary",
+    "TrainState", "make_step", "value_and_grad", "fit", "evaluate", "predict",
+    "Callback", "Control", "TrainInfo", "EarlyStopping", "ReduceLROnPlateau", "CSVLogger",
+    "ModelCheckpoint", "lr_find", "LRFindResult", "NonFiniteLossError", "summary",
     "data", "datasets", "io", "metrics", "perf", "plan", "interop", "testing",
 ]

@@ -80,7 +80,8 @@ def _loss_as_layer(loss: Loss, target: Any) -> Layer:
 
     def vjp(params, state, x, *, key=None, train=True):
         value, grad = loss.value_and_grad(x, target)
-        return np.asarray(value), state, lambda u: ({}, grad * np.asarray(u, grad.dtype))
+        return np.asarray(value), state, lambda u: ({}, tree.map(
+            lambda g: g * np.asarray(u, g.dtype), grad))   # a tuple for a loss of tuples
 
     return Layer(init, apply, vjp, loss.name)
 

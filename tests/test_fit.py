@@ -549,7 +549,7 @@ def test_early_stopping_restores_exactly_the_best_epoch(tmp_path):
 
 
 def test_early_stopping_modes_and_the_callback_by_hand():
-    info = fl.fit.TrainInfo(["epoch", "val_accuracy"], 0, 10, 1, {})
+    info = fl.TrainInfo(["epoch", "val_accuracy"], 0, 10, 1, {})
     es = fl.EarlyStopping("val_accuracy", patience=1, min_delta=0.05)   # mode "auto": max
     es.on_train_begin(info)
     ts = [TrainState({}, {}, (), None, s) for s in range(5)]
@@ -558,7 +558,7 @@ def test_early_stopping_modes_and_the_callback_by_hand():
     assert es.on_epoch_end(ts[2], {"epoch": 3, "val_accuracy": 0.64}) == "stop"  # +0.04: not enough
     assert es.best == 0.6 and es.best_epoch == 2 and es.on_train_end(ts[4]) is ts[1]
     es = fl.EarlyStopping("loss", patience=0)
-    es.on_train_begin(fl.fit.TrainInfo(["epoch", "step", "loss"], 0, 10, 1, {}))
+    es.on_train_begin(fl.TrainInfo(["epoch", "step", "loss"], 0, 10, 1, {}))
     assert es.on_epoch_end(ts[0], {"loss": float("nan")}) == "stop"
     assert es.on_train_end(ts[3]) is None                              # no finite value: keep
     with pytest.raises(ValueError, match=r"monitor 'val_loss' is not among the logs \['epoch', "

@@ -96,7 +96,7 @@ def test_what_a_callback_returns_is_never_ignored():
     for value in ("STOP", True, 1, "Stop"):
         with pytest.raises(TypeError, match=r"callbacks\[0\] \(_Says\).on_epoch_end returned "
                                             + repr(value).replace("(", r"\(")
-                           + r"; a callback returns None \(go on\), 'stop' or fl.fit.Control"):
+                           + r"; a callback returns None \(go on\), 'stop' or fl.Control"):
             _fit(epochs=3, callbacks=[_Says(value)])
     with pytest.raises(TypeError, match=r"callbacks\[0\] \(my_cb\).on_epoch_end returned True"):
         def my_cb(ts, logs):

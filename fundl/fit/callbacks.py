@@ -134,7 +134,7 @@ def resolve_callbacks(callbacks: Any) -> List[Callback]:
                                            not isinstance(callbacks, (list, tuple))):
         callbacks = [callbacks]
     if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
-        raise TypeError(f"fit: callbacks must be a list of callbacks (fl.fit.Callback objects "
+        raise TypeError(f"fit: callbacks must be a list of callbacks (fl.Callback objects "
                         f"or functions cb(train_state, logs)), got {type(callbacks).__name__}")
     out: List[Callback] = []
     for i, cb in enumerate(callbacks):
@@ -147,7 +147,7 @@ def resolve_callbacks(callbacks: Any) -> List[Callback]:
             out.append(FunctionCallback(cb))
         else:
             raise TypeError(f"fit: callbacks[{i}] must be a function cb(train_state, logs) or "
-                            f"a fl.fit.Callback, got {type(cb).__name__}")
+                            f"a fl.Callback, got {type(cb).__name__}")
     return out
 
 
@@ -177,7 +177,7 @@ def decision(value: Any, i: int, cb: Callback, hook: str) -> Control:
                                  f"{factor!r}); lr_factor must be a finite number > 0")
         return Control(bool(stop), None if factor is None else float(factor))
     raise TypeError(f"fit: {_label(i, cb)}.{hook} returned {value!r}; a callback returns None "
-                    f"(go on), 'stop' or fl.fit.Control(stop=..., lr_factor=...)")
+                    f"(go on), 'stop' or fl.Control(stop=..., lr_factor=...)")
 
 
 # --- the direction of a monitored value -------------------------------------------------------
