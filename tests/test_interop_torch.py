@@ -682,3 +682,40 @@ def test_grouped_conv_vjp_float64_after_a_torch_load(shape):
     layer = fl.conv2d(4, 3, stride=2, padding=1, groups=2)
     params, state = _load(layer, shape, module, [("", "", "conv2d")])
     assert fl.check_vjp(layer, shape, params=params, state=state).max_error < 1e-7
+
+
+# --- sequential_mapping refuses what the fundl layers cannot compute (issue 25, finding 9) -----
+
+@pytest.mark.parametrize("module, model, in_shape, needle", [
+    # on 76c14af each of these loaded silently: outputs off by 0.82 (relu RNN on a tanh rnn),
+    # 0.27 (8-dim attention with 4 heads onto 2 heads), 0.086 (add_zero_attn)
+    (lambda: torch.nn.Sequential(torch.nn.RNN(3, 4, nonlinearity="relu", batch_first=True)),
+     lambda: fl.serial(fl.rnn(4)), (5, 3), "nonlinearity='relu'"),
+    (lambda: torch.nn.Sequential(torch.nn.MultiheadAttention(8, 4, batch_first=True)),
+     lambda: fl.serial(fl.multi_head_attention(2)), (5, 8), "num_heads"),
+    (lambda: torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2, batch_first=True,
+                                                             add_zero_attn=True)),
+     lambda: fl.serial(fl.multi_head_attention(2)), (5, 8), "add_zero_attn"),
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2)),
+     lambda: fl.serial(fl.conv2d(4, 3)), (6, 6, 4), "groups=2"),
+])
+def test_sequential_mapping_refuses_modules_the_fundl_layer_does_not_compute(
+        module, model, in_shape, needle):
+    with pytest.raises(fit.InteropError, match=needle):
+        fit.sequential_mapping(model(), module(), in_shape)
+
+
+def test_sequential_mapping_ports_a_grouped_conv_net_exactly():
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1, groups=2), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 4 * 4, 3)).double().eval()
+    model = fl.serial(fl.conv2d(8, 3, padding=1, groups=2), fl.relu(), fl.conv2d(8, 3, groups=8),
+                      fl.flatten(), fl.dense(3))
+    params, state, _ = model.init(fl.random.key(0), (6, 6, 4))
+    mapping = fit.sequential_mapping(model, net, (6, 6, 4))
+    params, state = fit.load_state_dict(fl.tree.cast(params, np.float64), state,
+                                        net.state_dict(), mapping)
+    x = np.random.default_rng(0).normal(size=(2, 4, 6, 6))
+    want = net(torch.from_numpy(x)).detach().numpy()
+    got = model.apply(params, state, x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
