@@ -96,6 +96,8 @@ def as_shape(shape: Any) -> Shape:
     """``shape`` as a tuple of ints (accepts an int for a 1-D shape)."""
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
+    if not is_shape(shape):
+        raise LayerError(f"expected an input shape (a tuple of ints), got {shape!r}")
     return tuple(int(d) for d in shape)
 
 

@@ -214,13 +214,14 @@ def _check_planned(layer: Layer, params, state, x, key, dy, y, new_state, dparam
         if not (tree.all_equal(got_dparams, dparams) and tree.all_equal(got_dx, dx)):
             raise ContractError(f"{layer.name}: {what} changes the pullback's results")
 
-    plain = plan.trace(layer)   # as built: no hint, no donation, no reordering
+    planned = plan.of(layer)
+    plain = planned.traced()    # as built: no hint, no donation, no reordering
     y_p, state_p, pullback_p = plain.vjp_fn(params, state, x, key=key)
     if not (tree.all_equal(y_p, y) and tree.all_equal(state_p, new_state)):
         raise ContractError(f"{layer.name}: the planned vjp's output or state differ from the "
                             f"model as built ({_difference(y_p, y)})")
     same(pullback_p(dy), "planning (the model as built)")
-    y_n, _, pullback_n = plan.specialise(layer, need_dx=False).vjp_fn(params, state, x, key=key)
+    y_n, _, pullback_n = planned.fast(need_dx=False).vjp_fn(params, state, x, key=key)
     dparams_n, dx_n = pullback_n(dy)
     if not (tree.all_equal(y_n, y) and tree.all_equal(dparams_n, dparams)):
         raise ContractError(f"{layer.name}: vjp(need_dx=False) changes the output or dparams")

@@ -719,3 +719,33 @@ def test_sequential_mapping_ports_a_grouped_conv_net_exactly():
     want = net(torch.from_numpy(x)).detach().numpy()
     got = model.apply(params, state, x.transpose(0, 2, 3, 1))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_fgsm_input_gradient_matches_pytorch_in_eval_mode():
+    """The deployed model's input gradient (eval mode: batch norm on its running
+    statistics, dropout off) equals PyTorch's under ``module.eval()`` to 1e-5 in float32, so
+    an adversarial step (FGSM) moves every pixel the same way."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+    net.train()
+    with torch.no_grad():                       # a few batches give it trained statistics
+        for _ in range(5):
+            net(torch.randn(16, 1, 8, 8) * 2 + 0.5)
+    net.eval()
+    model = fl.serial(fl.conv2d(4, 3, padding=1), fl.batch_norm(momentum=0.9), fl.relu(),
+                      fl.dropout(0.3), fl.max_pool2d(2), fl.flatten(), fl.dense(3))
+    params, state, _ = model.init(fl.random.key(0), (8, 8, 1))
+    mapping = fit.sequential_mapping(model, net, (8, 8, 1))
+    params, state = fit.load_state_dict(params, state, net.state_dict(), mapping)
+    x = np.random.default_rng(1).normal(size=(6, 1, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    xt = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.cross_entropy(net(xt), torch.from_numpy(labels)).backward()
+    want = xt.grad.numpy().transpose(0, 2, 3, 1)
+    value, _, dx = fl.value_and_grad(model, fl.losses.softmax_cross_entropy, params, state,
+                                     x.transpose(0, 2, 3, 1), labels)
+    assert np.max(np.abs(dx - want)) <= 1e-5 * np.max(np.abs(want))
+    big = np.abs(want) > 1e-3 * np.max(np.abs(want))
+    assert big.mean() > 0.5 and np.array_equal(np.sign(dx[big]), np.sign(want[big]))

@@ -321,3 +321,214 @@ def test_relu_then_max_pool_match_the_written_order_with_nan_and_inf(pool):
     assert np.isnan(y).any() and np.isinf(y).any()
 
 
+
+
+# --- validation once per signature, errors located at the entry ---------------------------
+
+def test_params_are_checked_once_per_call_not_once_per_combinator(monkeypatch):
+    """The exact test of the params runs once per model call, at the entry: nested
+    combinators check nothing (on 76c14af the example transformer's params guard ran
+    1 + 4 x blocks times per step)."""
+    from fundl import validate
+    calls = []
+    real = validate.TreeSpec.matches_exactly
+    monkeypatch.setattr(validate.TreeSpec, "matches_exactly",
+                        lambda self, t: calls.append(1) or real(self, t))
+    block = lambda: fl.residual(fl.serial(fl.layer_norm(), fl.dense(8), fl.relu()))  # noqa: E731
+    model = serial(dense(8), block(), block(), block(), dense(2))
+    params, state, _ = model.init(KEY, (4,))
+    x = _x((3, 4))
+    calls.clear()
+    model.apply(params, state, x)
+    assert len(calls) == 2                                 # params and state, once each
+    calls.clear()
+    y, _, pullback = model.vjp(params, state, x)
+    pullback(np.ones_like(y))
+    assert len(calls) == 2
+    step = fl.make_step(model, fl.losses.mse, fl.optim.adam())
+    ts = fl.TrainState.create(KEY, model, fl.optim.adam(), (4,))
+    calls.clear()
+    ts, _ = step(ts, (x, _x((3, 2))), 1e-3)                # a train state it did not make
+    first = len(calls)
+    calls.clear()
+    for _ in range(3):
+        ts, _ = step(ts, (x, _x((3, 2))), 1e-3)            # its own: trusted
+    assert first == 2 and calls == []
+
+
+def test_a_bad_param_is_named_by_its_path_at_any_depth():
+    model = serial(dense(8), residual(serial(dense(8), relu())), dense(2))
+    params, state, _ = model.init(KEY, (4,))
+    bad = tree.map(lambda a: a, params)
+    bad["residual_1"]["serial_0"]["dense_0"]["b"] = np.zeros((1, 8), np.float32)
+    with pytest.raises(fl.validate.SpecError,
+                       match=r"params/residual_1/serial_0/dense_0/b: expected shape \(8,\), "
+                             r"got shape \(1, 8\)"):
+        model.apply(bad, state, _x((3, 4)))
+    lone = dense(3)
+    p, s, _ = lone.init(KEY, (4,))
+    with pytest.raises(fl.validate.SpecError, match="missing keys: params/b"):
+        lone.apply({"w": p["w"]}, s, _x((2, 4)))           # a lone layer is checked too
+    with pytest.raises(fl.validate.SpecError, match=r"params/b: expected shape \(3,\)"):
+        lone.apply({"w": p["w"], "b": np.zeros((2, 3), np.float32)}, s, _x((2, 4)))
+
+
+def test_an_error_anywhere_names_the_failing_layer_and_other_errors_get_a_note():
+    def boom():
+        def vjp(params, x):
+            raise ZeroDivisionError("boom")
+        return stateless_layer("boom", lambda k, s: ({}, s), lambda p, x: 1 / 0, vjp)
+
+    model = serial(fl.fan_out(2), parallel(relu(), serial(tanh(), boom())))
+    params, state, _ = model.init(KEY, (2,))
+    with pytest.raises(ZeroDivisionError) as info:
+        model.vjp(params, state, _x((2, 2)))
+    assert "in layer 'parallel_1/serial_1/boom_1' (boom)" in "\n".join(info.value.__notes__)
+    model2 = parallel(relu(), serial(tanh(), dense(2)))
+    params2, state2, _ = model2.init(KEY, ((3,), (3,)))
+    y, _, pullback = model2.vjp(params2, state2, (_x((2, 3)), _x((2, 3))))
+    with pytest.raises(LayerError, match=r"the pullback's dy must match the output y\[1\]: "
+                                         r"expected shape \(2, 2\)"):
+        pullback((np.ones((2, 3), np.float32), np.ones((2, 3), np.float32)))
+    with pytest.raises(LayerError, match=r"layer 'dense_0' \(dense\): expected an input shape "
+                                         r"\(a tuple of ints\), got \(\(3,\), \(3,\)\)"):
+        serial(dense(3), relu()).init(KEY, ((3,), (3,)))
+
+
+def test_repr_reads_like_the_code_and_shapes_show_the_params():
+    model = serial(dense(16), relu(), dense(10))
+    assert repr(model) == "serial(dense(16), relu(), dense(10))"
+    assert len(repr(model)) < 300 and "0x" not in repr(model)
+    assert repr(fl.conv2d(8, 3, stride=2, padding="same")) == \
+        "conv2d(8, 3, stride=2, padding='same')"
+    assert repr(fl.dense(8, name="head")) == "dense(8, name='head')"
+    assert repr(fl.dense(4, dtype=np.float64)) == "dense(4, dtype=np.float64)"
+    assert repr(fl.residual(fl.eval_mode(fl.batch_norm(momentum=0.9)))) == \
+        "residual(eval_mode(batch_norm(momentum=0.9)))"
+    params, _, _ = model.init(KEY, (8,))
+    assert repr(tree.shapes(params)) == ("{'dense_0': {'w': f32[8,16], 'b': f32[16]}, "
+                                         "'relu_1': {}, 'dense_2': {'w': f32[16,10], 'b': f32[10]}}")
+
+
+# --- eval mode -----------------------------------------------------------------------------
+
+def _cnn_bn_dropout():
+    from fundl.layers.reshape import flatten
+    from fundl.layers.dropout import dropout
+    return serial(conv2d(3, 3, padding="same"), fl.batch_norm(momentum=0.8), relu(),
+                  dropout(0.3), max_pool2d(2), flatten(), dense(4))
+
+
+def test_eval_mode_vjp_is_apply_bit_for_bit_and_its_pullback_is_exact():
+    model = _cnn_bn_dropout()
+    params, state, _ = model.init(KEY, (6, 6, 2))
+    x = _x((3, 6, 6, 2))
+    # trained-looking statistics, so that eval mode is not the identity's special case
+    state = tree.map(lambda a: a, state)
+    state["batch_norm_1"] = {"mean": _x((3,), seed=5) * 0.5,
+                             "var": np.abs(_x((3,), seed=6)) + 0.5}
+    y, new_state, pullback = model.vjp(params, state, x, key=KEY, train=False)
+    assert np.array_equal(y, model.apply(params, state, x))
+    assert new_state is state or tree.all_equal(new_state, state)
+    assert not np.array_equal(y, model.vjp(params, state, x, key=KEY)[0])   # training differs
+    result = fl.check_vjp(model, (6, 6, 2), params=params, state=state, train=False, batch=2)
+    assert result.max_error < 1e-6
+    assert {"x", "params/conv2d_0/w", "params/batch_norm_1/scale", "params/batch_norm_1/bias",
+            "params/dense_6/w"} <= set(result.errors)
+
+
+def test_eval_mode_keeps_the_statistics_of_its_body_while_its_params_train():
+    body = serial(dense(6), fl.batch_norm(momentum=0.5), relu())
+    model = serial(fl.eval_mode(body), dense(2))
+    opt = fl.optim.sgd()
+    ts = fl.TrainState.create(KEY, model, opt, (4,))
+    step = fl.make_step(model, fl.losses.mse, opt)
+    stats = ts.state["eval_mode_0"]["batch_norm_1"]
+    w0 = ts.params["eval_mode_0"]["dense_0"]["w"]
+    for i in range(5):
+        ts, _ = step(ts, (_x((8, 4), seed=i), _x((8, 2), seed=10 + i)), 0.1)
+    assert tree.all_equal(ts.state["eval_mode_0"]["batch_norm_1"], stats)   # bit for bit
+    assert not np.array_equal(ts.params["eval_mode_0"]["dense_0"]["w"], w0)  # params moved
+    plain = serial(body, dense(2))   # without eval_mode the statistics move
+    ts2 = fl.TrainState.create(KEY, plain, opt, (4,))
+    ts2, _ = fl.make_step(plain, fl.losses.mse, opt)(ts2, (_x((8, 4)), _x((8, 2))), 0.1)
+    assert not tree.all_equal(ts2.state["serial_0"]["batch_norm_1"], stats)
+    check_layer(fl.eval_mode(serial(dense(3), fl.batch_norm(), fl.dropout(0.5))), (4,))
+
+
+def test_value_and_grad_gives_the_deployed_models_input_gradient():
+    model = _cnn_bn_dropout()
+    params, state, _ = model.init(KEY, (6, 6, 2))
+    x, y = _x((3, 6, 6, 2)), np.array([0, 3, 1])
+    value, dparams, dx = fl.value_and_grad(model, fl.losses.softmax_cross_entropy,
+                                           params, state, x, y)
+    out = model.apply(params, state, x)
+    assert value == pytest.approx(float(fl.losses.softmax_cross_entropy(out, y)))
+    _, dout = fl.losses.softmax_cross_entropy.value_and_grad(out, y)
+    _, _, pullback = model.vjp(params, state, x, train=False)
+    want_dparams, want_dx = pullback(dout)
+    assert np.array_equal(dx, want_dx) and tree.all_equal(dparams, want_dparams)
+
+
+# --- sharing ---------------------------------------------------------------------------------
+
+def test_a_shared_encoder_has_one_set_of_params_and_the_sum_of_its_uses_gradients():
+    enc = fl.shared(serial(dense(4), tanh()))
+    siamese = serial(fl.parallel(enc, enc), fl.fan_in_concat(), dense(1))
+    params, state, _ = siamese.init(KEY, ((3,), (3,)))
+    assert params["parallel_0"]["shared_1"] == {}          # the second use holds nothing
+    assert tree.size(params) == (3 * 4 + 4) + (8 + 1)
+    a, b = _x((5, 3)), _x((5, 3), seed=2)
+    y, _, pullback = siamese.vjp(params, state, (a, b))
+    grads, _ = pullback(np.ones_like(y))
+    # the same function with two copies of the encoder's params: its gradients, summed
+    twin = serial(fl.parallel(serial(dense(4), tanh()), serial(dense(4), tanh())),
+                  fl.fan_in_concat(), dense(1))
+    enc_params = params["parallel_0"]["shared_0"]
+    twin_params = {"parallel_0": {"serial_0": enc_params, "serial_1": enc_params},
+                   "fan_in_concat_1": {}, "dense_2": params["dense_2"]}
+    y2, _, pullback2 = twin.vjp(twin_params, state | {"parallel_0": {"serial_0": {
+        "dense_0": {}, "tanh_1": {}}, "serial_1": {"dense_0": {}, "tanh_1": {}}}}, (a, b))
+    g2, _ = pullback2(np.ones_like(y2))
+    assert np.array_equal(y, y2)
+    want = tree.map(np.add, g2["parallel_0"]["serial_0"], g2["parallel_0"]["serial_1"])
+    assert tree.all_equal(grads["parallel_0"]["shared_0"], want)
+    assert grads["parallel_0"]["shared_1"] == {}
+    result = fl.check_vjp(siamese, ((3,), (3,)))           # float64 finite differences
+    assert result.max_error < 1e-7
+    assert "params/parallel_0/shared_0/dense_0/w" in result.errors
+    check_layer(siamese, ((3,), (3,)))
+
+
+def test_a_tied_output_head_trains_with_the_embeddings_one_matrix():
+    emb = fl.shared(fl.embedding(11, 6))
+    lm = serial(emb, fl.layer_norm(), fl.tied_output(emb))
+    params, state, out_shape = lm.init(KEY, (5,))
+    assert out_shape == (5, 11) and params["tied_output_2"] == {}
+    assert [p for p in tree.paths(params) if p.endswith("/w")] == ["shared_0/w"]
+    ids = (np.arange(15).reshape(3, 5) * 7) % 11
+    assert fl.check_vjp(lm, x=ids).max_error < 1e-7       # the table's two uses, summed
+    opt = fl.optim.adam()
+    ts = fl.TrainState.create(KEY, lm, opt, (5,))
+    step = fl.make_step(lm, fl.losses.softmax_cross_entropy, opt)
+    losses = []
+    for _ in range(30):
+        ts, m = step(ts, (ids, np.roll(ids, -1, axis=1)), 0.05)
+        losses.append(m["loss"])
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(TypeError, match=r"tied_output needs fl.shared\(fl.embedding"):
+        fl.tied_output(fl.embedding(11, 6))
+
+
+def test_reusing_a_layer_with_params_without_sharing_is_an_error_that_says_how_to_share():
+    d = dense(4)
+    with pytest.raises(ValueError, match=r"one dense Layer object is used at 'dense_0' and at "
+                                         r"'dense_2'.*fl.shared\(dense\(\.\.\.\)\).*build the "
+                                         r"layer twice"):
+        serial(d, relu(), d).init(KEY, (4,))
+    r = relu()
+    serial(dense(3), r, dense(3), r).init(KEY, (4,))      # a layer without params may repeat
+    with pytest.raises(ValueError, match="nested sharing is not supported"):
+        inner = fl.shared(dense(2))
+        fl.shared(serial(inner, inner))
+        plan.of(serial(fl.shared(serial(inner, inner)))).groups
