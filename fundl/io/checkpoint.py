@@ -571,6 +571,7 @@ _FUNDL_TYPES = (
     ("fundl.optim.adagrad", "AdagradState"),
     ("fundl.optim.rmsprop", "RMSState"),
     ("fundl.optim.adam", "AdamState"),
+    ("fundl.optim.adam", "AdamaxState"),
     ("fundl.optim.lion", "LionState"),
     ("fundl.optim.accumulate", "AccumulateState"),
     ("fundl.optim.masking", "MaskedState"),
