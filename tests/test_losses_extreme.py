@@ -295,7 +295,7 @@ CHECKED = [
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (2, 5, 4), (1, 4)])
-@pytest.mark.parametrize("loss, kind", CHECKED, ids=[f"{l.name}-{k}" for l, k in CHECKED])
+@pytest.mark.parametrize("loss, kind", CHECKED, ids=[f"{loss.name}-{k}" for loss, k in CHECKED])
 def test_every_loss_passes_check_vjp_in_float64(loss, kind, shape):
     rng = np.random.default_rng(sum(shape))
     lead = shape[:-1]

@@ -110,6 +110,12 @@ def test_rmsprop_default_eps_in_float16_is_refused():
     assert np.isfinite(opt.update(p16, tree.zeros_like(p16), opt.init(p16), 0.1)[0]["a"]).all()
 
 
+def test_descend_takes_a_transform():
+    with pytest.raises(TypeError, match=r"descend: expected a GradientTransform, got Optimizer "
+                                        r"\(it is already an optimizer: use it as it is\)"):
+        optim.descend(optim.adam())
+
+
 def test_accumulate_and_scale_lr_arguments():
     with pytest.raises(ValueError, match="accumulate needs an integer k >= 1, got 2.5"):
         optim.accumulate(optim.sgd(), 2.5)

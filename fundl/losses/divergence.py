@@ -6,7 +6,8 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, check_pred, check_probabilities, examples, like, same_shape_target, scalar, working
+from ._base import (Loss, check_pred, check_probabilities, examples, like, same_shape_target,
+                    scalar, working)
 
 __all__ = ["kl_divergence"]
 

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, PerLeaf, check_eps_fits, check_rate, descend, leafwise, TINY_EPS
+from .base import (TINY_EPS, GradientTransform, Optimizer, PerLeaf, check_eps_fits, check_rate,
+                   descend, leafwise)
 
 __all__ = ["adagrad", "scale_by_rss", "AdagradState"]
 

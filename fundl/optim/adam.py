@@ -31,7 +31,8 @@ import numpy as np
 from .. import tree
 from ..validate import SpecError
 from .base import (GradientTransform, Optimizer, PerLeaf, chain, check_count, check_decay,
-                   check_eps_fits, check_positive, count_array, descend, leafwise, TINY_EPS)
+                   check_eps_fits, check_positive, count_array, descend, leafwise,
+                   TINY_EPS)
 from .mask import Mask
 from .transforms import weight_decay as _weight_decay
 
@@ -78,7 +79,7 @@ def _check_state(who: str, state: Any, cls: type) -> None:
 
 
 def _hyper(who: str, b1: float, b2: float, eps: float):
-    """``b1`` and ``b2`` in [0, 1), ``eps`` finite and > 0 (with eps = 0 a zero gradient gives 0/0)."""
+    """``b1`` and ``b2`` in [0, 1), ``eps`` finite and > 0 (eps = 0: a zero gradient gives 0/0)."""
     return (check_decay(who, "b1", b1), check_decay(who, "b2", b2),
             check_positive(who, "eps", eps))
 

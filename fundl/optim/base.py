@@ -118,7 +118,8 @@ def check_number(who: str, name: str, value: Any, *, allow_inf: bool = False) ->
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, (int, float, np.integer, np.floating)) and not (
             isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"):
-        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__} "
+                        f"{value!r}")
     out = float(value)
     if math.isnan(out) or (not allow_inf and math.isinf(out)):
         raise ValueError(f"{who}: {name} must be finite, got {out}")
@@ -276,6 +277,11 @@ def descend(transform: GradientTransform, name: str = "") -> Optimizer:
     The optimizer's state is the transform's state.  A :func:`leafwise`
     transform and the descent run in one pass over the leaves.
     """
+    if not isinstance(transform, GradientTransform):
+        hint = (" (it is already an optimizer: use it as it is)"
+                if isinstance(transform, Optimizer) else "")
+        raise TypeError(f"descend: expected a GradientTransform, got "
+                        f"{type(transform).__name__}{hint}")
 
     def update(params, grads, state, lr):
         lr = as_lr(lr)

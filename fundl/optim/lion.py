@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, check_rate, descend, leafwise
+from .base import (GradientTransform, Optimizer, PerLeaf, chain, check_decay, check_rate, descend,
+                   leafwise)
 from .mask import Mask
 from .transforms import weight_decay as _weight_decay
 
@@ -31,8 +32,10 @@ class LionState(NamedTuple):
     mu: Any
 
 
-def scale_by_lion(b1: float = 0.9, b2: float = 0.99, *, who: str = "scale_by_lion") -> GradientTransform:
-    """Lion's sign update as a transform: output ``sign(b1 m + (1-b1) g)``; ``m <- b2 m + (1-b2) g``.
+def scale_by_lion(b1: float = 0.9, b2: float = 0.99, *,
+                  who: str = "scale_by_lion") -> GradientTransform:
+    """Lion's sign update as a transform: output ``sign(b1 m + (1-b1) g)``;
+    ``m <- b2 m + (1-b2) g``.
 
     ``b1``, ``b2`` in [0, 1); ``who`` names it in error messages."""
     b1, b2 = check_decay(who, "b1", b1), check_decay(who, "b2", b2)
@@ -66,4 +69,5 @@ def lion(b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0, mask: Mas
     scaling = scale_by_lion(b1, b2, who="lion")
     if check_rate("lion", "weight_decay", weight_decay) == 0.0:
         return descend(scaling, "lion")
-    return descend(chain(scaling, _weight_decay(weight_decay, mask, "lion", "weight_decay")), "lion")
+    decay = _weight_decay(weight_decay, mask, "lion", "weight_decay")
+    return descend(chain(scaling, decay), "lion")

@@ -55,8 +55,9 @@ def _show(v: Any) -> str:
 
 
 def _is_globs(mask: Any) -> bool:
-    return isinstance(mask, str) or (isinstance(mask, (list, tuple)) and not tree.is_namedtuple(mask)
-                                     and len(mask) > 0 and all(isinstance(m, str) for m in mask))
+    return isinstance(mask, str) or (
+        isinstance(mask, (list, tuple)) and not tree.is_namedtuple(mask)
+        and len(mask) > 0 and all(isinstance(m, str) for m in mask))
 
 
 def call(fn: Callable[[str], Any], path: str, where: str, what: str) -> Any:
@@ -103,7 +104,8 @@ def selector(mask: Mask, where: str, invert: bool = False) -> Select:
             hits = [[fnmatch.fnmatchcase(p, pat) for p in paths] for pat in patterns]
             for pat, h in zip(patterns, hits):
                 if paths and not any(h):
-                    shown = ", ".join(f"'{p}'" for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
+                    shown = ", ".join(f"'{p}'" for p in paths[:4])
+                    shown += ", ..." if len(paths) > 4 else ""
                     raise MaskError(f"{where}: the pattern '{pat}' matches no parameter path "
                                     f"(the paths are {shown})")
             return [any(col) != invert for col in zip(*hits)]

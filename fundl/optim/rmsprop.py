@@ -22,7 +22,8 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, check_eps_fits, check_positive, descend, leafwise, TINY_EPS
+from .base import (TINY_EPS, GradientTransform, Optimizer, PerLeaf, chain, check_decay,
+                   check_eps_fits, check_positive, descend, leafwise)
 from .sgd import trace
 
 __all__ = ["rmsprop", "scale_by_rms", "RMSState"]

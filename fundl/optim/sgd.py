@@ -112,7 +112,7 @@ class TraceState(NamedTuple):
 
 
 def trace(beta: float = 0.9, nesterov: bool = False, *, who: str = "trace") -> GradientTransform:
-    """Momentum as a transform: ``v <- beta v + g``; output ``v`` (or ``g + beta v`` if ``nesterov``).
+    """Momentum as a transform: ``v <- beta v + g``; output ``v`` (``g + beta v`` if ``nesterov``).
 
     ``beta`` in [0, 1); ``who`` names it in error messages."""
     beta = check_decay(who, "beta", beta)

@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, PerLeaf, check_grads, check_number, check_positive, check_rate, leafwise
+from .base import (GradientTransform, PerLeaf, check_grads, check_number, check_positive,
+                   check_rate, leafwise)
 from .mask import Mask, selector
 
 __all__ = ["clip_by_global_norm", "clip_by_value", "add_weight_decay", "scale", "identity"]
