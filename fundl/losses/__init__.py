@@ -10,7 +10,9 @@ and dtype.  Every loss averages (so ``dpred`` carries the ``1/N``): the
 element-wise ones (``mse``, ``l1``, ``huber``, the binary cross-entropies) over
 every element, the class ones (``softmax_cross_entropy``, ``cross_entropy``,
 ``nll``, ``kl_divergence``) over the examples, i.e. every position of the
-leading axes, with the classes on the LAST axis.
+leading axes, with the classes on the LAST axis.  A float16 prediction is computed
+in float32 and its value and gradient rounded once to float16 (a float16 sum of
+per-example losses would overflow past 65504); float32 and float64 run as they are.
 
 A loss without options is a :class:`Loss` value (``fl.losses.mse``); a loss
 with options is made by a factory that returns one

@@ -68,6 +68,18 @@ def check_pred(name: str, pred: Any, *, class_axis: bool = False) -> None:
         raise LossError(f"{name}: predictions need at least one class, got shape {pred.shape}")
 
 
+def working(pred: np.ndarray) -> np.ndarray:
+    """``pred`` in the dtype a loss computes in: float32 for float16, else ``pred`` itself.
+
+    A float16 loss is computed in float32 and its value and gradient rounded once to
+    float16 at the end: float16 sums of per-example losses overflow past 65504 (a mean
+    cross-entropy of 5 over 32k tokens), ``pred - target`` and its square overflow for
+    moderate values, and a gradient ``1/N`` falls below float16's normal range for N
+    beyond 16k.  float32 and float64 run as they are (no copy, no extra pass).
+    """
+    return pred if pred.dtype.itemsize >= 4 else pred.astype(np.float32)
+
+
 def same_shape_target(name: str, pred: np.ndarray, target: Any, what: str = "target"
                       ) -> np.ndarray:
     """``target`` as an array of ``pred``'s shape and dtype (cast, never written to)."""
@@ -146,5 +158,16 @@ def weights_for(name: str, w: Optional[np.ndarray], classes: int, dtype: np.dtyp
 
 
 def scalar(value: Any, dtype: np.dtype) -> np.ndarray:
-    """A 0-d array of ``dtype``."""
-    return np.asarray(value, dtype=dtype)
+    """A 0-d array of ``dtype`` (a float16 value beyond its range is inf, without a warning)."""
+    if dtype.itemsize >= 4:
+        return np.asarray(value, dtype=dtype)
+    with np.errstate(over="ignore"):
+        return np.asarray(value, dtype=dtype)
+
+
+def like(grad: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The gradient ``grad`` (computed in :func:`working`'s dtype) in ``pred``'s dtype."""
+    if grad.dtype == pred.dtype:
+        return grad
+    with np.errstate(over="ignore"):
+        return grad.astype(pred.dtype)
