@@ -90,9 +90,10 @@ def _same_node(a: Any, b: Any) -> bool:
         return a is None and b is None
     if isinstance(a, dict):
         return isinstance(b, dict) and len(a) == len(b) and all(k in b for k in a)
+    if is_namedtuple(a) or is_namedtuple(b):   # named tuples: the same type (AdamState is
+        return type(a) is type(b)               # not AdamaxState, though their fields match)
     if isinstance(a, (list, tuple)):
-        return (isinstance(b, (list, tuple)) and len(a) == len(b)
-                and is_namedtuple(a) == is_namedtuple(b))
+        return isinstance(b, (list, tuple)) and len(a) == len(b)
     return not _is_node(b)
 
 

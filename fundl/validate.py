@@ -143,9 +143,35 @@ class TreeSpec:
         if unexpected:
             parts.append("unexpected keys: " + ", ".join(f"{root}/{p}" for p in _top(unexpected)))
         if not parts:
-            parts.append("containers of another kind (e.g. a list for a dict, or another "
-                         "named tuple type)")
+            where, want_node, got_node = _kind_mismatch(self.treedef.skeleton, t)
+            at = f"{root}/{where}" if where else root
+            return SpecError(f"{at}: expected {_container(want_node)}, got {_container(got_node)}")
         return SpecError(f"{root} do not match the model: " + "; ".join(parts))
+
+
+def _container(node: Any) -> str:
+    name = type(node).__name__
+    return f"{'an' if name[0] in 'AEIOUaeiou' else 'a'} {name}"
+
+
+def _kind_mismatch(skeleton: Any, t: Any, path: str = "") -> Tuple[str, Any, Any]:
+    """``(path, expected node, given node)`` of the first container of another type (a list
+    for a tuple, an AdamState for an AdamaxState) where the keys and lengths agree."""
+    if type(skeleton) is not type(t) and (isinstance(skeleton, (dict, list, tuple))
+                                          or isinstance(t, (dict, list, tuple))):
+        return path, skeleton, t
+    if isinstance(skeleton, dict):
+        for k, v in skeleton.items():
+            found = _kind_mismatch(v, t[k], tree.join_path(path, str(k)))
+            if found[0] is not None:
+                return found
+    elif isinstance(skeleton, (list, tuple)):
+        names = skeleton._fields if tree.is_namedtuple(skeleton) else range(len(skeleton))
+        for name, a, b in zip(names, skeleton, t):
+            found = _kind_mismatch(a, b, tree.join_path(path, str(name)))
+            if found[0] is not None:
+                return found
+    return None, skeleton, t  # type: ignore[return-value]
 
 
 def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
