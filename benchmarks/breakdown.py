@@ -6,7 +6,7 @@
 
 fundl: every leaf layer of the model (``serial`` and ``residual`` are opened,
 to a depth of three) is run on the input it sees in the step, through the same
-:func:`fundl.fusion.runner` the step uses, and its forward (``vjp``) and
+plain ``vjp_fn`` (no hints), and its forward (``vjp``) and
 backward (the pullback, with a fixed ``dy``) are timed separately: medians over
 ``--repeats``.  Layers run here in the order written (``serial``'s ReLU-after-pool
 reordering is not applied) and each asks for its input gradient, so the sum is
@@ -25,7 +25,7 @@ from typing import Any, Callable, List, Tuple
 
 import numpy as np
 
-from fundl import fusion, random
+from fundl import random
 
 from .workloads import KINDS, workloads
 
@@ -46,15 +46,14 @@ def fundl_layers(model: Any, params: Any, state: Any, x: Any,
     key = random.key(1)
 
     def walk(layer, p, s, x, path, depth):
-        if layer.children and layer.name == "serial" and depth < 3:
+        if layer.children and layer.kind == "serial" and depth < 3:
             for k, child in layer.children:
                 x = walk(child, p[k], s[k], x, f"{path}/{k}", depth + 1)
             return x
-        if layer.children and layer.name == "residual" and depth < 3:
+        if layer.children and layer.kind == "residual" and depth < 3:
             (k, child), = layer.children
             return x + walk(child, p[k], s[k], x, f"{path}/{k}", depth + 1)
-        run = fusion.runner(layer)
-        forward = lambda: run(p, s, x, key, True, False, False)  # noqa: E731
+        forward = lambda: layer.vjp_fn(p, s, x, key=key)  # noqa: E731
         y, _, _ = forward()
         dy = np.full_like(y, 0.01) if isinstance(y, np.ndarray) and y.dtype.kind == "f" else y
         fwd = _median_ms(forward, repeats)
@@ -64,7 +63,7 @@ def fundl_layers(model: Any, params: Any, state: Any, x: Any,
             t = time.perf_counter()
             pullback(dy)
             times.append(time.perf_counter() - t)
-        rows.append((path or "/", layer.name, fwd, float(np.median(times) * 1e3)))
+        rows.append((path or "/", layer.kind, fwd, float(np.median(times) * 1e3)))
         return y
 
     walk(model, params, state, x, "", 0)

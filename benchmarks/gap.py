@@ -6,10 +6,10 @@ take shortcuts that fundl's independent, pure layers cannot or need help for:
 - **in-place ReLU**: it overwrites the previous layer's output with the ReLU,
   and the incoming gradient with the masked gradient.  A fundl layer never
   writes into an array it is given, except one that ``serial`` donates to it
-  (``Speed.fresh``, see :mod:`fundl.fusion`); the row "without donation" shows
+  (``Traits.fresh``, see :mod:`fundl.plan`); the row "without donation" shows
   what that buys.
 - **ReLU after the max pool**: ``relu(max(x)) == max(relu(x))``, so both the
-  reference and fundl's ``serial`` (see :func:`fundl.fusion.run_order`) run
+  reference and fundl's ``serial`` (see :func:`fundl.plan.run_order`) run
   a ReLU that precedes a max pool after it, on the 4x smaller pooled array; the
   pool then sees the conv output, which has no ties at 0 to break.  The row
   "ReLU before pool" runs the layers as written, which is what fundl did before.
@@ -45,15 +45,13 @@ def relu_not_donated() -> Layer:
     """fundl's ReLU without the ``out=`` support that lets ``serial`` donate to it
     (still declared a ReLU: it runs after a max pool)."""
     return elementwise_layer("relu", lambda x: np.maximum(x, 0),
-                             lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",),
-                             kind="relu")
+                             lambda x, y, dy: np.multiply(dy, y > 0), saves="y", fresh=("dx",))
 
 
 def relu_kept_before_pool() -> Layer:
-    """fundl's ReLU not declared a ReLU (``Speed.kind``): ``serial`` then runs it before
-    the max pool that follows it, as written, instead of after it."""
-    layer = relu()
-    return layer._replace(speed=layer.speed._replace(kind=""))
+    """fundl's ReLU of another kind than ``"relu"``: the planner then runs it before the
+    max pool that follows it, as written, instead of after it."""
+    return relu().replace(kind="relu_as_written")
 
 
 # --- variants ----------------------------------------------------------------------

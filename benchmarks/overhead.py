@@ -2,6 +2,7 @@
 
     python3 -m benchmarks.overhead              # a 8-8-8-10 MLP at batch 2, about 20 s
     python3 -m benchmarks.overhead --repeats 3  # a quicker look
+    python3 -m benchmarks.overhead --against /tmp/old   # and another checkout's, interleaved
 
 On a model this small the arithmetic is negligible, so a step's time is what its
 Python code costs.  Both sides run the same layers (``dense(8), relu, dense(8),
@@ -11,29 +12,36 @@ relu, dense(10)``), the same loss (``softmax_cross_entropy``) and SGD:
   from step to step -- with everything it does besides the layers: the checks of
   the batch, the train state and the params against the model, the key split,
   ``serial``'s plan (donations, hints), the optimizer's tree walk;
-- **by hand**: each layer's ``vjp`` called in a loop, the loss, each pullback in
-  reverse, and ``p - lr * g`` per leaf in a dict comprehension: no checks beyond
-  the layers' own, no key.
+- **by hand**: each layer's own function (``layer.vjp_fn``, what ``serial`` runs)
+  called in a loop, the loss, each pullback in reverse, and ``p - lr * g`` per leaf
+  in a dict comprehension: no checks beyond the layers' own, no key.
 
-The two alternate within each repeat (the first one rotated); the medians and
-their ratio are printed.  The issue's target is a ratio of at most 1.3.
+The implementations alternate within each repeat (the first one rotated); the medians
+and their ratio are printed.  With ``--against PATH`` the fundl of the checkout at
+``PATH`` (:mod:`benchmarks.versions`) runs too, both of its sides interleaved with
+this checkout's.  The target is a ratio of at most 1.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-import fundl as fl
+import fundl
+
+from .versions import load
 
 
-def build(batch: int = 2, width: int = 8) -> Tuple[Callable[[], float], Callable[[], float]]:
+def build(batch: int = 2, width: int = 8, fl: Any = fundl
+          ) -> Tuple[Callable[[], float], Callable[[], float]]:
     """``(make_step_step, hand_step)``: two closures that each run one SGD step of the same
-    tiny MLP from the same initial params and return the loss."""
+    tiny MLP from the same initial params and return the loss (with the fundl module ``fl``)."""
     layers = [fl.dense(width), fl.relu(), fl.dense(width), fl.relu(), fl.dense(10)]
+    # what serial runs for each layer: its own function (``vjp`` before the Layer record)
+    runs = [getattr(layer, "vjp_fn", None) or layer.vjp for layer in layers]
     model = fl.serial(*layers)
     opt = fl.optim.sgd()
     loss = fl.losses.softmax_cross_entropy
@@ -53,8 +61,8 @@ def build(batch: int = 2, width: int = 8) -> Tuple[Callable[[], float], Callable
     def by_hand() -> float:
         params = state["hand"]
         h, pullbacks = x, []
-        for k, layer in zip(names, layers):
-            h, _, pb = layer.vjp(params[k], {}, h)
+        for k, run in zip(names, runs):
+            h, _, pb = run(params[k], {}, h)
             pullbacks.append(pb)
         value, d = loss.value_and_grad(h, y)
         grads = {}
@@ -74,24 +82,23 @@ def _per_call_us(fn: Callable[[], float], n: int) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
-def measure(repeats: int = 9, steps: int = 2000, batch: int = 2
-            ) -> Tuple[float, float, List[Tuple[float, float]]]:
-    """``(make_step us, by-hand us, [(make_step, by hand) per repeat])``: medians of
-    ``repeats`` interleaved timings of ``steps`` steps each, after a warm-up."""
-    via_step, by_hand = build(batch)
-    _per_call_us(via_step, max(1, steps // 7))
-    _per_call_us(by_hand, max(1, steps // 7))
-    rows = []
+def measure(repeats: int = 9, steps: int = 2000, batch: int = 2, against: Optional[str] = None
+            ) -> Dict[str, Tuple[float, float, List[Tuple[float, float]]]]:
+    """``{version: (make_step us, by-hand us, [(make_step, by hand) per repeat])}``: medians of
+    ``repeats`` interleaved timings of ``steps`` steps each, after a warm-up; ``version`` is
+    ``"this"`` and, with ``against``, ``"other"``."""
+    versions = {"this": build(batch)}
+    if against is not None:
+        versions["other"] = build(batch, fl=load(against))
+    sides = [(v, i, fn) for v, pair in versions.items() for i, fn in enumerate(pair)]
+    for _, _, fn in sides:
+        _per_call_us(fn, max(1, steps // 7))
+    times: Dict[Tuple[str, int], List[float]] = {(v, i): [] for v, i, _ in sides}
     for r in range(repeats):
-        if r % 2 == 0:
-            a = _per_call_us(via_step, steps)
-            b = _per_call_us(by_hand, steps)
-        else:
-            b = _per_call_us(by_hand, steps)
-            a = _per_call_us(via_step, steps)
-        rows.append((a, b))
-    return (float(np.median([a for a, _ in rows])), float(np.median([b for _, b in rows])),
-            rows)
+        for v, i, fn in sides[r % len(sides):] + sides[:r % len(sides)]:
+            times[v, i].append(_per_call_us(fn, steps))
+    return {v: (float(np.median(times[v, 0])), float(np.median(times[v, 1])),
+                list(zip(times[v, 0], times[v, 1]))) for v in versions}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -99,14 +106,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", type=int, default=2000, help="steps per timed repeat")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--against", help="another checkout, timed interleaved with this one")
     args = parser.parse_args(argv)
-    step_us, hand_us, rows = measure(args.repeats, args.steps, args.batch)
+    results = measure(args.repeats, args.steps, args.batch, args.against)
     print(f"tiny MLP 8-8-8-10, batch {args.batch}, SGD; {args.repeats} interleaved repeats of "
           f"{args.steps} steps")
-    print(f"  make_step  {step_us:8.1f} us per step")
-    print(f"  by hand    {hand_us:8.1f} us per step")
-    print(f"  ratio      {step_us / hand_us:8.2f}x  (repeats: "
-          + ", ".join(f"{a / b:.2f}" for a, b in rows) + ")")
+    for version, (step_us, hand_us, rows) in results.items():
+        label = "this checkout" if version == "this" else args.against
+        print(f"{label}:")
+        print(f"  make_step  {step_us:8.1f} us per step")
+        print(f"  by hand    {hand_us:8.1f} us per step")
+        print(f"  ratio      {step_us / hand_us:8.2f}x  (repeats: "
+              + ", ".join(f"{a / b:.2f}" for a, b in rows) + ")")
     return 0
 
 

@@ -7,14 +7,15 @@ message a user sees names the layer's path in the model.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 Array = np.ndarray
 Shape = Tuple[int, ...]
 
-__all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_shapes",
+__all__ = ["LayerError", "Array", "Shape", "int_arg", "int_or_none", "as_shape", "is_shape",
+           "normalize_shapes",
            "check_float_input", "check_param_dtype", "check_trailing_shape",
            "check_input_tuple", "check_sequence_in_shape"]
 
@@ -22,16 +23,17 @@ __all__ = ["LayerError", "Array", "Shape", "as_shape", "is_shape", "normalize_sh
 class LayerError(ValueError):
     """Bad input to a layer: the message names the layer's path in the model.
 
-    ``path`` is the layer's position in the parameter tree (``"block_1/dense_0"``),
-    ``kind`` is the layer's own name (``"dense"``) and ``detail`` what is wrong.
-    Combinators re-raise a child's error with their child key prepended, so the
-    message a user sees points at the exact layer inside the model.
+    ``detail`` says what is wrong.  A layer raises it with the detail only; the
+    model's checked entry (:mod:`fundl.plan`) locates it: ``path`` becomes the
+    layer's position in the parameter tree (``("block_1", "dense_0")``, ``()`` for
+    the model itself) and ``kind`` the layer's kind (``"dense"``), so the message
+    a user sees points at the exact layer inside the model.
     """
 
-    def __init__(self, detail: str, kind: str = "", path: Tuple[str, ...] = ()):
+    def __init__(self, detail: str, kind: str = "", path: Optional[Tuple[str, ...]] = None):
         self.detail = detail
         self.kind = kind
-        self.path = tuple(path)
+        self.path = None if path is None else tuple(path)
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -43,24 +45,59 @@ class LayerError(ValueError):
             return f"layer '{self.kind}': {self.detail}"
         return self.detail
 
-    def named(self, kind: str) -> "LayerError":
-        """This error attributed to a layer called ``kind`` (if not yet named)."""
-        if self.kind:
-            return self
-        return LayerError(self.detail, kind, self.path)
+    @property
+    def located(self) -> bool:
+        """Whether the error already names its layer's place in the model."""
+        return self.path is not None
 
-    def within(self, parent_key: str) -> "LayerError":
-        """This error as seen from the parent that holds the layer under ``parent_key``."""
-        return LayerError(self.detail, self.kind, (parent_key,) + self.path)
+    def at(self, path: Tuple[str, ...], kind: str) -> "LayerError":
+        """This error located at the layer ``path`` of kind ``kind`` (unless already located)."""
+        if self.located:
+            return self
+        return LayerError(self.detail, self.kind or kind, path)
 
     def __reduce__(self):  # keep the error picklable despite the custom __init__
         return (LayerError, (self.detail, self.kind, self.path))
+
+
+def int_or_none(value: Any) -> Optional[int]:
+    """``value`` as a Python int if it is an integer (a Python ``int`` or a numpy integer
+    scalar, not a bool), else None.  Floats are never integers here, not even ``2.0``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
+
+
+def _described(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def int_arg(who: str, name: str, value: Any, *, minimum: Optional[int] = 1) -> int:
+    """A builder's integer argument ``name`` checked: ``value`` as an int ``>= minimum``
+    (``minimum=None``: any int, e.g. an axis).
+
+    Accepted: Python ints and numpy integer scalars.  Refused with a ``TypeError``
+    that names the builder ``who`` and the argument: bools (``dense(True)`` is not one
+    feature), floats even when integral (``2.0``, ``x / 2``: fundl never rounds or
+    truncates a size for you -- pass ``int(...)``), strings, None.  Refused with a
+    :class:`LayerError` (a ``ValueError``) naming both: an int below ``minimum``.
+    """
+    out = int_or_none(value)
+    if out is None:
+        hint = "; fundl does not round sizes: pass an int" if isinstance(
+            value, (float, np.floating)) else ""
+        raise TypeError(f"layer '{who}': {name} must be an int, got {_described(value)}{hint}")
+    if minimum is not None and out < minimum:
+        raise LayerError(f"{name} must be >= {minimum}, got {out}", who)
+    return out
 
 
 def as_shape(shape: Any) -> Shape:
     """``shape`` as a tuple of ints (accepts an int for a 1-D shape)."""
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
+    if not is_shape(shape):
+        raise LayerError(f"expected an input shape (a tuple of ints), got {shape!r}")
     return tuple(int(d) for d in shape)
 
 

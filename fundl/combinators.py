@@ -1,11 +1,14 @@
 """Combinators: layers built from layers.  A model is just a Layer.
 
-Children's params and state live in dicts keyed by readable names
-(``dense_0``, ``relu_1``): ``params["dense_0"]["w"]`` means something.  A
-child's :class:`~fundl.core.LayerError` is re-raised with the child's key
-prepended, so errors name the layer's path in the model.
+Each combinator is its loop: ``init`` threads the shapes, ``apply``/``vjp`` run
+the children, the pullback runs theirs in reverse.  Children's params and state
+live in dicts keyed by readable names (``dense_0``, ``relu_1``), so
+``params["dense_0"]["w"]`` means something.  Validation, speed decisions and
+error locations are not here: :mod:`fundl.plan` makes them once per model and
+input signature, and rebuilds a combinator over planned children through its
+``compose`` (:class:`~fundl.core.Traits`).
 
-Multi-input layers take a tuple of arrays (and, in ``init``, a tuple of
+Multi-input layers take a tuple of inputs (and, in ``init``, a tuple of
 per-example shapes); multi-output layers return a tuple.  A typical branch::
 
     block = serial(fan_out(2), parallel(dense(64), serial(dense(64), tanh())), fan_in_sum())
@@ -16,298 +19,300 @@ sum or concatenation is a new array.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from . import fusion, random
-from .validate import ModelGuard
-from .checks import LayerError, Shape, as_shape, check_float_input, is_shape
-from .core import Layer, stateless_layer
+from . import random
+from .checks import LayerError, Shape, as_shape, check_float_input, is_shape, normalize_shapes
+from .core import Children, Layer, Traits, builder, stateless_layer
 
 __all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_concat",
-           "identity", "child_keys", "split_key", "init_child", "apply_child", "vjp_child"]
+           "identity", "shared", "eval_mode", "combinator", "child_keys", "key_splitter"]
 
 
-# --- running children ------------------------------------------------------------------
-
-def split_key(key: Any, n: int, uses_key: bool = True) -> Tuple[Any, ...]:
-    """``n`` independent child keys, or ``n`` Nones when ``key`` is None (inference)
-    or no child uses its key (nothing to split)."""
-    return (None,) * n if key is None or not uses_key else random.split(key, n)
-
-
-def init_child(child_key: str, layer: Layer, key: Any, in_shape: Any) -> Tuple[Any, Any, Any]:
-    """``layer.init``; a :class:`LayerError` gets ``child_key`` prepended to its path."""
-    try:
-        return layer.init(key, in_shape)
-    except LayerError as err:
-        raise err.within(child_key) from None
-
-
-def apply_child(child_key: str, layer: Layer, params: Any, state: Any, x: Any,
-                key: Any = None, train: bool = False) -> Any:
-    """``layer.apply``; a :class:`LayerError` gets ``child_key`` prepended to its path."""
-    try:
-        return layer.apply(params, state, x, key=key, train=train)
-    except LayerError as err:
-        raise err.within(child_key) from None
-
-
-def vjp_child(child_key: str, run: fusion.VjpRunner, params: Any, state: Any, x: Any,
-              key: Any = None, need_dx: bool = True, x_donated: bool = False,
-              dy_donated: bool = False) -> Tuple[Any, Any, Any]:
-    """A child's vjp through its :func:`fundl.fusion.runner` ``run``; a
-    :class:`LayerError` gets ``child_key`` prepended to its path."""
-    try:
-        return run(params, state, x, key, need_dx, x_donated, dy_donated)
-    except LayerError as err:
-        raise err.within(child_key) from None
-
+# --- what every combinator shares ----------------------------------------------------------
 
 def child_keys(layers: Sequence[Layer]) -> List[str]:
     """Readable, unique dict keys for children: ``f"{layer.name}_{index}"``."""
     return [f"{layer.name}_{i}" for i, layer in enumerate(layers)]
 
 
-def _check_layers(who: str, layers: Sequence[Any]) -> None:
+def _named(who: str, layers: Sequence[Any]) -> Children:
+    """``layers`` as ``(key, layer)`` pairs, or a TypeError for an argument that is no Layer."""
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise TypeError(f"{who}: argument {i} is a {type(layer).__name__}, not a fundl Layer "
                             "(did you forget to call it, e.g. relu() rather than relu?)")
+    return tuple(zip(child_keys(layers), layers))
 
 
-def _shape_list(in_shape: Any, n: Any = None) -> Tuple[Shape, ...]:
-    """``in_shape`` as a tuple of per-example shapes (a multi-input layer's init)."""
-    if is_shape(in_shape) or not isinstance(in_shape, (tuple, list)):
-        raise LayerError(f"expected a tuple of input shapes, got the single shape {in_shape!r}")
-    if n is not None and len(in_shape) != n:
-        raise LayerError(f"expected a tuple of {n} input shapes, got {len(in_shape)}: "
-                         f"{tuple(in_shape)!r}")
-    if not all(is_shape(s) for s in in_shape):
-        raise LayerError(f"expected a tuple of input shapes, got {in_shape!r}")
-    return tuple(as_shape(s) for s in in_shape)
+def combinator(compose: Callable[[Children], Any], children: Children, name: str,
+               fresh: Sequence[str] = ("dparams",)) -> Layer:
+    """The Layer of a combinator: its functions are ``compose(children)``; it uses a key
+    when a child does; ``fresh`` as in :class:`~fundl.core.Traits`."""
+    _named(name, [c for _, c in children])
+    traits = Traits(uses_key=any(c.traits.uses_key for _, c in children),
+                    fresh=frozenset(fresh), compose=compose)
+    return Layer(*compose(children), name, children, traits=traits)
 
 
-def _inputs(x: Any, n: Any = None) -> Tuple[Any, ...]:
-    """``x`` as a tuple of inputs (a multi-input layer's data)."""
+def key_splitter(children: Children) -> Callable[[Any], Tuple[Any, ...]]:
+    """``split(key)``: one key per child, or Nones when ``key`` is None (inference) or no
+    child uses its key (nothing to split)."""
+    n = len(children)
+    nones = (None,) * n
+    if not any(c.traits.uses_key for _, c in children):
+        return lambda key: nones
+    return lambda key: nones if key is None else random.split(key, n)
+
+
+def _inputs(x: Any, n: int) -> Tuple[Any, ...]:
+    """``x`` as a tuple of ``n`` inputs (a multi-input layer's data)."""
     if not isinstance(x, (tuple, list)):
         got = f"an array of shape {tuple(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise LayerError(f"expected a tuple of {n if n is not None else 'several'} inputs, got {got}")
-    if n is not None and len(x) != n:
+        raise LayerError(f"expected a tuple of {n} inputs, got {got}")
+    if len(x) != n:
         raise LayerError(f"expected a tuple of {n} inputs, got {len(x)}")
     return tuple(x)
 
 
-def _data_shapes(xs: Sequence[Any]) -> str:
-    return ", ".join(str(tuple(np.shape(a))) for a in xs)
-
-
-def _add(a: Any, b: Any) -> Any:
-    """``a + b`` as a new array (tuples elementwise); ``None`` counts as zero."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if isinstance(a, (tuple, list)):
-        return tuple(_add(p, q) for p, q in zip(a, b))
-    return np.add(a, b)
+def _in_shapes(in_shape: Any, n: int) -> Tuple[Any, ...]:
+    """``in_shape`` as a tuple of ``n`` input shapes (each may itself be a tuple of shapes)."""
+    if is_shape(in_shape) or not isinstance(in_shape, (tuple, list)):
+        raise LayerError(f"expected a tuple of {n} input shapes, got the single shape {in_shape!r}")
+    if len(in_shape) != n:
+        raise LayerError(f"expected a tuple of {n} input shapes, got {len(in_shape)}: "
+                         f"{tuple(in_shape)!r}")
+    return tuple(normalize_shapes(s) for s in in_shape)
 
 
 def _sum(items: Sequence[Any]) -> Any:
-    """The sum of ``items`` in one fresh array (``None`` entries skipped; all None -> None)."""
+    """The sum of ``items`` as one new array (tuples elementwise; ``None`` counts as zero)."""
     items = [t for t in items if t is not None]
     if not items:
         return None
     if len(items) == 1:
         return items[0]
-    if not isinstance(items[0], np.ndarray):
-        total = items[0]
-        for t in items[1:]:
-            total = _add(total, t)
-        return total
-    total = np.add(items[0], items[1])  # fresh: safe to accumulate into
+    if isinstance(items[0], (tuple, list)):
+        return tuple(_sum(parts) for parts in zip(*items))
+    total = np.add(items[0], items[1])  # fresh: ours to accumulate into
     for t in items[2:]:
         total += t
     return total
 
 
-# --- serial ------------------------------------------------------------------------
+# --- serial ------------------------------------------------------------------------------------
 
+@builder(children=("layers",))
 def serial(*layers: Layer, name: str = "serial") -> Layer:
     """Run ``layers`` one after another; the output of each is the next one's input.
 
     Shapes are threaded through ``init``; the pullback runs the children's
     pullbacks in reverse.  Params and state are dicts keyed ``{name}_{index}``
     (``params["dense_0"]["w"]``).  ``x`` and ``y`` are whatever the first layer
-    takes and the last one returns.  What the children declare in
-    :mod:`fundl.fusion` is planned once, here (:func:`fundl.fusion.serial_plan`):
-    fresh intermediate arrays are donated to their consumer, and a ReLU directly
-    followed by a max pool runs after the pool, with the same results.
+    takes and the last one returns.
     """
     if not layers:
         raise ValueError("serial needs at least one layer")
-    _check_layers("serial", layers)
-    names = child_keys(layers)
-    plan = fusion.serial_plan(layers)
-    runs = [(j, names[j], layers[j], fusion.runner(layers[j])) for j in plan.order]
-    last = len(layers) - 1
+    return combinator(_serial, _named("serial", layers), name)
+
+
+def _serial(children: Children):
+    keys = [k for k, _ in children]
+    split = key_splitter(children)
 
     def init(key, in_shape):
         params, state, shape = {}, {}, in_shape
-        for k, layer, sub in zip(names, layers, random.split(key, len(layers))):
-            params[k], state[k], shape = init_child(k, layer, sub, shape)
-        guard.record(in_shape, params, state)
+        for (k, child), sub in zip(children, random.split(key, len(children))):
+            params[k], state[k], shape = child.init_fn(sub, shape)
         return params, state, shape
 
-    guard = ModelGuard(init)
-
     def apply(params, state, x, *, key=None, train=False):
-        guard.check(params, state, x)
-        keys = split_key(key, len(layers), plan.speed.uses_key)
-        for p, (j, k, layer, _) in enumerate(runs):
-            if plan.moved_relu[p] is not None:
-                _check_moved_relu(plan.moved_relu[p], names, layers, x)
-            x = apply_child(k, layer, params[k], state[k], x, keys[j], train)
+        for (k, child), sub in zip(children, split(key)):
+            x = child.apply_fn(params[k], state[k], x, key=sub, train=train)
         return x
 
-    bound: Dict[Tuple[bool, bool, bool], List[Any]] = {}
-
-    def bound_runs(hints: Tuple[bool, bool, bool]) -> List[Any]:
-        """Per run position: (index, key, moved ReLU, the child's vjp with its hints bound)
-        for this call's ``(need_dx, x_donated, dy_donated)``; built once per signature."""
-        need_dx, x_donated, dy_donated = hints
-        return [(j, k, plan.moved_relu[p], fusion.bound_runner(
-                    layer, need_dx or p > 0, plan.x_donated[p] or (p == 0 and x_donated),
-                    plan.dy_donated[p] or (p == last and dy_donated)))
-                for p, (j, k, layer, _) in enumerate(runs)]
-
-    in_order = list(plan.order) == list(range(len(layers)))  # no ReLU moved after a pool
-    no_keys, uses_key = (None,) * len(layers), plan.speed.uses_key
-
-    def vjp(params, state, x, *, key=None, need_dx=True, x_donated=False, dy_donated=False):
-        guard.check(params, state, x)
-        keys = no_keys if key is None or not uses_key else random.split(key, len(layers))
-        signature = (need_dx, x_donated, dy_donated)
-        calls = bound.get(signature)
-        if calls is None:
-            calls = bound[signature] = bound_runs(tuple(bool(h) for h in signature))
-        new_state, pullbacks = {}, []
-        for j, k, moved, call in calls:
-            if moved is not None:
-                _check_moved_relu(moved, names, layers, x)
-            try:
-                x, new_state[k], pb = call(params[k], state[k], x, key=keys[j])
-            except LayerError as err:
-                raise err.within(k) from None
-            pullbacks.append((k, pb))
+    def vjp(params, state, x, *, key=None, train=True):
+        new_state, pullbacks = dict.fromkeys(keys), []
+        for (k, child), sub in zip(children, split(key)):
+            x, new_state[k], pullback = child.vjp_fn(params[k], state[k], x, key=sub, train=train)
+            pullbacks.append((k, pullback))
         pullbacks.reverse()
 
         def pullback(dy):
-            grads = dict.fromkeys(names)  # the children's order, filled in reverse
-            for k, pb in pullbacks:
-                grads[k], dy = pb(dy)
+            grads = dict.fromkeys(keys)
+            for k, child_pullback in pullbacks:
+                grads[k], dy = child_pullback(dy)
             return grads, dy
 
-        # Run in order, new_state has the children's order already (the rebuild was 0.5 us
-        # of a tiny MLP's step; the pullback's dict.fromkeys saves another).
-        return x, new_state if in_order else {k: new_state[k] for k in names}, pullback
+        return x, new_state, pullback
 
-    return Layer(init, apply, vjp, name, tuple(zip(names, layers)), plan.speed)
+    return init, apply, vjp
 
 
-def _check_moved_relu(j: int, names: List[str], layers: Sequence[Layer], x: Any) -> None:
-    """The input check of ReLU ``j``, which runs after its pool: before the pool, so that
-    an error names the ReLU."""
-    try:
-        check_float_input(x)
-    except LayerError as err:
-        raise err.named(layers[j].name).within(names[j]) from None
+# --- parallel ----------------------------------------------------------------------------------
 
-
-# --- parallel ----------------------------------------------------------------------
-
+@builder(children=("layers",))
 def parallel(*layers: Layer, name: str = "parallel") -> Layer:
     """Apply ``layers[i]`` to input ``i``: a tuple of n inputs gives a tuple of n outputs.
 
     Shapes: ``init(key, (shape_0, ..., shape_{n-1}))`` returns the tuple of the
-    children's output shapes; ``x`` is a tuple ``(x_0, ..., x_{n-1})`` and ``y``
-    is ``(layers[0](x_0), ..., layers[n-1](x_{n-1}))``.  Params and state are
-    dicts keyed ``{child name}_{index}`` as in :func:`serial`.  Each child gets
-    its own key.  The pullback takes a tuple of n cotangents and returns the
-    tuple of the children's input gradients (``None`` when ``need_dx=False``).
+    children's output shapes; each ``shape_i`` may itself be a tuple (a child that
+    takes ``(x, mask)``).  ``x`` is ``(x_0, ..., x_{n-1})`` and ``y`` is
+    ``(layers[0](x_0), ..., layers[n-1](x_{n-1}))``.  Params and state are dicts
+    keyed as in :func:`serial`; each child gets its own key.  The pullback takes a
+    tuple of n cotangents and returns the tuple of the children's input gradients.
     """
     if not layers:
         raise ValueError("parallel needs at least one layer")
-    _check_layers("parallel", layers)
-    names = child_keys(layers)
-    pairs = list(zip(names, layers))
-    n = len(layers)
-    uses_key = any(fusion.speed_of(layer).uses_key for layer in layers)
-    runs = [fusion.runner(layer) for layer in layers]
+    return combinator(_parallel, _named("parallel", layers), name)
+
+
+def _parallel(children: Children):
+    n = len(children)
+    split = key_splitter(children)
 
     def init(key, in_shape):
-        try:
-            shapes = _shape_list(in_shape, n)
-        except LayerError as err:
-            raise err.named(name) from None
-        params: Dict[str, Any] = {}
-        state: Dict[str, Any] = {}
-        out_shapes = []
-        for (k, layer), sub, shape in zip(pairs, random.split(key, n), shapes):
-            params[k], state[k], out = init_child(k, layer, sub, shape)
+        params, state, out_shapes = {}, {}, []
+        for (k, child), sub, shape in zip(children, random.split(key, n), _in_shapes(in_shape, n)):
+            params[k], state[k], out = child.init_fn(sub, shape)
             out_shapes.append(out)
-        guard.record(in_shape, params, state)
         return params, state, tuple(out_shapes)
 
-    guard = ModelGuard(init)
-
-    def split_inputs(x):
-        try:
-            return _inputs(x, n)
-        except LayerError as err:
-            raise err.named(name) from None
-
     def apply(params, state, x, *, key=None, train=False):
-        guard.check(params, state, x)
-        xs = split_inputs(x)
-        ys = []
-        for (k, layer), sub, xi in zip(pairs, split_key(key, n, uses_key), xs):
-            ys.append(apply_child(k, layer, params[k], state[k], xi, sub, train))
-        return tuple(ys)
+        return tuple(child.apply_fn(params[k], state[k], xi, key=sub, train=train)
+                     for (k, child), sub, xi in zip(children, split(key), _inputs(x, n)))
 
-    def vjp(params, state, x, *, key=None, need_dx=True):
-        guard.check(params, state, x)
-        xs = split_inputs(x)
-        ys, pullbacks = [], []
-        new_state: Dict[str, Any] = {}
-        for k, run, sub, xi in zip(names, runs, split_key(key, n, uses_key), xs):
-            yi, new_state[k], pb = vjp_child(k, run, params[k], state[k], xi, sub, need_dx)
-            ys.append(yi)
-            pullbacks.append(pb)
+    def vjp(params, state, x, *, key=None, train=True):
+        ys, new_state, pullbacks = [], {}, []
+        for (k, child), sub, xi in zip(children, split(key), _inputs(x, n)):
+            y, new_state[k], pullback = child.vjp_fn(params[k], state[k], xi, key=sub, train=train)
+            ys.append(y)
+            pullbacks.append(pullback)
 
         def pullback(dy):
-            dys = _inputs(dy, n)
-            grads: Dict[str, Any] = {}
-            dxs = []
-            for k, pb, dyi in zip(names, pullbacks, dys):
-                grads[k], dxi = pb(dyi)
-                dxs.append(dxi)
-            return grads, (tuple(dxs) if need_dx else None)
+            grads, dxs = {}, []
+            for (k, _), child_pullback, dyi in zip(children, pullbacks, _inputs(dy, n)):
+                grads[k], dx = child_pullback(dyi)
+                dxs.append(dx)
+            return grads, tuple(dxs)
 
         return tuple(ys), new_state, pullback
 
-    return Layer(init, apply, vjp, name, tuple(pairs),
-                 fusion.Speed(uses_key=uses_key, takes=frozenset({"need_dx"})))
+    return init, apply, vjp
 
 
-# --- fan out / fan in --------------------------------------------------------------
+# --- residual ----------------------------------------------------------------------------------
 
+@builder(children=("layer",))
+def residual(layer: Layer, *, name: str = "residual") -> Layer:
+    """``x + layer(x)``: a skip connection around ``layer``.
+
+    Shapes: ``layer`` must map the per-example shape ``s`` to ``s`` (a
+    :class:`LayerError` at init names both shapes otherwise); ``x`` and ``y``
+    are ``(batch, *s)`` of one float dtype.  Params and state are
+    ``{"<layer.name>_0": <layer's params/state>}`` (e.g. ``params["serial_0"]``).
+    The sum and the pullback's ``dx = dy + dx_branch`` are new arrays.
+    """
+    return combinator(_residual, _named("residual", [layer]), name,
+                      fresh=("y", "dparams"))
+
+
+def _residual(children: Children):
+    ((k, branch),) = children
+    split = key_splitter(children)
+
+    def init(key, in_shape):
+        params, state, out_shape = branch.init_fn(random.split(key, 1)[0], in_shape)
+        if not (is_shape(in_shape) and is_shape(out_shape)
+                and as_shape(in_shape) == as_shape(out_shape)):
+            raise LayerError(f"the branch '{k}' maps shape {in_shape} to {out_shape}; "
+                             "x + branch(x) needs them equal")
+        return {k: params}, {k: state}, out_shape
+
+    def add(x, b):
+        check_float_input(x)
+        if not isinstance(b, np.ndarray) or b.shape != x.shape or b.dtype != x.dtype:
+            got = (f"shape {tuple(b.shape)}, dtype {b.dtype}" if isinstance(b, np.ndarray)
+                   else type(b).__name__)
+            raise LayerError(f"the branch '{k}' maps input of shape {tuple(x.shape)}, dtype "
+                             f"{x.dtype} to {got}; x + branch(x) needs them equal")
+        return np.add(x, b)  # a new array: never write into the branch's output
+
+    def apply(params, state, x, *, key=None, train=False):
+        (sub,) = split(key)
+        return add(x, branch.apply_fn(params[k], state[k], x, key=sub, train=train))
+
+    def vjp(params, state, x, *, key=None, train=True):
+        (sub,) = split(key)
+        b, new_state, branch_pullback = branch.vjp_fn(params[k], state[k], x, key=sub,
+                                                      train=train)
+
+        def pullback(dy):
+            grads, dx = branch_pullback(dy)  # None: the caller needs no input gradient
+            return {k: grads}, None if dx is None else np.add(dy, dx)
+
+        return add(x, b), {k: new_state}, pullback
+
+    return init, apply, vjp
+
+
+# --- wrappers: shared, eval_mode -------------------------------------------------------------
+
+@builder(children=("layer",))
+def shared(layer: Layer, *, name: str = "shared") -> Layer:
+    """``layer`` with one set of params wherever this object is used in a model.
+
+    Use the returned object at several places (``enc = shared(serial(...))``;
+    ``parallel(enc, enc)``, a Siamese encoder): its params live at its first
+    place (``params["parallel_0"]["shared_0"]``; ``{}`` at the others), every use
+    runs with them, and their gradient is the sum of the uses' gradients.
+    :func:`fundl.tied_output` ties an output projection to a shared embedding.
+    Otherwise transparent: the params, state and shapes are ``layer``'s.  A layer
+    with state (batch norm) cannot be shared.
+    """
+    return combinator(_transparent, (("", layer),), name)
+
+
+def _transparent(children: Children):
+    ((_, inner),) = children
+    return inner.init_fn, inner.apply_fn, inner.vjp_fn
+
+
+@builder(children=("layer",))
+def eval_mode(layer: Layer, *, name: str = "eval_mode") -> Layer:
+    """``layer`` always run in eval mode (``train=False``), in ``apply`` and ``vjp`` alike.
+
+    Its state (batch norm's running statistics) never changes and dropout is off,
+    while its params still receive their exact gradients: a pretrained body
+    fine-tuned with frozen statistics.  (Freezing its params is the optimizer's
+    job: :func:`fundl.optim.freeze`.)  Params, state and shapes are ``layer``'s.
+    """
+    return combinator(_eval_mode, (("", layer),), name)
+
+
+def _eval_mode(children: Children):
+    ((_, inner),) = children
+
+    def apply(params, state, x, *, key=None, train=False):
+        return inner.apply_fn(params, state, x, key=key, train=False)
+
+    def vjp(params, state, x, *, key=None, train=True):
+        y, _, pullback = inner.vjp_fn(params, state, x, key=key, train=False)
+        return y, state, pullback
+
+    return inner.init_fn, apply, vjp
+
+
+# --- fan out / fan in (leaves) ----------------------------------------------------------------
+
+@builder
 def fan_out(n: int, *, name: str = "fan_out") -> Layer:
     """One input to a tuple of ``n`` references to it (no copies; nobody writes into them).
 
     Shapes: ``in_shape -> (in_shape,) * n``; ``x -> (x,) * n``.  No params.
-    The pullback sums the n cotangents into a new array.
+    The pullback sums the n cotangents into a new array (tuples elementwise).
     """
     if int(n) < 1:
         raise ValueError(f"fan_out needs n >= 1, got {n}")
@@ -321,15 +326,38 @@ def fan_out(n: int, *, name: str = "fan_out") -> Layer:
 
     def vjp(params, x, need_dx=True):
         def pullback(dy):
-            if not need_dx:
-                return {}, None
-            return {}, _sum(_inputs(dy, n))
+            return {}, _sum(_inputs(dy, n)) if need_dx else None
 
         return (x,) * n, pullback
 
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
+def _data_shapes(xs: Sequence[Any]) -> str:
+    return ", ".join(str(tuple(np.shape(a))) for a in xs)
+
+
+def _shape_list(in_shape: Any) -> Tuple[Shape, ...]:
+    """``in_shape`` as a non-empty tuple of single shapes (a fan-in's init)."""
+    if is_shape(in_shape) or not isinstance(in_shape, (tuple, list)):
+        raise LayerError(f"expected a tuple of input shapes, got the single shape {in_shape!r}")
+    if not all(is_shape(s) for s in in_shape):
+        raise LayerError(f"expected a tuple of input shapes, got {in_shape!r}")
+    if not in_shape:
+        raise LayerError("expected at least one input shape, got ()")
+    return tuple(as_shape(s) for s in in_shape)
+
+
+def _nonempty_inputs(x: Any) -> Tuple[Any, ...]:
+    if not isinstance(x, (tuple, list)):
+        got = f"an array of shape {tuple(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise LayerError(f"expected a tuple of several inputs, got {got}")
+    if not x:
+        raise LayerError("expected at least one input, got ()")
+    return tuple(x)
+
+
+@builder
 def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
     """A tuple of same-shape float inputs to their sum (a new array).
 
@@ -340,17 +368,13 @@ def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
 
     def init(key, in_shape):
         shapes = _shape_list(in_shape)
-        if not shapes:
-            raise LayerError("expected at least one input shape, got ()")
         if any(s != shapes[0] for s in shapes):
             raise LayerError("expected inputs of one shape to sum, got shapes "
                              + ", ".join(str(s) for s in shapes))
         return {}, shapes[0]
 
     def check(x):
-        xs = _inputs(x)
-        if not xs:
-            raise LayerError("expected at least one input, got ()")
+        xs = _nonempty_inputs(x)
         for i, xi in enumerate(xs):
             check_float_input(xi, f"input {i}")
         if any(xi.shape != xs[0].shape for xi in xs):
@@ -361,25 +385,19 @@ def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
         return xs
 
     def forward(xs):
-        if len(xs) == 1:
-            return xs[0].copy()
-        return _sum(xs)
+        return xs[0].copy() if len(xs) == 1 else _sum(xs)
 
     def apply(params, x):
         return forward(check(x))
 
     def vjp(params, x, need_dx=True):
         xs = check(x)
-        k = len(xs)
-
-        def pullback(dy):
-            return {}, ((dy,) * k if need_dx else None)
-
-        return forward(xs), pullback
+        return forward(xs), lambda dy: ({}, (dy,) * len(xs) if need_dx else None)
 
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
+@builder
 def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
     """A tuple of inputs to their concatenation along a per-example ``axis``.
 
@@ -401,8 +419,6 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
 
     def init(key, in_shape):
         shapes = _shape_list(in_shape)
-        if not shapes:
-            raise LayerError("expected at least one input shape, got ()")
         rank = len(shapes[0])
         ax = per_example_axis(rank)
         rest = [s[:ax] + s[ax + 1:] for s in shapes]
@@ -414,9 +430,7 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
         return {}, tuple(out)
 
     def check(x):
-        xs = _inputs(x)
-        if not xs:
-            raise LayerError("expected at least one input, got ()")
+        xs = _nonempty_inputs(x)
         for i, xi in enumerate(xs):
             if not isinstance(xi, np.ndarray):
                 raise LayerError(f"expected input {i} to be a numpy array, got {type(xi).__name__}")
@@ -452,70 +466,7 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
 
 
-# --- residual ----------------------------------------------------------------------
-
-def residual(layer: Layer, *, name: str = "residual") -> Layer:
-    """``x + layer(x)``: a skip connection around ``layer``.
-
-    Shapes: ``layer`` must map the per-example shape ``s`` to ``s`` (a
-    :class:`LayerError` at init names both shapes otherwise); ``x`` and ``y``
-    are ``(batch, *s)`` of one float dtype.  Params and state are
-    ``{"<layer.name>_0": <layer's params/state>}`` (e.g. ``params["serial_0"]``).
-    The sum and the pullback's ``dx = dy + dx_branch`` are new arrays.
-    """
-    _check_layers("residual", [layer])
-    (k,) = child_keys([layer])
-    uses_key, run = fusion.speed_of(layer).uses_key, fusion.runner(layer)
-
-    def init(key, in_shape):
-        params, state, out_shape = init_child(k, layer, random.split(key, 1)[0], in_shape)
-        if not (is_shape(in_shape) and is_shape(out_shape)
-                and as_shape(in_shape) == as_shape(out_shape)):
-            raise LayerError(f"the branch '{k}' maps shape {in_shape} to {out_shape}; "
-                             "x + branch(x) needs them equal", name)
-        guard.record(in_shape, {k: params}, {k: state})
-        return {k: params}, {k: state}, out_shape
-
-    guard = ModelGuard(init)
-
-    def add(x, b):
-        check_float_input(x)
-        if not isinstance(b, np.ndarray) or b.shape != x.shape or b.dtype != x.dtype:
-            got = (f"shape {tuple(b.shape)}, dtype {b.dtype}" if isinstance(b, np.ndarray)
-                   else type(b).__name__)
-            raise LayerError(f"the branch '{k}' maps input of shape {tuple(x.shape)}, dtype "
-                             f"{x.dtype} to {got}; x + branch(x) needs them equal")
-        return np.add(x, b)  # a new array: never write into the branch's output
-
-    def apply(params, state, x, *, key=None, train=False):
-        guard.check(params, state, x)
-        b = apply_child(k, layer, params[k], state[k], x, split_key(key, 1, uses_key)[0], train)
-        try:
-            return add(x, b)
-        except LayerError as err:
-            raise err.named(name) from None
-
-    def vjp(params, state, x, *, key=None, need_dx=True):
-        guard.check(params, state, x)
-        b, new_state, pb = vjp_child(k, run, params[k], state[k], x,
-                                     split_key(key, 1, uses_key)[0], need_dx)
-        try:
-            y = add(x, b)
-        except LayerError as err:
-            raise err.named(name) from None
-
-        def pullback(dy):
-            grads, dx_branch = pb(dy)
-            if not need_dx:
-                return {k: grads}, None
-            return {k: grads}, (np.add(dy, dx_branch) if dx_branch is not None else dy)
-
-        return y, {k: new_state}, pullback
-
-    return Layer(init, apply, vjp, name, ((k, layer),),
-                 fusion.Speed(uses_key=uses_key, takes=frozenset({"need_dx"})))
-
-
+@builder
 def identity() -> Layer:
     """Returns its input unchanged (any input, including tuples); no params."""
 

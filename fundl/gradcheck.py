@@ -78,9 +78,10 @@ def _loss_as_layer(loss: Loss, target: Any) -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         return loss.value(x, target)
 
-    def vjp(params, state, x, *, key=None):
+    def vjp(params, state, x, *, key=None, train=True):
         value, grad = loss.value_and_grad(x, target)
-        return np.asarray(value), state, lambda u: ({}, grad * np.asarray(u, grad.dtype))
+        return np.asarray(value), state, lambda u: ({}, tree.map(
+            lambda g: g * np.asarray(u, g.dtype), grad))   # a tuple for a loss of tuples
 
     return Layer(init, apply, vjp, loss.name)
 
@@ -100,6 +101,7 @@ def check_vjp(
     atol: float = 0.0,
     projections: int = 3,
     check_params: bool = True,
+    train: bool = True,
     raise_on_failure: bool = True,
 ) -> GradCheckResult:
     """Check ``fn``'s pullback against central finite differences in float64.
@@ -113,7 +115,11 @@ def check_vjp(
     ``in_shape``) is the prediction.
 
     Each float leaf of the input and of the params is checked along
-    ``projections`` random directions.  The error of one comparison is
+    ``projections`` random directions.  ``train`` selects the forward that is
+    differentiated: the training forward (``vjp(..., train=True)`` with a fixed
+    key, the default) or the eval-mode one (``train=False``: the pullback of
+    ``vjp(..., train=False)`` against finite differences of ``apply``).
+    The error of one comparison is
     ``|analytic - numeric| / max(|analytic|, |numeric|, noise / tol)``, where
     ``noise = max(atol, 100 * machine_eps * sum|u * y| / (2 eps))`` estimates the
     rounding noise of the finite difference: a relative error where the
@@ -149,9 +155,11 @@ def check_vjp(
     state = tree.cast({} if state is None else state, np.float64)
 
     def forward(p: Any, inp: Any) -> Any:
-        return layer.vjp(p, state, inp, key=k_fwd)[0]
+        if not train:  # eval mode: the finite differences of apply itself
+            return layer.apply(p, state, inp, key=k_fwd, train=False)
+        return layer.vjp(p, state, inp, key=k_fwd, train=True)[0]
 
-    y, _, pullback = layer.vjp(params, state, x, key=k_fwd)
+    y, _, pullback = layer.vjp(params, state, x, key=k_fwd, train=train)
     machine_eps = float(np.finfo(np.float64).eps)
     inputs = {"params": params if check_params else {}, "x": x}
     flat, treedef = tree.flatten(inputs)
@@ -187,9 +195,9 @@ def check_vjp(
             v = random.normal(random.fold_in(k_v, i), leaf.shape, np.float64)
             analytic = float(np.vdot(grad_leaf, v))
             plus = list(flat)
-            plus[i] = leaf + eps * v
+            plus[i] = np.asarray(leaf + eps * v)   # 0-d stays an array, not a numpy scalar
             minus = list(flat)
-            minus[i] = leaf - eps * v
+            minus[i] = np.asarray(leaf - eps * v)
             p_in = tree.unflatten(treedef, plus)
             m_in = tree.unflatten(treedef, minus)
             p_params = p_in["params"] if check_params else params

@@ -8,23 +8,26 @@ layer honours the contract of :mod:`fundl.core`:
 - no function mutates its inputs (they are set read-only and compared after);
 - the same key gives bit-identical params, outputs and gradients;
 - ``apply(train=True)`` equals ``vjp``'s output for the same key;
-- what the layer declares in :mod:`fundl.fusion` holds: ``vjp(..., need_dx=False)``
-  gives the same output and dparams; what ``speed.fresh`` names really is held by
-  nobody (scribbling over it changes no later result); ``x_donated`` /
-  ``dy_donated`` change no result; a layer that says it uses no key gives the
-  same results with and without one;
-- the pullback passes :func:`fundl.check_vjp` in float64.
+- eval mode: ``vjp(..., train=False)`` gives ``apply``'s output bit for bit and the
+  state unchanged;
+- what the layer states in its :class:`~fundl.core.Traits` holds: the model as
+  planned (:func:`fundl.plan.specialise`: hints bound, donations, a ReLU after its
+  pool) gives bit for bit the results of the model as built, with and without the
+  input gradient (``need_dx=False``); what :func:`fundl.plan.fresh_results` names
+  really is held by nobody (scribbling over it changes no later result);
+  ``x_donated`` / ``dy_donated`` change no result; a layer that says it uses no key
+  gives the same results with and without one;
+- the pullback passes :func:`fundl.check_vjp` in float64, in training and in eval mode.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any, Optional
 
 import numpy as np
 
-from . import fusion, random, tree
+from . import plan, random, tree
 from .checks import normalize_shapes
 from .core import Layer
 from .gradcheck import GradCheckResult, _random_input, check_vjp
@@ -124,18 +127,19 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
     dparams2, dx2 = pullback(dy)
     if not (tree.all_equal(dparams, dparams2) and tree.all_equal(dx, dx2)):
         raise ContractError(f"{layer.name}: pullback gives different results on a second call")
-    speed = fusion.speed_of(layer)
-    if "need_dx" in speed.takes:
-        for how, vjp in (("", functools.partial(layer.vjp, need_dx=False)),
-                         (" bound", fusion.bound_runner(layer, False, False, False))):
-            y_n, _, pullback_n = vjp(params, state, x, key=k_fwd)
-            dparams_n, dx_n = pullback_n(dy)
-            if not (tree.all_equal(y_n, y_t) and tree.all_equal(dparams_n, dparams)):
-                raise ContractError(f"{layer.name}: vjp(need_dx=False){how} changes the output "
-                                    "or dparams")
-            if dx_n is not None and not tree.all_equal(dx_n, dx):
-                raise ContractError(f"{layer.name}: vjp(need_dx=False){how} returns a different dx")
-    _check_donation(layer, params, state, x, k_fwd, dy, y_t, dparams, dx)
+    _check_planned(layer, params, state, x, k_fwd, dy, y_t, new_state, dparams, dx)
+    y_e, state_e, pullback_e = layer.vjp(params, state, x, key=k_fwd, train=False)
+    if not tree.all_equal(y_e, y):
+        raise ContractError(f"{layer.name}: vjp(train=False) differs from apply's output "
+                            f"({_difference(y_e, y)}); eval mode must be apply's function")
+    if not tree.all_equal(state_e, state):
+        raise ContractError(f"{layer.name}: vjp(train=False) changed the state")
+    dparams_e, dx_e = pullback_e(dy)
+    try:
+        tree.map(lambda a, b: None, params, dparams_e)
+    except tree.TreeError as err:
+        raise ContractError(f"{layer.name}: eval-mode dparams differ in structure from params: "
+                            f"{err}")
     try:
         tree.map(lambda a, b: None, params, dparams)
     except tree.TreeError as err:
@@ -152,8 +156,9 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
 
     if not gradcheck:
         return None
-    x64 = None if x is None else x
-    return check_vjp(layer, in_shape, x=x64, key=key, tol=tol, **check_vjp_kwargs)
+    result = check_vjp(layer, in_shape, x=x, key=key, tol=tol, **check_vjp_kwargs)
+    check_vjp(layer, in_shape, x=x, key=key, tol=tol, train=False, **check_vjp_kwargs)
+    return result
 
 
 def _difference(a: Any, b: Any) -> str:
@@ -190,44 +195,66 @@ def _scribble(layer: Layer, what: str, t: Any, others: Any) -> None:
         a[...] = np.nan if a.dtype.kind == "f" else 0
 
 
-def _check_donation(layer: Layer, params, state, x, key, dy, y, dparams, dx) -> None:
-    """The declarations of :mod:`fundl.fusion` (see :func:`check_layer`)."""
+def _dx_agrees(partial: Any, dx: Any) -> bool:
+    """Whether an input gradient computed without ``need_dx`` agrees with ``dx``: each part is
+    ``None`` (skipped) or equal to ``dx``'s."""
+    if partial is None:
+        return True
+    if isinstance(partial, (tuple, list)) and isinstance(dx, (tuple, list)) \
+            and len(partial) == len(dx):
+        return all(_dx_agrees(p, d) for p, d in zip(partial, dx))
+    return tree.all_equal(partial, dx)
+
+
+def _check_planned(layer: Layer, params, state, x, key, dy, y, new_state, dparams, dx) -> None:
+    """The layer's traits (see :func:`check_layer`): the planned model against the model as
+    built, donations, fresh results, the key."""
     def same(result, what):
         got_dparams, got_dx = result
         if not (tree.all_equal(got_dparams, dparams) and tree.all_equal(got_dx, dx)):
             raise ContractError(f"{layer.name}: {what} changes the pullback's results")
 
+    planned = plan.of(layer)
+    plain = planned.traced()    # as built: no hint, no donation, no reordering
+    y_p, state_p, pullback_p = plain.vjp_fn(params, state, x, key=key)
+    if not (tree.all_equal(y_p, y) and tree.all_equal(state_p, new_state)):
+        raise ContractError(f"{layer.name}: the planned vjp's output or state differ from the "
+                            f"model as built ({_difference(y_p, y)})")
+    same(pullback_p(dy), "planning (the model as built)")
+    y_n, _, pullback_n = planned.fast(need_dx=False).vjp_fn(params, state, x, key=key)
+    dparams_n, dx_n = pullback_n(dy)
+    if not (tree.all_equal(y_n, y) and tree.all_equal(dparams_n, dparams)):
+        raise ContractError(f"{layer.name}: vjp(need_dx=False) changes the output or dparams")
+    if not _dx_agrees(dx_n, dx):
+        raise ContractError(f"{layer.name}: vjp(need_dx=False) returns a different dx")
+
     inputs = (params, state, x, dy)
-    speed = fusion.speed_of(layer)
-    if not speed.uses_key:
+    traits = layer.traits
+    if not traits.uses_key:
         y_k, _, pullback_k = layer.vjp(params, state, x, key=None)
         if not tree.all_equal(y_k, y):
             raise ContractError(f"{layer.name}: says it uses no key, but its output changes "
                                 "without one")
         same(pullback_k(dy), "running without a key")
-    if "y" in speed.fresh:  # nobody else holds it: not the inputs, not an earlier call's y
+    fresh = plan.fresh_results(layer)
+    if "y" in fresh:  # nobody else holds it: not the inputs, not an earlier call's y
         y_f, _, pullback_f = layer.vjp(params, state, x, key=key)
         _scribble(layer, "y", y_f, (inputs, y))
         same(pullback_f(dy), "overwriting the output it declares fresh")
     for what, index, words in (("dparams", 0, "parameter gradients"), ("dx", 1, "input gradient")):
-        if what in speed.fresh:  # nobody else holds it: not the inputs, not an earlier call's
+        if what in fresh:  # nobody else holds it: not the inputs, not an earlier call's
             _, _, pullback_f = layer.vjp(params, state, x, key=key)
             first = pullback_f(dy)[index]
             _scribble(layer, what, pullback_f(dy)[index], (inputs, first))
             same(pullback_f(dy), f"overwriting the {words} it declares fresh")
-    run = fusion.runner(layer)
-    # Both ways a combinator passes the hints: as keywords, and bound once (Speed.bind).
-    donated = {"x_donated": fusion.bound_runner(layer, True, True, False),
-               "dy_donated": fusion.bound_runner(layer, True, False, True)}
-    if "x_donated" in speed.takes:
-        for how, vjp in (("", functools.partial(run, x_donated=True)),
-                         (" bound", donated["x_donated"])):
-            y_d, _, pullback_d = vjp(params, state, _writeable_copy(x), key=key)
-            if not tree.all_equal(y_d, y):
-                raise ContractError(f"{layer.name}: vjp(x_donated=True){how} changes the output")
-            same(pullback_d(dy), f"vjp(x_donated=True){how}")
-    if "dy_donated" in speed.takes:
-        for how, vjp in (("", functools.partial(run, dy_donated=True)),
-                         (" bound", donated["dy_donated"])):
-            _, _, pullback_d = vjp(params, state, x, key=key)
-            same(pullback_d(_writeable_copy(dy)), f"vjp(dy_donated=True){how}")
+    if traits.bind is None:
+        return
+    if "x_donated" in traits.takes:
+        y_d, _, pullback_d = traits.bind(x_donated=True)(params, state, _writeable_copy(x),
+                                                         key=key)
+        if not tree.all_equal(y_d, y):
+            raise ContractError(f"{layer.name}: vjp(x_donated=True) changes the output")
+        same(pullback_d(dy), "vjp(x_donated=True)")
+    if "dy_donated" in traits.takes:
+        _, _, pullback_d = traits.bind(dy_donated=True)(params, state, x, key=key)
+        same(pullback_d(_writeable_copy(dy)), "vjp(dy_donated=True)")

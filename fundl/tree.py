@@ -19,7 +19,8 @@ import numpy as np
 __all__ = [
     "TreeError", "TreeDef", "map", "leaves", "flatten", "unflatten", "structure",
     "flatten_with_paths", "unflatten_from_paths", "paths", "map_with_paths", "zeros_like",
-    "global_norm", "cast", "size", "all_equal", "is_namedtuple", "join_path",
+    "global_norm", "cast", "size", "all_equal", "is_namedtuple", "join_path", "shapes",
+    "ShapeDtype",
 ]
 
 _builtin_map = map
@@ -89,9 +90,10 @@ def _same_node(a: Any, b: Any) -> bool:
         return a is None and b is None
     if isinstance(a, dict):
         return isinstance(b, dict) and len(a) == len(b) and all(k in b for k in a)
+    if is_namedtuple(a) or is_namedtuple(b):   # named tuples: the same type (AdamState is
+        return type(a) is type(b)               # not AdamaxState, though their fields match)
     if isinstance(a, (list, tuple)):
-        return (isinstance(b, (list, tuple)) and len(a) == len(b)
-                and is_namedtuple(a) == is_namedtuple(b))
+        return isinstance(b, (list, tuple)) and len(a) == len(b)
     return not _is_node(b)
 
 
@@ -451,3 +453,21 @@ def all_equal(a: Any, b: Any) -> bool:
         return all(leaves(map(_leaf_equal, a, b)))
     except TreeError:
         return False
+
+
+class ShapeDtype(NamedTuple):
+    """An array's shape and dtype, shown as ``f32[8,16]`` (see :func:`shapes`)."""
+
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+
+    def __repr__(self) -> str:
+        d = self.dtype
+        short = "bool" if d.kind == "b" else f"{d.kind}{d.itemsize * 8}"  # f32, i64, u8
+        return f"{short}[{','.join(str(n) for n in self.shape)}]"
+
+
+def shapes(tree: Any) -> Any:
+    """``tree`` with every array leaf replaced by its :class:`ShapeDtype`: a params tree
+    shown by its shapes, ``{'dense_0': {'w': f32[8,16], 'b': f32[16]}}``."""
+    return map(lambda a: ShapeDtype(a.shape, a.dtype) if isinstance(a, np.ndarray) else a, tree)

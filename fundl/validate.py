@@ -13,10 +13,8 @@ Floating-point leaves may be cast together to another float dtype (the
 gradient checks run every model in float64): what must hold is that each
 float dtype of the spec maps to one dtype of the tree.
 
-:class:`ModelGuard` is what the combinators use: it holds the specs of the
-trees ``init`` made, per input shape, and checks the ``params`` and ``state``
-given to ``apply``/``vjp`` against them (computing them from ``init`` once,
-when the model was built in another process and never initialised here).
+:mod:`fundl.plan` keeps the specs of the trees a model's ``init`` made, per input
+signature, and checks the params and state of every call against them.
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import random, tree
+from . import tree
 
-__all__ = ["SpecError", "TreeSpec", "ModelGuard", "data_shapes"]
+__all__ = ["SpecError", "TreeSpec", "data_shapes"]
 
 
 class SpecError(ValueError):
@@ -80,6 +78,11 @@ class TreeSpec:
         self.paths = tree.paths(t)
         self.node_paths = _node_paths(t)
         self.is_exactly = _exact_test(t)
+
+    def matches_exactly(self, t: Any) -> bool:
+        """Whether ``t`` is nested dicts holding arrays of exactly the recorded shapes and
+        dtypes (the fast test; ``False`` for trees with other containers)."""
+        return self.is_exactly is not None and self.is_exactly(t)
 
     def matches(self, t: Any) -> bool:
         """Whether ``t`` matches (no exception, no message; :meth:`check` tries the exact
@@ -140,9 +143,35 @@ class TreeSpec:
         if unexpected:
             parts.append("unexpected keys: " + ", ".join(f"{root}/{p}" for p in _top(unexpected)))
         if not parts:
-            parts.append("containers of another kind (e.g. a list for a dict, or another "
-                         "named tuple type)")
+            where, want_node, got_node = _kind_mismatch(self.treedef.skeleton, t)
+            at = f"{root}/{where}" if where else root
+            return SpecError(f"{at}: expected {_container(want_node)}, got {_container(got_node)}")
         return SpecError(f"{root} do not match the model: " + "; ".join(parts))
+
+
+def _container(node: Any) -> str:
+    name = type(node).__name__
+    return f"{'an' if name[0] in 'AEIOUaeiou' else 'a'} {name}"
+
+
+def _kind_mismatch(skeleton: Any, t: Any, path: str = "") -> Tuple[str, Any, Any]:
+    """``(path, expected node, given node)`` of the first container of another type (a list
+    for a tuple, an AdamState for an AdamaxState) where the keys and lengths agree."""
+    if type(skeleton) is not type(t) and (isinstance(skeleton, (dict, list, tuple))
+                                          or isinstance(t, (dict, list, tuple))):
+        return path, skeleton, t
+    if isinstance(skeleton, dict):
+        for k, v in skeleton.items():
+            found = _kind_mismatch(v, t[k], tree.join_path(path, str(k)))
+            if found[0] is not None:
+                return found
+    elif isinstance(skeleton, (list, tuple)):
+        names = skeleton._fields if tree.is_namedtuple(skeleton) else range(len(skeleton))
+        for name, a, b in zip(names, skeleton, t):
+            found = _kind_mismatch(a, b, tree.join_path(path, str(name)))
+            if found[0] is not None:
+                return found
+    return None, skeleton, t  # type: ignore[return-value]
 
 
 def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
@@ -219,79 +248,3 @@ def data_shapes(x: Any) -> Any:
     if isinstance(x, (tuple, list)):
         return tuple(data_shapes(a) for a in x)
     return None
-
-
-class ModelGuard:
-    """The specs of a model's ``(params, state)``, per input shape, for its apply/vjp checks.
-
-    :meth:`record` is called by ``init``; :meth:`check` by ``apply`` and ``vjp``.
-    A model that was never initialised in this process gets its specs from
-    ``init(key(0), in_shape)`` once per input shape (shapes and dtypes do not
-    depend on the key).  A model whose ``init`` cannot take the data's shapes
-    is not checked.
-    """
-
-    def __init__(self, init: Any) -> None:
-        self._init = init
-        self._specs: Dict[Any, Optional[Tuple[TreeSpec, TreeSpec]]] = {}
-        self._last: Optional[Tuple[TreeSpec, TreeSpec]] = None
-        self._last_exactly: Any = None  # the last specs' two exact tests, when both have one
-
-    def record(self, in_shape: Any, params: Any, state: Any) -> None:
-        try:
-            key = _hashable(in_shape)
-        except TypeError:
-            return
-        if key not in self._specs and len(self._specs) < 32:
-            self._specs[key] = spec = (TreeSpec(params), TreeSpec(state))
-            self._remember(spec)
-
-    def _remember(self, spec: Tuple[TreeSpec, TreeSpec]) -> None:
-        self._last = spec
-        tests = (spec[0].is_exactly, spec[1].is_exactly)
-        self._last_exactly = tests if None not in tests else None
-
-    def check(self, params: Any, state: Any, x: Any) -> None:
-        exactly = self._last_exactly  # the common case: the trees as the last init made them
-        if exactly is not None and exactly[0](params) and exactly[1](state):
-            return
-        last = self._last
-        if last is not None and last[0].matches(params) and last[1].matches(state):
-            return
-        candidates = [s for s in self._specs.values() if s is not None]
-        for spec in candidates:
-            if spec[0].matches(params) and spec[1].matches(state):
-                self._remember(spec)
-                return
-        spec = self._spec_for(data_shapes(x))
-        if spec is None:
-            if not candidates:
-                return  # nothing to check against
-            spec = candidates[-1]
-        spec[0].check(params, "params")
-        spec[1].check(state, "state")
-        self._remember(spec)
-
-    def _spec_for(self, in_shape: Any) -> Optional[Tuple[TreeSpec, TreeSpec]]:
-        try:
-            key = _hashable(in_shape)
-        except TypeError:
-            return None
-        if key not in self._specs:
-            if len(self._specs) >= 32:
-                return None
-            try:
-                params, state, _ = self._init(random.key(0), in_shape)
-            except Exception:  # noqa: BLE001 - the data's shapes are not an init's shapes
-                self._specs[key] = None
-            else:
-                self._specs[key] = (TreeSpec(params), TreeSpec(state))
-        return self._specs[key]
-
-
-def _hashable(shape: Any) -> Any:
-    if isinstance(shape, (list, tuple)):
-        return tuple(_hashable(s) for s in shape)
-    if shape is None or isinstance(shape, (int, np.integer)):
-        return None if shape is None else int(shape)
-    raise TypeError(f"not a shape: {shape!r}")

@@ -277,7 +277,8 @@ def test_errors():
     _raises(lambda: conv1d(2, 3, padding=[(1, 1), (1, 1)]), "conv1d", "padding")
     _raises(lambda: conv2d(2, (3, 3, 3)), "conv2d", "kernel_size")
     _raises(lambda: conv2d(2, 3, stride=0), "conv2d", "stride")
-    _raises(lambda: conv2d(2, 2.5), "conv2d", "kernel_size")
+    with pytest.raises(TypeError, match="layer 'conv2d': kernel_size must be an int"):
+        conv2d(2, 2.5)
     _raises(lambda: conv1d(2, "3"), "conv1d", "kernel_size")
     _raises(lambda: conv2d(0, 3), "conv2d", "features")
 
@@ -400,7 +401,8 @@ def test_grouped_conv_matches_torch(in_shape, kw):
 
 def test_groups_errors():
     _raises(lambda: conv2d(4, 3, groups=0), "conv2d", "groups")
-    _raises(lambda: conv2d(4, 3, groups=1.5), "conv2d", "groups")
+    with pytest.raises(TypeError, match="layer 'conv2d': groups must be an int"):
+        conv2d(4, 3, groups=1.5)
     _raises(lambda: conv2d(5, 3, groups=2), "conv2d", "features (5)", "groups (2)")
     _raises(lambda: conv2d(4, 3, groups=2).init(random.key(0), (5, 5, 3)), "conv2d",
             "input channels (3)", "groups (2)")

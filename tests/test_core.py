@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 
 import fundl as fl
-from fundl import fusion
+from fundl import plan
 from fundl.checks import LayerError
 from fundl.core import Layer, elementwise_layer, stateless_layer
 from fundl.testing import check_layer
 
 
-def call_vjp(layer, params, state, x, key=None, **hints):
-    """``layer.vjp`` with the hints it declares (as serial passes them to a child)."""
-    return fusion.runner(layer)(params, state, x, key, **hints)
+def call_vjp(layer, params, state, x, key=None, need_dx=True, x_donated=False, dy_donated=False):
+    """``layer``'s vjp with these hints, bound as the planner binds them for a child of serial."""
+    return plan.specialise(layer, need_dx, x_donated, dy_donated).vjp_fn(params, state, x, key=key)
 
 
 def scale_layer(factor=3.0):
@@ -42,15 +42,15 @@ def test_stateless_layer_builds_a_full_layer():
 
 def test_layer_error_message_and_paths():
     err = LayerError("expected x, got y")
-    assert str(err) == "expected x, got y"
-    named = err.named("dense")
-    assert str(named) == "layer 'dense': expected x, got y"
-    nested = named.within("dense_0").within("block_1")
+    assert str(err) == "expected x, got y" and not err.located
+    named = err.at((), "dense")
+    assert str(named) == "layer 'dense': expected x, got y" and named.located
+    nested = err.at(("block_1", "dense_0"), "dense")
     assert nested.path == ("block_1", "dense_0")
     assert str(nested) == "layer 'block_1/dense_0' (dense): expected x, got y"
     assert isinstance(nested, ValueError)
-    # naming is idempotent: an inner name is kept
-    assert named.named("serial").kind == "dense"
+    # locating is idempotent: the innermost place is kept
+    assert nested.at(("block_1",), "serial").path == ("block_1", "dense_0")
 
 
 def test_stateless_layer_attributes_errors_to_its_name():
@@ -85,7 +85,7 @@ def test_elementwise_layer_keeps_only_requested_residuals():
 def test_call_vjp_passes_need_dx_only_to_layers_that_accept_it():
     calls = []
 
-    def raw_vjp(params, state, x, *, key=None):  # a hand-written Layer without need_dx
+    def raw_vjp(params, state, x, *, key=None, train=True):  # hand-written, without need_dx
         calls.append("raw")
         return x, state, lambda dy: ({}, dy)
 
@@ -101,13 +101,15 @@ def test_call_vjp_passes_need_dx_only_to_layers_that_accept_it():
     assert ts2.step == 1 and np.isfinite(metrics["loss"])
 
 
-def test_layers_are_immutable_named_tuples():
+def test_layers_are_immutable_records():
     layer = fl.dense(3)
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="immutable"):
         layer.name = "other"
-    assert layer._fields == ("init", "apply", "vjp", "name", "children", "speed")
-    assert layer.speed.kind == "" and fl.relu().speed.kind == "relu"
+    assert (layer.kind, layer.name, dict(layer.config)["features"]) == ("dense", "dense", 3)
+    assert fl.relu().kind == "relu" and layer.traits.fresh == {"y", "dx", "dparams"}
     assert layer.children == ()
+    renamed = layer.replace(name="head")
+    assert renamed.name == "head" and renamed.kind == "dense" and layer.name == "dense"
     model = fl.serial(fl.dense(3), fl.relu())
     assert [k for k, _ in model.children] == ["dense_0", "relu_1"]
     assert model.children[0][1].name == "dense"
@@ -117,7 +119,7 @@ def test_layers_are_immutable_named_tuples():
 
 def test_elementwise_layer_works_in_place_only_on_donated_arrays():
     layer = fl.relu()
-    assert layer.speed.fresh == {"dx", "dparams"}
+    assert layer.traits.fresh == {"dx", "dparams"}
     x = np.array([[-1.0, 2.0, -3.0]], np.float32)
     dy = np.array([[5.0, 6.0, 7.0]], np.float32)
     y, _, pb = call_vjp(layer, {}, {}, x, None)          # nothing donated: x and dy untouched
@@ -157,7 +159,7 @@ def test_stateless_layer_passes_only_the_hints_it_declares():
 
     layer = stateless_layer("plus", lambda k, s: ({}, s), lambda p, x: x + 1.0, vjp,
                             takes=("dy_donated",), fresh=("y",))
-    assert layer.speed.fresh == {"y"} and layer.speed.takes == {"dy_donated"}
+    assert layer.traits.fresh == {"y"} and layer.traits.takes == {"dy_donated"}
     x = np.zeros((1, 2), np.float32)
     call_vjp(layer, {}, {}, x, None, need_dx=False, x_donated=True, dy_donated=True)
     call_vjp(layer, {}, {}, x, None)
@@ -172,30 +174,32 @@ def test_fresh_names_only_y_and_dx():
 
 
 
-def test_keyed_layer_passes_the_key_and_names_its_errors():
+def test_a_layer_that_uses_its_key_gets_key_and_mode_and_its_errors_are_named():
     seen = []
 
     def init(key, in_shape):
         return {}, in_shape
 
-    def apply(params, x, key, train):
+    def apply(params, x, *, key, train):
         seen.append(("apply", key is not None, train))
         return x + fl.random.uniform(key, x.shape, x.dtype) if train else x
 
-    def vjp(params, x, key):
+    def vjp(params, x, *, key, train):
         if x.shape[-1] != 3:
             raise LayerError(f"expected 3 features, got {x.shape[-1]}")
-        seen.append(("vjp", key is not None))
+        seen.append(("vjp", key is not None, train))
+        if not train:
+            return x, lambda dy: ({}, dy)
         return x + fl.random.uniform(key, x.shape, x.dtype), lambda dy: ({}, dy)
 
-    layer = fl.keyed_layer("noise", init, apply, vjp)
-    assert layer.speed.uses_key
+    layer = fl.stateless_layer("noise", init, apply, vjp, uses_key=True)
+    assert layer.traits.uses_key
     x = np.zeros((2, 3), np.float32)
     k = fl.random.key(3)
     y, _, _ = layer.vjp({}, {}, x, key=k)
     np.testing.assert_array_equal(y, layer.apply({}, {}, x, key=k, train=True))
     np.testing.assert_array_equal(layer.apply({}, {}, x), x)
-    assert seen == [("vjp", True), ("apply", True, True), ("apply", False, False)]
+    assert seen == [("vjp", True, True), ("apply", True, True), ("apply", False, False)]
     with pytest.raises(LayerError, match=r"layer 'noise': expected 3 features, got 4"):
         layer.vjp({}, {}, np.zeros((2, 4), np.float32), key=k)
     check_layer(layer, (3,))

@@ -128,3 +128,39 @@ def test_batches_shuffle_nested_tuples_and_dicts_together():
         batches(k, {"x": x, "pair": (x2, y[:9])}, 4)
     with pytest.raises(ValueError, match=r"array \[1\]\['b'\] is a scalar"):
         batches(k, (x, {"b": np.float32(1.0)}), 4)
+
+
+def test_train_test_split_takes_a_test_size():
+    x, y = _data(10)
+    (_, ya), (_, yb) = train_test_split(random.key(3), (x, y), test_size=0.3)
+    (_, ya2), (_, yb2) = train_test_split(random.key(3), (x, y), 0.3)
+    np.testing.assert_array_equal(yb, yb2)                       # the same split as a fraction
+    (_, yc), (_, yd) = train_test_split(random.key(3), (x, y), test_size=4)
+    assert len(yd) == 4 and len(yc) == 6
+    np.testing.assert_array_equal(yd[:3], yb)                    # the same order, 4 instead of 3
+    with pytest.raises(ValueError, match="exactly one of test_fraction or test_size"):
+        train_test_split(random.key(3), (x, y), 0.3, test_size=0.3)
+    with pytest.raises(ValueError, match="exactly one of test_fraction or test_size"):
+        train_test_split(random.key(3), (x, y))
+    with pytest.raises(ValueError, match=r"integer test_size counts examples.*\[1, 10\), got 10"):
+        train_test_split(random.key(3), (x, y), test_size=10)
+    with pytest.raises(ValueError, match="test_size must be a fraction in"):
+        train_test_split(random.key(3), (x, y), test_size=1.5)
+
+
+def test_batches_over_a_memmap_equal_the_array_and_release_pages(tmp_path):
+    from fundl.data.mapped import PageRelease, mapping_of
+    x, y = _data(10)
+    np.save(tmp_path / "x.npy", x)
+    mx = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert mapping_of(mx) is not None and mapping_of(np.asarray(mx)[2:]) is not None
+    assert mapping_of(x) is None
+    assert mapping_of(np.load(tmp_path / "x.npy", mmap_mode="c")) is None   # private changes
+    a = list(batches(random.key(1), (mx, y), 3))
+    b = list(batches(random.key(1), (x, y), 3))
+    assert all(np.array_equal(p[0], q[0]) and np.array_equal(p[1], q[1]) for p, q in zip(a, b))
+    release = PageRelease([mx], every=10)
+    release.read(4)
+    assert release.pending == 4
+    release.read(8)
+    assert release.pending == 0 and float(mx.sum()) == float(x.sum())      # data still there

@@ -43,12 +43,15 @@ def test_mnist1d_short_run_beats_chance(tmp_path, monkeypatch):
     ("custom_layer.py", r"check_layer: contract checks passed"),
     ("optimizers.py", r"adam\s+0\.01\s+0\.0\d+"),
     ("linear_regression.py", r"recovered w_real and b_real"),
+    ("adversarial.py --quick", r"eps 0\.1\s+accuracy 0\.[0-8]\d\d(.|\n)*the body's statistics "
+                               r"unchanged, its params trained"),
 ])
 def test_small_examples_run(script, expect):
     # the checkout's fundl, whether or not (and whichever) fundl is pip-installed
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True,
+    name, *args = script.split()
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True,
                          text=True, timeout=120, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(expect, out.stdout), out.stdout[-2000:]
@@ -93,3 +96,16 @@ def test_new_examples_quick(script, expect):
                          env=_checkout_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(expect, out.stdout), out.stdout[-2000:]
+
+
+def test_augmentation_example_quick_resumes_bit_identically(tmp_path):
+    pytest.importorskip("mnist1d", reason="the optional mnist1d package is not installed")
+    env = dict(_checkout_env(), FUNDL_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "augment_mnist1d.py"),
+                          "--quick"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"interrupted at step 15 and resumed: bit-identical True", out.stdout), \
+        out.stdout[-2000:]
+    accuracy = [float(a) for a in re.findall(r"val loss \d\.\d+ accuracy (\d\.\d+)", out.stdout)]
+    assert len(accuracy) == 3 and accuracy[-1] > 0.25 > 0.1, out.stdout   # chance is 0.1

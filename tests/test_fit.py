@@ -19,6 +19,7 @@ from fundl.validate import SpecError
 SCE = fl.losses.softmax_cross_entropy
 # the module (``fundl.fit`` may be re-exported as the function in fundl/__init__.py)
 fit_module = importlib.import_module("fundl.fit")
+progress_module = importlib.import_module("fundl.fit.progress")
 
 
 def _mlp(hidden=16, out=3):
@@ -103,7 +104,7 @@ def test_evaluate_weights_batches_by_size():
     assert got["accuracy"] == pytest.approx(np.mean(out.argmax(1) == y), abs=1e-12)
     assert got["softmax_cross_entropy"] == pytest.approx(float(SCE(out, y)), rel=1e-5)
     assert got["top_2_accuracy"] == pytest.approx(fl.metrics.top_k_accuracy(out, y, 2), abs=1e-12)
-    with pytest.raises(ValueError, match="needs metrics"):
+    with pytest.raises(ValueError, match="needs a loss or metrics"):
         evaluate(model, params, state, (x, y))
     with pytest.raises(ValueError, match="same length"):
         evaluate(model, params, state, (x, y[:3]), ["accuracy"])
@@ -149,7 +150,8 @@ def test_fit_trains_spirals_and_records_history():
     assert ts.step == 60 * math.ceil(120 / 16)
     assert hist["epoch"] == list(range(1, 61))
     assert hist["step"][-1] == ts.step
-    assert set(hist) == {"epoch", "step", "loss", "val_loss", "val_accuracy"}
+    assert list(hist) == ["epoch", "step", "loss", "accuracy", "lr", "val_loss", "val_accuracy"]
+    assert hist["lr"] == [0.02] * 60 and hist["accuracy"][-1] > 0.85
     assert hist["loss"][-1] < 0.4 * hist["loss"][0]
     assert hist["val_accuracy"][-1] > 0.85
     assert hist["val_loss"][-1] == pytest.approx(float(SCE(model.apply(ts.params, ts.state, x), y)),
@@ -254,14 +256,14 @@ class _Tty(std_io.StringIO):
 
 
 def test_progress_line_without_tqdm(monkeypatch):
-    monkeypatch.setattr(fit_module, "_load_tqdm", lambda: None)
+    monkeypatch.setattr(progress_module, "_load_tqdm", lambda: None)
     err = _Tty()
-    monkeypatch.setattr(fit_module.sys, "stderr", err)
+    monkeypatch.setattr(progress_module.sys, "stderr", err)
     _fit(steps=4, progress="auto")
     text = err.getvalue()
     assert text.startswith("\r") and "step 4/4" in text and "loss" in text and text.endswith("\n")
     quiet = std_io.StringIO()  # not a terminal: "auto" stays silent
-    monkeypatch.setattr(fit_module.sys, "stderr", quiet)
+    monkeypatch.setattr(progress_module.sys, "stderr", quiet)
     _fit(steps=4, progress="auto")
     assert quiet.getvalue() == ""
     _fit(steps=4, progress=True)
@@ -276,9 +278,9 @@ def test_progress_uses_tqdm_when_installed(monkeypatch):
         bar = tqdm(**kw)
         made.append(kw)
         return bar
-    monkeypatch.setattr(fit_module, "_load_tqdm", lambda: fake)
+    monkeypatch.setattr(progress_module, "_load_tqdm", lambda: fake)
     err = std_io.StringIO()
-    monkeypatch.setattr(fit_module.sys, "stderr", err)
+    monkeypatch.setattr(progress_module.sys, "stderr", err)
     _fit(steps=3, progress=True)
     assert made and made[0]["total"] == 3 and "loss=" in err.getvalue()
 
@@ -389,9 +391,10 @@ def test_metrics_and_loss_are_checked_against_the_model_before_training(tmp_path
     with pytest.raises(ValueError, match=r"fit: the loss mse does not fit the model's output "
                                          r"\(float32 of shape \(\d, 2\).*train_data y"):
         fit(two, fl.losses.mse, fl.optim.sgd(), (x, y2), **kw)
-    with pytest.warns(UserWarning, match=r"metrics \['accuracy'\] are computed on val_data only"):
-        fit(two, SCE, fl.optim.sgd(), (x, y2), key=random.key(0), steps=1, progress=False,
-            metrics=["accuracy"])
+    # metrics without val_data: computed on the training batches
+    _, hist = fit(two, SCE, fl.optim.sgd(), (x, y2), key=random.key(0), steps=1, progress=False,
+                  metrics=["accuracy"])
+    assert list(hist) == ["epoch", "step", "loss", "accuracy", "lr"]
 
 
 def test_counts_must_be_positive_integers():
@@ -545,31 +548,40 @@ def test_early_stopping_restores_exactly_the_best_epoch(tmp_path):
     assert last.step == len(losses) * 8
 
 
-def test_early_stopping_modes_and_the_tracker_by_hand():
-    run = fl.EarlyStopping("val_accuracy", patience=1, mode="max", min_delta=0.05).begin()
+def test_early_stopping_modes_and_the_callback_by_hand():
+    info = fl.TrainInfo(["epoch", "val_accuracy"], 0, 10, 1, {})
+    es = fl.EarlyStopping("val_accuracy", patience=1, min_delta=0.05)   # mode "auto": max
+    es.on_train_begin(info)
     ts = [TrainState({}, {}, (), None, s) for s in range(5)]
-    assert run(ts[0], {"epoch": 1, "val_accuracy": 0.5}) is None
-    assert run(ts[1], {"epoch": 2, "val_accuracy": 0.6}) is None   # +0.1 > min_delta
-    assert run(ts[2], {"epoch": 3, "val_accuracy": 0.64}) == "stop"  # +0.04: not enough
-    assert run.best == 0.6 and run.best_epoch == 2 and run.end(ts[4]) is ts[1]
-    run = fl.EarlyStopping("loss", patience=0).begin(["epoch", "step", "loss"])
-    assert run(ts[0], {"loss": float("nan")}) == "stop" and run.end(ts[3]) is ts[3]
+    assert es.on_epoch_end(ts[0], {"epoch": 1, "val_accuracy": 0.5}) is None
+    assert es.on_epoch_end(ts[1], {"epoch": 2, "val_accuracy": 0.6}) is None   # +0.1 > min_delta
+    assert es.on_epoch_end(ts[2], {"epoch": 3, "val_accuracy": 0.64}) == "stop"  # +0.04: not enough
+    assert es.best == 0.6 and es.best_epoch == 2 and es.on_train_end(ts[4]) is ts[1]
+    es = fl.EarlyStopping("loss", patience=0)
+    es.on_train_begin(fl.TrainInfo(["epoch", "step", "loss"], 0, 10, 1, {}))
+    assert es.on_epoch_end(ts[0], {"loss": float("nan")}) == "stop"
+    assert es.on_train_end(ts[3]) is None                              # no finite value: keep
     with pytest.raises(ValueError, match=r"monitor 'val_loss' is not among the logs \['epoch', "
-                                         r"'step', 'loss'\] \(validation logs need val_data=\)"):
+                                         r"'step', 'loss', 'lr'\] \(validation logs need "
+                                         r"val_data=\)"):
         _fit(epochs=3, callbacks=[fl.EarlyStopping()])
-    with pytest.raises(TypeError, match="pass it to fit"):
-        fl.EarlyStopping()(ts[0], {})
+    with pytest.raises(ValueError, match=r"mode='auto' cannot tell whether a higher or a lower "
+                                         r"'val_zork' is better; pass mode='max' or mode='min'"):
+        _fit(epochs=3, val_data=_val(), metrics={"zork": lambda p, t: 0.5},
+             callbacks=[fl.EarlyStopping("val_zork")])
     for bad, match in [(dict(mode="best"), "mode"), (dict(patience=-1), "patience"),
                        (dict(min_delta=-0.1), "min_delta"), (dict(monitor=3), "monitor")]:
         with pytest.raises((ValueError, TypeError), match=match):
             fl.EarlyStopping(**bad)
 
 
-def test_fit_keeps_freed_memory_by_default_and_not_when_told(monkeypatch):
+def test_fit_keeps_freed_memory_only_when_asked(monkeypatch):
     import fundl.perf
     calls = []
     monkeypatch.setattr(fundl.perf, "keep_freed_memory", lambda: calls.append(1) or True)
-    a, _ = _fit(steps=2, keep_freed_memory=False)
-    assert calls == []
-    b, _ = _fit(steps=2)
+    a, _ = _fit(steps=2)
+    assert calls == []                               # the allocator is left as it is
+    b, _ = _fit(steps=2, keep_freed_memory=True)
     assert calls == [1] and tree.all_equal(a, b)     # the same training, bit for bit
+    with pytest.raises(TypeError, match="keep_freed_memory must be True or False"):
+        _fit(steps=2, keep_freed_memory="yes")

@@ -124,3 +124,69 @@ def test_every_loss_preserves_float32_and_rejects_an_empty_batch():
         assert value.dtype == np.float32 and value.shape == () and grad.dtype == np.float32
         with pytest.raises(LossError, match=rf"^{loss.name}: the batch is empty"):
             loss.value_and_grad(x[:0], t[:0])
+
+
+# --- the ratio protocol: total_weight ---------------------------------------------------
+
+def _ratio_cases():
+    """(name, loss, pred, target) in float64, each with parts of unequal weight."""
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(9, 4))
+    labels = np.array([0, 3, -1, 1, -1, -1, 2, 2, 0])         # -1: ignored
+    probs = rng.uniform(size=(9, 4))
+    probs /= probs.sum(-1, keepdims=True)
+    y = rng.normal(size=(9, 3))
+    bits = (rng.uniform(size=(9, 3)) > 0.5).astype(np.float64)
+    plain = np.where(labels < 0, 1, labels)
+    return [
+        ("mse", fl.losses.mse, y * 0.5, y),
+        ("l1", fl.losses.l1, y * 0.5, y),
+        ("huber", fl.losses.huber(0.3), y * 0.5, y),
+        ("sce labels", fl.losses.softmax_cross_entropy, z, plain),
+        ("sce (N, T, C)", fl.losses.softmax_cross_entropy, z.reshape(9, 1, 4), plain[:, None]),
+        ("ce ignore_index", fl.losses.cross_entropy(ignore_index=-1), z, labels),
+        ("ce weights", fl.losses.cross_entropy(weights=[1.0, 0.2, 3.0, 0.5]), z, plain),
+        ("ce all options", fl.losses.cross_entropy(weights=[1.0, 0.2, 3.0, 0.5],
+                                                   ignore_index=-1, label_smoothing=0.2),
+         z, labels),
+        ("ce soft targets", fl.losses.cross_entropy(label_smoothing=0.1), z, probs),
+        ("nll", fl.losses.nll, z - np.log(np.exp(z).sum(-1, keepdims=True)), plain),
+        ("kl", fl.losses.kl_divergence, z - np.log(np.exp(z).sum(-1, keepdims=True)), probs),
+        ("bce", fl.losses.sigmoid_binary_cross_entropy, y, bits),
+        ("bce pos_weight", fl.losses.binary_cross_entropy_with_logits(pos_weight=[2.0, 1, 0.5]),
+         y, bits),
+    ]
+
+
+@pytest.mark.parametrize("case", _ratio_cases(), ids=lambda c: c[0])
+def test_loss_over_parts_is_the_ratio_of_summed_numerators_and_weights(case):
+    """Split one batch into uneven parts (one of them all-ignored for ignore_index): the
+    weighted sums give exactly the whole batch's value, and the parts' gradients scaled by
+    W_part / W the whole batch's gradient."""
+    _, loss, pred, target = case
+    value, grad = loss.value_and_grad(pred, target)
+    whole = loss.weight_of(pred, target)
+    parts = [slice(0, 2), slice(2, 3), slice(3, 9)]            # row 2 alone: ignored by -1
+    numer, denom, grads = 0.0, 0.0, []
+    for part in parts:
+        v, g = loss.value_and_grad(pred[part], target[part])
+        w = loss.weight_of(pred[part], target[part])
+        numer += float(v) * w
+        denom += w
+        grads.append(g * (w / whole) if whole else g)
+    assert denom == pytest.approx(whole, rel=1e-15)
+    assert numer / denom == pytest.approx(float(value), rel=1e-12)
+    np.testing.assert_allclose(np.concatenate(grads), grad, rtol=1e-12, atol=1e-15)
+
+
+def test_total_weight_values():
+    z = np.zeros((4, 3))
+    assert fl.losses.mse.weight_of(np.zeros((4, 3)), np.zeros((4, 3))) == 12.0
+    assert fl.losses.softmax_cross_entropy.weight_of(np.zeros((4, 2, 3)), np.zeros((4, 2), int)) == 8.0
+    ce = fl.losses.cross_entropy(weights=[1.0, 0.5, 2.0], ignore_index=-1)
+    assert ce.weight_of(z, np.array([0, 1, -1, 2])) == 3.5
+    assert ce.weight_of(z, np.array([-1, -1, -1, -1])) == 0.0
+    custom = fl.losses.Loss(fl.losses.mse.value, fl.losses.mse.value_and_grad, "mine")
+    assert custom.weight_of(np.zeros((5, 2)), np.zeros((5, 2))) == 5.0   # examples by default
+    with pytest.raises(LossError, match="labels must lie"):
+        ce.weight_of(z, np.array([0, 7, 1, 1]))

@@ -74,9 +74,16 @@ def test_resolve_names_losses_and_functions():
     assert list(metrics.resolve({"acc": "accuracy"})) == ["acc"]
     assert list(metrics.resolve(losses.mse)) == ["mse"]
     with pytest.raises(ValueError, match="unknown metric"):
-        metrics.get("f1")
+        metrics.get("f2")
 
 
-def test_accuracy_refuses_a_one_output_regression():
-    with pytest.raises(ValueError, match=r"at least 2 classes.*one-output regression"):
-        accuracy(np.zeros((4, 1), np.float32), np.zeros(4, np.int64))
+def test_one_logit_is_a_binary_classifier_and_a_regression_is_refused():
+    logits = np.array([[2.0], [-1.0], [0.5], [-0.2]], np.float32)
+    assert accuracy(logits, np.array([1, 0, 0, 0])) == 0.75              # labels (n,)
+    assert accuracy(logits, np.array([[1.0], [0.0], [1.0], [1.0]])) == 0.75  # float (n, 1)
+    assert accuracy(logits[:, 0], np.array([True, False, True, False])) == 1.0
+    with pytest.raises(ValueError, match=r"targets are 0 or 1.*one-output regression\? use 'mse'"):
+        accuracy(logits, np.array([0.3, 1.2, 5.0, 0.0]))
+    # elementwise, with a threshold for probabilities
+    probs = np.array([[0.9, 0.2], [0.4, 0.6]])
+    assert metrics.binary_accuracy(0.5)(probs, np.array([[1, 1], [0, 1]])) == 0.75

@@ -176,8 +176,9 @@ def test_adamw_mask_decays_only_selected_leaves():
 
 
 def test_first_adam_step_is_lr_times_sign():
-    # A hand-computed value: with bias correction the first Adam step is lr * g / (|g| + eps).
-    opt = optim.adam(eps=0.0)
+    # A hand-computed value: with bias correction the first Adam step is lr * g / (|g| + eps)
+    # (eps must be > 0; 1e-300 vanishes next to these |g| in float64).
+    opt = optim.adam(eps=1e-300)
     params = {"x": np.array([1.0, 2.0, -3.0])}
     new, state = opt.update(params, {"x": np.array([0.5, -4.0, 1e-3])}, opt.init(params), 0.1)
     np.testing.assert_allclose(new["x"], [0.9, 2.1, -3.1], rtol=0, atol=1e-15)

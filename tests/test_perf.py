@@ -61,3 +61,26 @@ def test_bad_thresholds_raise_before_touching_the_allocator(kwargs):
 def test_glibc_probe_is_none_or_has_mallopt():
     libc = perf._glibc()
     assert libc is None or hasattr(libc, "mallopt")
+
+
+def test_blas_threads_sets_and_restores_the_count_in_a_fresh_process():
+    out = _run(
+        "import json\n"
+        "import numpy as np\n"
+        "import fundl.perf as p\n"
+        "before = p.get_blas_threads()\n"
+        "with p.blas_threads(1) as inside:\n"
+        "    a = np.ones((64, 64), np.float32); s = float((a @ a).sum())\n"
+        "after = p.get_blas_threads()\n"
+        "print(json.dumps([before, inside, after, s]))")
+    before, inside, after, s = json.loads(out)
+    assert s == 64.0 ** 3
+    if not before:
+        pytest.skip("no OpenBLAS or MKL found in this numpy")
+    assert set(inside.values()) == {1} and after == before
+
+
+def test_blas_threads_refuses_a_bad_count():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            perf.set_blas_threads(bad)

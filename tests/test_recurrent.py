@@ -747,3 +747,57 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(make):
     assert dx.shape == x.shape
     assert all(not np.any(g) for g in tree.leaves(grads))
     assert layer.apply(params, state, x).shape == y.shape
+
+
+def _layouts(a):
+    """``a`` (N, T, H) or (N, H) in other memory layouts, each read-only, equal in value."""
+    out = {"C": a.copy(), "fortran": np.asfortranarray(a),
+           "reversed": np.ascontiguousarray(a[::-1])[::-1],
+           "sliced": np.repeat(a, 2, axis=-1)[..., ::2]}
+    if a.ndim == 3:   # time-major (T, N, H) and feature-major (T, H, N) storage, as views
+        out["time_major"] = np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
+        out["feature_major"] = np.ascontiguousarray(a.transpose(1, 2, 0)).transpose(2, 0, 1)
+    else:             # a final state (N, H): stored transposed under both names
+        out["time_major"] = out["feature_major"] = np.ascontiguousarray(a.T).T
+    for v in out.values():
+        v.flags.writeable = False
+    return out
+
+
+@pytest.mark.parametrize("make", [rnn, gru, lstm], ids=CELL_IDS)
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("return_state", [False, True])
+def test_pullback_never_writes_dy_in_any_layout(make, return_sequences, return_state):
+    # On 76c14af, with_lengths=True and a dy stored feature-major ((T, H, N) memory seen as
+    # (N, T, H)) had its padded steps zeroed in the caller's array, and raised "output
+    # array is read-only" when that dy was read-only.
+    hidden = 3
+    x = random.normal(random.key(1), (5, 4, 2), np.float32)
+    lengths = np.array([4, 1, 3, 0, 2])
+    layer = make(hidden, return_sequences=return_sequences, with_lengths=True,
+                 return_state=return_state)
+    params, state, _ = layer.init(random.key(0), ((4, 2), ()))
+    y, _, pullback = layer.vjp(params, state, (x, lengths))
+    dy = tree.map(lambda a: random.normal(random.key(7), a.shape, np.float32), y)
+    want = pullback(dy)
+    leaves = tree.leaves(dy)
+    for name in _layouts(leaves[0]):
+        other = tree.unflatten(tree.flatten(dy)[1], [_layouts(a)[name] for a in leaves])
+        before = tree.map(np.copy, other)
+        got = pullback(other)
+        assert tree.all_equal(other, before), name
+        assert tree.all_equal(got[0], want[0]), name
+        np.testing.assert_array_equal(got[1][0], want[1][0], err_msg=name)
+
+
+@pytest.mark.parametrize("make", [rnn, gru, lstm], ids=CELL_IDS)
+@pytest.mark.parametrize("n,steps,features", [(3, 4, 2), (5, 2, 1), (2, 6, 3)])
+def test_lengths_path_float64_gradients_across_shapes(make, n, steps, features):
+    # the with_lengths pullback (padded steps of dy zeroed in a new array) and the compact
+    # params of every cell, in float64 finite differences
+    lengths = np.arange(n) % (steps + 1)
+    x = random.normal(random.key(2), (n, steps, features), np.float64)
+    layer = make(3, with_lengths=True)
+    from fundl.gradcheck import check_vjp
+    result = check_vjp(layer, ((steps, features), ()), x=(x, lengths))
+    assert result.max_error < 1e-7, result

@@ -43,15 +43,15 @@ def test_nested_rows_with_output_shapes():
     assert text.splitlines()[-2] == "Total params: 675"
 
 
-def test_non_chain_children_get_unknown_shapes():
+def test_parallel_children_show_their_shapes():
     model = fl.serial(fl.fan_out(2), fl.parallel(fl.dense(4), fl.dense(5)))
     rows, params, _, out = summary_rows(model, (3,))
     assert out == ((4,), (5,))
     assert [(r.path, r.out_shape, r.params) for r in rows] == [
         ("fan_out_0", ((3,), (3,)), 0),
         ("parallel_1", ((4,), (5,)), 16 + 20),
-        ("parallel_1/dense_0", None, 16),
-        ("parallel_1/dense_1", None, 20),
+        ("parallel_1/dense_0", (4,), 16),
+        ("parallel_1/dense_1", (5,), 20),
     ]
     assert "Total params: 36" in summary(model, (3,))
 

@@ -54,8 +54,11 @@ def test_dtype_and_need_dx():
 
 
 def test_errors():
-    for bad in (0, 1.5, (2, 2, 2)):
+    for bad in (0, (2, 2, 2)):
         with pytest.raises(LayerError, match="upsample2d.*scale"):
+            upsample2d(bad)
+    for bad in (1.5, 2.0, True, (2, 2.0)):      # never rounded
+        with pytest.raises(TypeError, match="layer 'upsample2d': scale must be an int"):
             upsample2d(bad)
     with pytest.raises(LayerError, match="upsample2d.*method"):
         upsample2d(2, "bicubic")

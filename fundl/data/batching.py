@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from .. import random
+from .mapped import PageRelease
 
 __all__ = ["batches", "num_batches", "as_arrays", "flatten_data", "shard_range", "check_shard"]
 
@@ -168,8 +169,11 @@ def iter_batches(leaves: Sequence[np.ndarray], rebuild: Callable[[Sequence[Any]]
     each put together by ``rebuild`` (from :func:`flatten_data`).
 
     With ``shard=(rank, size)`` each is this rank's part (:func:`shard_range`) of the batch.
+    Pages of memory-mapped leaves (``np.memmap``) are released as batches are read
+    (:class:`~fundl.data.mapped.PageRelease`), so an epoch over a memmap keeps memory flat.
     """
     n = leaves[0].shape[0]
+    release = PageRelease(leaves)  # memory-mapped leaves: keep the resident size flat
     for b in range(start, count):
         lo = b * batch_size
         hi = min(lo + batch_size, n)
@@ -181,4 +185,6 @@ def iter_batches(leaves: Sequence[np.ndarray], rebuild: Callable[[Sequence[Any]]
         else:
             idx = order[lo:hi]
             part = [a[idx] for a in leaves]
+        if release:
+            release.read(sum(p.nbytes for p in part))
         yield rebuild(part)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -12,21 +12,38 @@ from .batching import Arrays, as_arrays
 __all__ = ["train_test_split", "one_hot", "Standardizer", "standardize"]
 
 
-def train_test_split(key: Any, arrays: Arrays, test_fraction: float) -> Tuple[Any, Any]:
+def train_test_split(key: Any, arrays: Arrays, test_fraction: Optional[float] = None, *,
+                     test_size: Union[None, float, int] = None) -> Tuple[Any, Any]:
     """Shuffle with ``key`` and split into ``(train, test)``.
 
     ``arrays`` is a tuple of arrays sharing axis 0 (or one array); each of
-    ``train`` and ``test`` is a tuple like it (or a bare array).  The test part
-    holds ``round(test_fraction * n)`` examples, at least one and leaving at
-    least one for training; ``0 < test_fraction < 1``.
+    ``train`` and ``test`` is a tuple like it (or a bare array).  The size of the
+    test part is given by exactly one of ``test_fraction`` (``0 < f < 1``:
+    ``round(f * n)`` examples, at least one and leaving at least one for
+    training) or ``test_size`` (scikit-learn's spelling: a float in ``(0, 1)`` is
+    a fraction as above, an int ``1 <= k < n`` a number of examples).
     """
     seq, single = as_arrays(arrays, "train_test_split")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"train_test_split: test_fraction must be in (0, 1), got {test_fraction}")
     n = seq[0].shape[0]
     if n < 2:
         raise ValueError(f"train_test_split needs at least 2 examples, got {n}")
-    n_test = min(max(int(round(float(test_fraction) * n)), 1), n - 1)
+    if (test_fraction is None) == (test_size is None):
+        raise ValueError("train_test_split needs exactly one of test_fraction or test_size "
+                         "(e.g. test_size=0.2 or test_size=100)")
+    if test_size is not None and isinstance(test_size, (int, np.integer)) \
+            and not isinstance(test_size, bool):
+        if not 1 <= int(test_size) < n:
+            raise ValueError(f"train_test_split: an integer test_size counts examples and must "
+                             f"be in [1, {n}), got {test_size}")
+        n_test = int(test_size)
+    else:
+        name = "test_fraction" if test_size is None else "test_size"
+        fraction = test_fraction if test_size is None else test_size
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)) \
+                or not 0.0 < float(fraction) < 1.0:
+            raise ValueError(f"train_test_split: {name} must be a fraction in (0, 1), got "
+                             f"{fraction!r}")
+        n_test = min(max(int(round(float(fraction) * n)), 1), n - 1)
     order = random.permutation(key, n)
     test_idx, train_idx = order[:n_test], order[n_test:]
     train = tuple(a[train_idx] for a in seq)

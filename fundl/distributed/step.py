@@ -1,114 +1,143 @@
-"""The data-parallel training step: the global batch's loss and gradient from every rank's part."""
+"""The data-parallel training step: :func:`fundl.make_step` with the ranks' hook."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from typing import Any, Callable, Dict, Tuple, Union
 
 import numpy as np
 
-from .. import fusion, random, tree
+from .. import random, tree
 from ..core import Layer
 from ..losses import Loss
-from ..optim.base import Optimizer, as_lr
+from ..optim.base import Optimizer
 from ..step import Schedule, TrainState, check_parts
-from .comm import as_comm
+from ..step import make_step as _make_step
 from .buckets import Fusion
+from .comm import as_comm
 
-__all__ = ["make_step"]
+__all__ = ["make_step", "DataParallel"]
 
 
 def make_step(model: Layer, loss: Loss, optimizer: Optimizer, comm: Any, *,
-              average_state: bool = True, check_optimizer: bool = True
+              average_state: bool = True, train: bool = True
               ) -> Callable[[TrainState, Tuple[Any, Any], Union[float, Schedule]],
                             Tuple[TrainState, Dict[str, Any]]]:
     """The pure data-parallel step ``step(train_state, (x, y), lr) -> (train_state, metrics)``.
 
-    Every rank calls it with the same train state and its own part ``(x, y)``
-    of the global batch (``fundl.data.batches(..., shard=(comm.rank, comm.size))``):
-    ``n_r`` examples on rank ``r`` (0 is allowed), ``N = sum n_r`` in all.  Each rank:
+    :func:`fundl.make_step` with the hook :class:`DataParallel`.  Every rank calls
+    it with the same train state and its own part ``(x, y)`` of the global batch
+    (``fundl.data.batches(..., shard=(comm.rank, comm.size))``; a rank may have 0
+    examples).  The loss is a weighted mean ``S / W`` (:attr:`fundl.losses.Loss.total_weight`:
+    examples, or counted labels weighted by class), so each rank:
 
-    1. runs ``model.vjp`` on its part with the step key folded with its rank
+    1. runs the forward on its part with the step key folded with its rank
        (``fold_in(key, rank)``: dropout masks differ across ranks and are the
-       same for the same key, rank and size), and the loss;
-    2. sums ``n_r * loss_r`` and ``n_r`` over the ranks (one small ``Allreduce``):
-       ``metrics["loss"]`` is the global batch's mean loss ``sum n_r loss_r / N``
-       (the same Python float on every rank) and ``metrics["examples"]`` is ``N``;
-    3. scales its output gradient by ``w_r = size * n_r / N`` (1 when the parts are
-       even) and pulls back, so that the mean over ranks of the parameter
-       gradients, which ``optimizer`` must compute with
-       :func:`~fundl.distributed.mean_gradients`, is ``sum n_r grad_r / N``:
-       exactly the gradient of the global batch's mean loss;
+       same for the same key, rank and size), and the loss: ``value_r``, ``W_r``;
+    2. sums ``value_r * W_r`` and ``W_r`` over the ranks (one small ``Allreduce``):
+       ``metrics["loss"]`` is the global batch's loss ``sum S_r / sum W_r`` -- the
+       loss one process computes on the global batch, for every loss -- and
+       ``metrics["examples"]`` the global batch's size;
+    3. scales its output gradient by ``size * W_r / W`` and pulls back, so that the
+       mean over ranks of the parameter gradients, which ``optimizer`` computes
+       with :func:`~fundl.distributed.mean_gradients`, is the global loss's gradient;
     4. with ``average_state``, replaces the new ``state`` (BatchNorm running
-       statistics) by its mean over ranks weighted by ``n_r / N`` (a rank with no
-       examples contributes its old state with weight 0), so it stays
+       statistics) by its mean over ranks weighted by their examples ``n_r / N``
+       (a rank without examples keeps its old state, with weight 0), so it stays
        identical on every rank;
-    5. updates with ``optimizer.update``.
+    5. updates with the optimizer.
 
-    A rank with 0 examples still runs the model (on an empty batch, so that
-    layers with collectives such as :func:`~fundl.distributed.sync_batch_norm`
-    meet their peers) and contributes zero gradients.  The key and step
-    counter advance identically on every rank; the train state passed in is
-    not written.  With ``check_optimizer`` (the default) and ``comm.size > 1``,
-    ``optimizer``'s name must show ``mean_gradients`` (as
-    ``chain(mean_gradients(comm), ...)`` and ``accumulate(chain(...), k)`` do),
-    else ``ValueError``: without it the ranks would drift apart silently.
-    Pass ``check_optimizer=False`` for an optimizer that averages gradients
-    across ranks under another name.
+    When a train state reaches the step that it did not return itself (the first
+    step, a resumed one), the ranks check that they hold the same train state and
+    learning rate, and after that step's update that their params are still the
+    same -- which fails when ``optimizer`` does not average the gradients
+    (``fl.optim.chain(dist.mean_gradients(comm), opt)``).
     """
     check_parts("distributed.make_step", model, loss, optimizer)
-    comm = as_comm(comm)
-    if check_optimizer and comm.size > 1 and "mean_gradients" not in optimizer.name:
-        raise ValueError(f"distributed.make_step: the optimizer {optimizer.name!r} does not "
-                         "average gradients across ranks; use "
-                         "fl.optim.chain(dist.mean_gradients(comm), <optimizer>)")
-    state_sum = Fusion(comm)
-    forward = fusion.runner(model)
+    return _make_step(model, loss, optimizer, train=train,
+                      hook=DataParallel(as_comm(comm), average_state))
 
-    def step(ts: TrainState, batch: Tuple[Any, Any], lr: Union[float, Schedule]):
-        x, y = batch
-        n = _rows(x)
-        key, sub = random.split(ts.key)
-        sub = random.fold_in(sub, comm.rank)
-        with _quiet(n == 0):
-            out, new_state, pullback = forward(ts.params, ts.state, x, sub, need_dx=False)
+
+class DataParallel:
+    """The hook of :func:`make_step` (:class:`fundl.step.StepHook`) for the ranks of ``comm``."""
+
+    def __init__(self, comm: Any, average_state: bool = True) -> None:
+        self.comm = comm
+        self.average_state = average_state
+        self.state_sum = Fusion(comm)
+
+    def forward_key(self, key: Any) -> Any:
+        return None if key is None else random.fold_in(key, self.comm.rank)
+
+    def loss(self, loss: Loss, out: Any, y: Any) -> Tuple[float, Any, float, Dict[str, Any]]:
+        n = _rows(out)
         if n:
             value, dout = loss.value_and_grad(out, y)
-            local = float(value) * n
+            weight = loss.weight_of(out, y)
+            local = float(value) * weight if weight else 0.0
         else:
-            dout = np.zeros_like(out)
-            new_state, local = ts.state, 0.0
-        total, count = (float(v) for v in comm.sum([local, n]))
-        if count == 0:
+            dout, weight, local = tree.map(np.zeros_like, out), 0.0, 0.0
+        total, total_weight, examples = (float(v) for v in self.comm.sum([local, weight, n]))
+        if examples == 0:
             raise ValueError("distributed.make_step: the global batch is empty on every rank")
-        weight = comm.size * n / count
-        if n and weight != 1.0:
-            dout = np.multiply(dout, weight)         # a Python float keeps float32 float32
-        with _quiet(n == 0):
-            grads, _ = pullback(dout)
-        if not n:
-            grads = tree.zeros_like(ts.params)
-        if average_state and comm.size > 1:
-            new_state = state_sum.sum(new_state, weight=n / count)
-        rate = as_lr(lr(ts.step) if callable(lr) else lr)
-        params, opt_state = optimizer.update(ts.params, grads, ts.opt_state, rate)
-        metrics = {"loss": total / count, "examples": int(count)}
-        return TrainState(params, new_state, opt_state, key, ts.step + 1), metrics
+        scale = self.comm.size * weight / total_weight if total_weight else 0.0
+        if n and scale != 1.0:
+            dout = tree.map(lambda g: np.multiply(g, scale), dout)  # a float keeps float32
+        value = total / total_weight if total_weight else 0.0  # nothing counted: no loss
+        return value, dout, n / examples, {"examples": int(examples)}
 
-    return step
+    def state(self, new_state: Any, old_state: Any, share: float) -> Any:
+        if share == 0.0:
+            new_state = old_state
+        if self.average_state and self.comm.size > 1:
+            return self.state_sum.sum(new_state, weight=share)
+        return new_state
+
+    def agree(self, ts: TrainState, lr: float) -> None:
+        mine = _fingerprint(ts.key, ts.step, lr, ts.params, ts.state, ts.opt_state)
+        every = self.comm.gather_all(mine)
+        if len(set(every)) > 1:
+            raise ValueError(
+                f"distributed.make_step: the ranks hold different train states or learning "
+                f"rates at step {ts.step} (rank {self.comm.rank} of {self.comm.size}); start "
+                f"every rank from rank 0's (dist.broadcast(comm, train_state)) and give every "
+                f"rank the same lr and key")
+
+    def updated(self, ts: TrainState) -> None:
+        every = self.comm.gather_all(_fingerprint(ts.params))
+        if len(set(every)) > 1:
+            raise ValueError(
+                "distributed.make_step: after one step the ranks' params differ: the optimizer "
+                "does not average the gradients across ranks; use "
+                "fl.optim.chain(dist.mean_gradients(comm), <optimizer>)")
+
+
+def _fingerprint(*trees: Any) -> str:
+    """A digest of ``trees`` (structure, dtypes, shapes and bytes of every leaf)."""
+    digest = hashlib.sha256()
+    for t in trees:
+        leaves, treedef = tree.flatten(t)
+        digest.update(repr(treedef).encode())
+        for leaf in leaves:
+            a = np.asarray(leaf)
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(np.ascontiguousarray(a).tobytes() if a.dtype.kind != "O"
+                          else repr(a).encode())
+    return digest.hexdigest()
 
 
 def _rows(x: Any) -> int:
     """The number of examples in ``x`` (an array, or a tuple of arrays sharing axis 0)."""
     while isinstance(x, (tuple, list)):
         if not x:
-            raise ValueError("distributed.make_step: x is an empty tuple")
+            raise ValueError("distributed.make_step: an empty tuple")
         x = x[0]
     return int(np.shape(x)[0])
 
 
-def _quiet(empty: bool) -> contextlib.ExitStack:
+def quiet(empty: bool) -> contextlib.ExitStack:
     """Silence numpy's warnings about means of an empty batch (a rank with 0 examples)."""
     stack = contextlib.ExitStack()
     if empty:

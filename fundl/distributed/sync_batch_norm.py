@@ -28,27 +28,29 @@ import numpy as np
 from mpi4py import MPI
 
 from ..checks import LayerError
-from ..core import Layer
+from ..core import Layer, Traits, builder
 from ..layers.norm import _channel_dot, _check_batch_norm_input, _scale_shift, batch_norm
 from .comm import as_comm
 
 __all__ = ["sync_batch_norm"]
 
 
+@builder
 def sync_batch_norm(comm: Any, axis: int = -1, momentum: float = 0.99, eps: float = 1e-5,
                     use_scale: bool = True, use_bias: bool = True, dtype: Any = np.float32,
-                    name: str = "sync_batch_norm") -> Layer:
+                    name: str = "batch_norm") -> Layer:
     """:func:`fundl.batch_norm` whose training statistics are over the global batch of ``comm``.
 
-    Same arguments, shapes, params (``scale``, ``bias``: ``(C,)``) and state
-    (running ``mean``, ``var``: ``(C,)``) as :func:`fundl.batch_norm`, so
-    checkpoints are interchangeable; on one rank it computes the same values.
+    Same arguments, shapes, params (``scale``, ``bias``: ``(C,)``), state (running
+    ``mean``, ``var``: ``(C,)``) and default name (so its key in a model,
+    ``batch_norm_0``) as :func:`fundl.batch_norm`, so checkpoints are
+    interchangeable; on one rank it computes the same values.
     Training (``vjp``, ``apply(train=True)``) normalises with the mean and
     biased variance over every rank's batch (each rank must call it, in the
     same order, also with an empty batch); the running ``var`` is updated with
     the unbiased global variance ``var * M / (M - 1)``, as in PyTorch's
-    ``SyncBatchNorm``.  ``apply(train=False)`` uses the running statistics and
-    communicates nothing.  The state is the same on every rank.
+    ``SyncBatchNorm``.  Eval mode (``apply``/``vjp`` with ``train=False``) uses the
+    running statistics and communicates nothing.  The state is the same on every rank.
     """
     comm = as_comm(comm)
     local = batch_norm(axis, momentum, eps, use_scale, use_bias, dtype, name)  # init and eval
@@ -90,19 +92,15 @@ def sync_batch_norm(comm: Any, axis: int = -1, momentum: float = 0.99, eps: floa
 
     def apply(params, state, x, *, key=None, train=False):
         if not train:
-            return local.apply(params, state, x, key=key, train=False)
-        try:
-            ax, red, bshape = check(params, state, x)
-        except LayerError as err:
-            raise err.named(name) from None
+            return local.apply_fn(params, state, x, train=False)
+        ax, red, bshape = check(params, state, x)
         return normalise(params, x, ax, red, bshape)[0]
 
-    def vjp(params, state, x, *, key=None):
-        try:
-            ax, red, bshape = check(params, state, x)
-            y, xhat, inv, mean, var, total = normalise(params, x, ax, red, bshape)
-        except LayerError as err:
-            raise err.named(name) from None
+    def vjp(params, state, x, *, key=None, train=True):
+        if not train:  # the running statistics: nothing to communicate
+            return local.vjp_fn(params, state, x, train=False)
+        ax, red, bshape = check(params, state, x)
+        y, xhat, inv, mean, var, total = normalise(params, x, ax, red, bshape)
         unbiased = var.reshape(-1) * (total / (total - 1) if total > 1 else 1.0)
         new_state = {
             "mean": state["mean"] * momentum + mean.reshape(-1) * (1.0 - momentum),
@@ -132,4 +130,4 @@ def sync_batch_norm(comm: Any, axis: int = -1, momentum: float = 0.99, eps: floa
 
         return y, new_state, pullback
 
-    return Layer(local.init, apply, vjp, name)
+    return Layer(local.init_fn, apply, vjp, name, traits=Traits(uses_key=False))

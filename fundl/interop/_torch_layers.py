@@ -4,12 +4,18 @@ Each kind has ``<kind>_from_torch(tensors, **options) -> (params, state)``, taki
 one module's tensors with the prefix stripped (``{"weight": ..., "bias": ...}``),
 and ``<kind>_to_torch(params, state=None, *, gradients=False, **options) -> dict``.
 The layouts are documented in :mod:`fundl.interop.torch`.  No torch needed here.
+
+:func:`torch_module_kind` reads a PyTorch module (the ``torch`` module is passed in): its
+kind, the converters' options, and what the fundl layer's builder arguments must be
+(``expect``); it refuses what no fundl layer can represent.  :func:`check_layer_config`
+compares ``expect`` with a fundl layer's arguments.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,7 +26,7 @@ __all__ = [
     "layer_norm_from_torch", "layer_norm_to_torch", "embedding_from_torch",
     "embedding_to_torch", "rnn_from_torch", "rnn_to_torch", "gru_from_torch", "gru_to_torch",
     "lstm_from_torch", "lstm_to_torch", "multi_head_attention_from_torch",
-    "multi_head_attention_to_torch",
+    "multi_head_attention_to_torch", "ModuleKind", "torch_module_kind", "check_layer_config",
 ]
 
 Array = np.ndarray
@@ -165,7 +171,8 @@ def _conv_to(params: Mapping[str, Array], d: int) -> Dict[str, Array]:
 
 def conv1d_from_torch(tensors: Tensors) -> Converted:
     """``nn.Conv1d`` -> fundl :func:`~fundl.conv1d`: ``weight`` ``(out, in, k)`` (on NCW)
-    -> ``w`` ``(k, in, out)`` (on NWC); ``bias`` -> ``b``."""
+    -> ``w`` ``(k, in, out)`` (on NWC); ``bias`` -> ``b``.  Grouped and depthwise convs
+    (``groups=g``) the same way: ``(out, in/g, k)`` -> ``(k, in/g, out)``."""
     return _conv_from(tensors, 1)
 
 
@@ -177,7 +184,8 @@ def conv1d_to_torch(params: Mapping[str, Array], state: Any = None, *,
 
 def conv2d_from_torch(tensors: Tensors) -> Converted:
     """``nn.Conv2d`` -> fundl :func:`~fundl.conv2d`: ``weight`` ``(out, in, kh, kw)`` (OIHW,
-    on NCHW) -> ``w`` ``(kh, kw, in, out)`` (on NHWC); ``bias`` -> ``b``."""
+    on NCHW) -> ``w`` ``(kh, kw, in, out)`` (on NHWC); ``bias`` -> ``b``.  Grouped and
+    depthwise convs (``groups=g``, fundl's ``groups=g``) the same way, with ``in/g``."""
     return _conv_from(tensors, 2)
 
 
@@ -431,3 +439,178 @@ KINDS: Dict[str, Tuple[Callable[..., Converted], Callable[..., Dict[str, Array]]
     "lstm": (lstm_from_torch, lstm_to_torch),
     "multi_head_attention": (multi_head_attention_from_torch, multi_head_attention_to_torch),
 }
+
+
+# --- PyTorch modules: which fundl layer can hold one --------------------------------------
+
+class ModuleKind(NamedTuple):
+    """What :func:`torch_module_kind` reads from a PyTorch module.
+
+    ``kind``: one of :data:`KINDS`; ``options``: the converters' keyword arguments
+    (``{"bidirectional": True}``); ``n_layers``: how many fundl layers it takes (a
+    multi-layer recurrent module); ``expect``: what the fundl layer's builder arguments
+    must be to compute what the module computes, ``{argument: (torch option, value)}``
+    (``{"activation": ("nonlinearity", "relu")}``), for :func:`check_layer_config`.
+    """
+
+    kind: str
+    options: Dict[str, Any]
+    n_layers: int
+    expect: Dict[str, Tuple[str, Any]]
+
+
+def _refuse(name: str, what: str) -> InteropError:
+    return InteropError(f"torch module '{name}': {what}")
+
+
+def _pairs(padding: Any, d: int) -> Any:
+    """A conv padding (torch's int/tuple/str or fundl's spec) as ``d`` ``(lo, hi)`` pairs, or
+    the string ``"same"``."""
+    if isinstance(padding, str):
+        return ((0, 0),) * d if padding.lower() == "valid" else padding.lower()
+    if isinstance(padding, (int, np.integer)):
+        return ((int(padding), int(padding)),) * d
+    items = list(padding)
+    if all(isinstance(v, (int, np.integer)) for v in items):
+        if d == 1 and len(items) == 2:      # fundl's bare (lo, hi) pair of a 1-D conv
+            return (tuple(int(v) for v in items),)
+        return tuple((int(v), int(v)) for v in items)
+    return tuple(tuple(int(v) for v in p) for p in items)
+
+
+def torch_module_kind(torch: Any, module: Any, name: str) -> Optional[ModuleKind]:
+    """The :class:`ModuleKind` of a supported PyTorch leaf module, None for any other module.
+
+    Raises :class:`InteropError` naming the module path ``name`` and the option for what
+    no fundl layer can represent: a conv's ``padding_mode`` other than ``"zeros"``;
+    BatchNorm with ``momentum=None`` or without running statistics; a LayerNorm over more
+    than one axis; an Embedding with ``max_norm`` or ``scale_grad_by_freq``; a recurrent
+    module with ``batch_first=False`` or ``proj_size``; a MultiheadAttention with
+    ``add_zero_attn``, ``add_bias_kv``, ``kdim != vdim`` or ``batch_first=False``.  What a
+    fundl layer can represent but must be built for -- a conv's ``groups``, ``stride``,
+    ``dilation`` and explicit ``padding``, norms' ``eps`` (and BatchNorm's momentum, as
+    fundl's ``1 - momentum``), an RNN's ``nonlinearity``, attention's ``num_heads``,
+    ``dropout``, bias and a ``kdim`` other than ``embed_dim`` (``cross=True``) -- is in
+    ``expect``, for :func:`check_layer_config` against the fundl layer's arguments.
+    """
+    nn = torch.nn
+    if isinstance(module, nn.Linear):
+        return ModuleKind("dense", {}, 1, {"use_bias": ("bias", module.bias is not None)})
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        d = 1 if isinstance(module, nn.Conv1d) else 2
+        if module.padding_mode != "zeros":
+            raise _refuse(name, f"padding_mode={module.padding_mode!r}: fundl convolutions pad "
+                                f"with zeros only")
+        expect = {"groups": ("groups", module.groups), "stride": ("stride", module.stride),
+                  "dilation": ("dilation", module.dilation),
+                  "padding": ("padding", _pairs(module.padding, d)),
+                  "use_bias": ("bias", module.bias is not None)}
+        return ModuleKind(f"conv{d}d", {}, 1, expect)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if module.momentum is None or not module.track_running_stats:
+            raise _refuse(name, "BatchNorm with momentum=None or track_running_stats=False has "
+                                "no fundl equivalent")
+        return ModuleKind("batch_norm", {}, 1, {
+            "eps": ("eps", module.eps), "momentum": ("momentum (as 1 - momentum)",
+                                                     1.0 - module.momentum)})
+    if isinstance(module, nn.LayerNorm):
+        if len(module.normalized_shape) != 1:
+            raise _refuse(name, f"LayerNorm over {tuple(module.normalized_shape)}; fundl "
+                                f"normalises one axis")
+        return ModuleKind("layer_norm", {}, 1, {"eps": ("eps", module.eps)})
+    if isinstance(module, nn.Embedding):
+        if module.max_norm is not None:
+            raise _refuse(name, f"max_norm={module.max_norm} (rows renormalised in the "
+                                f"forward) has no fundl equivalent")
+        if module.scale_grad_by_freq:
+            raise _refuse(name, "scale_grad_by_freq=True has no fundl equivalent")
+        return ModuleKind("embedding", {}, 1, {})
+    for cls, kind in ((nn.LSTM, "lstm"), (nn.GRU, "gru"), (nn.RNN, "rnn")):
+        if isinstance(module, cls):
+            if not module.batch_first:
+                raise _refuse(name, "fundl recurrent layers take (batch, time, features); use "
+                                    "batch_first=True (the weights are the same)")
+            if getattr(module, "proj_size", 0):
+                raise _refuse(name, f"proj_size={module.proj_size} is not supported")
+            expect = {"activation": ("nonlinearity", module.nonlinearity)} if kind == "rnn" \
+                else {}
+            return ModuleKind(kind, {"bidirectional": bool(module.bidirectional)},
+                              module.num_layers, expect)
+    if isinstance(module, nn.MultiheadAttention):
+        if module.add_zero_attn:
+            raise _refuse(name, "add_zero_attn=True (a zero key and value appended) has no "
+                                "fundl equivalent")
+        if module.bias_k is not None or module.bias_v is not None:
+            raise _refuse(name, "add_bias_kv=True (bias_k, bias_v) has no fundl equivalent")
+        if module.kdim != module.vdim:
+            raise _refuse(name, f"kdim={module.kdim} and vdim={module.vdim} differ; fundl's "
+                                f"keys and values come from one context of one feature size")
+        if not module.batch_first:
+            raise _refuse(name, "fundl attention takes (batch, time, features); use "
+                                "batch_first=True (the weights are the same)")
+        expect = {"num_heads": ("num_heads", module.num_heads),
+                  "dropout": ("dropout", float(module.dropout)),
+                  "use_bias": ("bias", module.in_proj_bias is not None)}
+        if module.kdim != module.embed_dim:
+            expect["cross"] = (f"kdim={module.kdim} != embed_dim={module.embed_dim}, i.e. "
+                               f"cross-attention", True)
+        return ModuleKind("multi_head_attention", {}, 1, expect)
+    return None
+
+
+def _builder(kind: str) -> Callable[..., Any]:
+    from .. import layers
+    return getattr(layers, kind)
+
+
+def _normalised(kind: str, arg: str, value: Any) -> Any:
+    """A builder argument in a form comparable with torch's option."""
+    if arg in ("stride", "dilation"):
+        d = 1 if kind == "conv1d" else 2
+        return (int(value),) * d if isinstance(value, (int, np.integer)) else \
+            tuple(int(v) for v in value)
+    if arg == "padding":
+        return _pairs(value, 1 if kind == "conv1d" else 2)
+    if arg in ("eps", "momentum", "dropout"):
+        return float(value)
+    return value
+
+
+def _same_pads(kernel: Sequence[int], dilation: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    """fundl's ``"same"`` pads with stride 1 (independent of the input size)."""
+    return tuple((((k - 1) * q) // 2, (k - 1) * q - ((k - 1) * q) // 2)
+                 for k, q in zip(kernel, dilation))
+
+
+def check_layer_config(kind: str, expect: Mapping[str, Tuple[str, Any]],
+                       config: Mapping[str, Any], where: str,
+                       kernel: Optional[Sequence[int]] = None) -> None:
+    """Raise :class:`InteropError` unless a fundl layer built with the arguments ``config``
+    (the builder's keyword arguments; those not given take the builder's defaults)
+    computes what the torch module whose :attr:`ModuleKind.expect` is ``expect`` does.
+
+    ``where`` names both sides in the message (``"fundl layer 'block/rnn_0' <- torch
+    module 'rnn'"``); the message names the torch option, its value and the fundl
+    argument.  ``kernel`` (a conv's kernel size, per axis) resolves a ``"same"`` padding
+    with stride 1 against explicit pads.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(_builder(kind)).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for arg, (option, want) in expect.items():
+        have = config.get(arg, defaults.get(arg))
+        got, wanted = _normalised(kind, arg, have), _normalised(kind, arg, want)
+        if arg == "padding" and kernel is not None and "same" in (got, wanted) \
+                and got != wanted:
+            stride = _normalised(kind, "stride", config.get("stride", defaults.get("stride")))
+            dil = _normalised(kind, "dilation", config.get("dilation", defaults.get("dilation")))
+            if set(stride) == {1}:
+                same = _same_pads(kernel, dil)
+                got = same if got == "same" else got
+                wanted = same if wanted == "same" else wanted
+        equal = (math.isclose(got, wanted, rel_tol=1e-9, abs_tol=1e-12)
+                 if isinstance(got, float) and isinstance(wanted, float) else got == wanted)
+        if not equal:
+            shown = f"{option}={want!r}" if "=" not in option else option
+            raise InteropError(f"{where}: the torch module has {shown} but the fundl "
+                               f"{kind} layer has {arg}={have!r}; build it with "
+                               f"{arg}={_normalised(kind, arg, want)!r}")

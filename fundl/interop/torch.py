@@ -82,8 +82,9 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from .. import random as _random
+from .. import plan as _plan
 from .. import tree as _tree
+from . import _torch_layers
 from ..core import Layer
 from ._torch_layers import (KINDS, InteropError, _GATES, _Reader, batch_norm_from_torch,
                             batch_norm_to_torch, conv1d_from_torch, conv1d_to_torch,
@@ -256,49 +257,27 @@ def to_state_dict(params: Any, state: Any, mapping: Sequence[Any], *, gradients:
 
 # --- the automatic mapper for nn.Sequential ---------------------------------------------
 
-def _torch_kind(torch: Any, module: Any, name: str) -> Optional[Tuple[str, Dict[str, Any], int]]:
-    """``(kind, options, n_layers)`` of a supported leaf module, None for a container."""
-    nn = torch.nn
-    if isinstance(module, nn.Linear):
-        return "dense", {}, 1
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        if module.groups != 1:
-            raise InteropError(f"torch module '{name}': groups={module.groups} is not supported")
-        return ("conv1d" if isinstance(module, nn.Conv1d) else "conv2d"), {}, 1
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        if module.momentum is None or not module.track_running_stats:
-            raise InteropError(f"torch module '{name}': BatchNorm with momentum=None or "
-                               f"track_running_stats=False has no fundl equivalent")
-        return "batch_norm", {}, 1
-    if isinstance(module, nn.LayerNorm):
-        if len(module.normalized_shape) != 1:
-            raise InteropError(f"torch module '{name}': LayerNorm over "
-                               f"{tuple(module.normalized_shape)}; fundl normalises one axis")
-        return "layer_norm", {}, 1
-    if isinstance(module, nn.Embedding):
-        return "embedding", {}, 1
-    for cls, kind in ((nn.LSTM, "lstm"), (nn.GRU, "gru"), (nn.RNN, "rnn")):
-        if isinstance(module, cls):
-            if not module.batch_first:
-                raise InteropError(f"torch module '{name}': fundl recurrent layers take "
-                                   f"(batch, time, features); use batch_first=True")
-            return kind, {"bidirectional": bool(module.bidirectional)}, module.num_layers
-    if isinstance(module, nn.MultiheadAttention):
-        return "multi_head_attention", {}, 1
-    return None
+class _TorchLeaf(NamedTuple):
+    """A supported torch module with weights: its ``prefix``, what it is (``found``) and its
+    ``kernel`` size (convs), for :func:`_torch_layers.check_layer_config`."""
+
+    prefix: str
+    found: _torch_layers.ModuleKind
+    kernel: Optional[Tuple[int, ...]]
 
 
 _ROOT = "<root>"
 
 
-def _torch_leaves(torch: Any, module: Any, prefix: str) -> List[Tuple[str, str, Dict, int]]:
-    """Supported modules with params or buffers, in order: ``(prefix, kind, options, n)``."""
-    found = _torch_kind(torch, module, prefix or "<root>")
+def _torch_leaves(torch: Any, module: Any, prefix: str) -> List[_TorchLeaf]:
+    """Supported modules with params or buffers, in order (nested containers walked)."""
+    found = _torch_layers.torch_module_kind(torch, module, prefix or _ROOT)
     if found is not None:
-        return [(prefix,) + found]
+        kernel = getattr(module, "kernel_size", None)
+        return [_TorchLeaf(prefix, found, None if kernel is None else tuple(kernel))]
     if any(True for _ in module.parameters(recurse=False)) or \
             any(True for _ in module.buffers(recurse=False)):
-        raise InteropError(f"torch module '{prefix or '<root>'}' ({type(module).__name__}) "
+        raise InteropError(f"torch module '{prefix or _ROOT}' ({type(module).__name__}) "
                            f"has parameters but no fundl counterpart; supported: "
                            f"Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding, RNN, GRU, "
                            f"LSTM, MultiheadAttention")
@@ -308,16 +287,16 @@ def _torch_leaves(torch: Any, module: Any, prefix: str) -> List[Tuple[str, str, 
     return out
 
 
-def _fundl_leaves(layer: Layer, path: str, shape: Any, key: Any, out: List) -> Any:
-    """Append ``(path, layer, in_shape, has_weights)`` of every non-serial layer; returns
-    the output shape."""
-    if layer.name == "serial" and layer.children:
-        for (k, child), sub in zip(layer.children, _random.split(key, len(layer.children))):
-            shape = _fundl_leaves(child, _tree.join_path(path, k), shape, sub, out)
-        return shape
-    params, state, out_shape = layer.init(key, shape)
-    out.append((path, layer, shape, bool(_tree.leaves(params) or _tree.leaves(state))))
-    return out_shape
+def _fundl_leaves(model: Layer, in_shape: Any) -> List[Tuple[str, Layer, Any, bool]]:
+    """``(path, layer, in_shape, has_weights)`` of every layer not a serial, whose parents are
+    all serials, in order (read from the model's plan)."""
+    spec = _plan.of(model).spec_for(in_shape)
+    if spec is None:
+        raise InteropError(f"the fundl model cannot take the input shape {in_shape!r}")
+    chains = {node.path for node in spec.nodes if node.layer.kind == "serial"}
+    return [("/".join(node.path), node.layer, node.in_shape, bool(node.params or node.state))
+            for node in spec.nodes
+            if node.layer.kind != "serial" and node.path[:-1] in chains]
 
 
 def sequential_mapping(model: Layer, module: Any, in_shape: Any) -> List[LayerMap]:
@@ -335,37 +314,41 @@ def sequential_mapping(model: Layer, module: Any, in_shape: Any) -> List[LayerMa
     two do not line up.
     """
     torch = _require_torch()
-    leaves: List[Tuple[str, Layer, Any, bool]] = []
-    _fundl_leaves(model, "", in_shape, _random.key(0), leaves)
+    leaves = _fundl_leaves(model, in_shape)
     flat_from: Dict[str, Any] = {}
     pending = None
     for path, layer, shape, weighted in leaves:
-        if layer.name == "flatten":
+        if layer.kind == "flatten":
             pending = tuple(shape)
         elif weighted:
-            if layer.name == "dense" and pending is not None and len(pending) >= 2:
+            if layer.kind == "dense" and pending is not None and len(pending) >= 2:
                 flat_from[path] = pending
             pending = None
     fundl_side = [(path, layer) for path, layer, _, weighted in leaves if weighted]
     torch_side = _torch_leaves(torch, module, "")
-    want = sum(n for *_, n in torch_side)
+    want = sum(leaf.found.n_layers for leaf in torch_side)
     if want != len(fundl_side):
         raise InteropError(
             f"the models do not line up: {want} torch layers with weights "
-            f"({', '.join(f'{p or _ROOT}:{k}' for p, k, _, _ in torch_side)}) but "
+            f"({', '.join(f'{t.prefix or _ROOT}:{t.found.kind}' for t in torch_side)}) but "
             f"{len(fundl_side)} fundl layers with params "
-            f"({', '.join(f'{p}:{l.name}' for p, l in fundl_side)})")
+            f"({', '.join(f'{p}:{l.kind}' for p, l in fundl_side)})")
     out, i, seen_conv = [], 0, False
-    for prefix, kind, options, n in torch_side:
+    for prefix, found, kernel in torch_side:
+        kind, options = found.kind, found.options
         seen_conv = seen_conv or kind in ("conv1d", "conv2d")
-        for k in range(n):
+        for k in range(found.n_layers):
             path, layer = fundl_side[i]
             i += 1
             expect = "bidirectional" if options.get("bidirectional") else kind
-            if layer.name in KINDS or layer.name == "bidirectional":
-                if layer.name != expect:
-                    raise InteropError(f"the models do not line up: fundl layer '{path}' is a "
-                                       f"{layer.name} but torch module '{prefix}' is a {expect}")
+            if layer.kind != expect:
+                raise InteropError(f"the models do not line up: fundl layer '{path}' is a "
+                                   f"{layer.kind} but torch module '{prefix}' is a {expect}")
+            for _, direction in (layer.children if layer.kind == "bidirectional"
+                                 else (("", layer),)):
+                _torch_layers.check_layer_config(
+                    kind, found.expect, direction.config,
+                    f"fundl layer '{path}' <- torch module '{prefix or _ROOT}'", kernel=kernel)
             opts = dict(options)
             if kind in _GATES:
                 opts["layer"] = k

@@ -29,9 +29,12 @@ What a checkpoint promises:
   their data, a structure record that is not exactly of the form :func:`save`
   writes) raises :class:`CheckpointError` naming the file, never another
   exception and never a partly read tree.  Nothing
-  is allocated from what a header claims: each array's declared size must equal
-  the bytes its member really holds, and the members may not claim more bytes
-  than the file has.
+  is allocated or copied from what a header claims before one check: the dtype
+  must be one a checkpoint holds (bool, integer, float, complex, datetime, bytes
+  or str, with elements of at least one byte: never ``|V0``, ``|S0``, a
+  structured or subarray dtype), so the element count is bounded by the bytes;
+  each array's declared size must equal the bytes its member really holds; and
+  the members may not claim more bytes than the file has.
 
 The format: a zip of uncompressed ``.npy`` members, one per array leaf, named
 by its tree path (``params/dense_0/w.npy``; ``#1``, ``#2`` ... appended where
@@ -69,6 +72,24 @@ _MAX_DEPTH = 128  # containers nested in containers; far beyond any real pytree
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_HEADER = 10000  # bytes of an .npy header dict (numpy's own default limit)
 _MAX_NAME = 1024  # bytes of a member name taken from a tree path
+#: The dtype kinds a checkpoint holds: bool, ints, floats, complex, datetime/timedelta,
+#: bytes and str; each of a non-zero size, with no fields and no subarray.  Anything else
+#: (a zero-size ``|V0``/``|S0``, a structured or void dtype) is refused on save and on load.
+_KINDS = "biufcmMSU"
+_MAX_INTP = int(np.iinfo(np.intp).max)
+
+
+def _dtype_problem(dtype: np.dtype) -> Optional[str]:
+    """Why a checkpoint cannot hold ``dtype``, as a phrase about the dtype (``None`` if it can)."""
+    name = dtype.str if dtype.fields is None and dtype.subdtype is None else str(dtype)[:120]
+    if dtype.hasobject:
+        return f"dtype {name} holds Python objects (they would need pickle)"
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in _KINDS:
+        return (f"dtype {name} is a structured, void or subarray dtype (a checkpoint holds "
+                "bool, integer, float, complex, datetime, bytes and str arrays)")
+    if dtype.itemsize == 0:
+        return f"dtype {name} has elements of 0 bytes"
+    return None
 
 
 def _plain_name(path: str) -> str:
@@ -109,9 +130,20 @@ class _Encoder:
     def member(self, path: str, value: np.ndarray) -> str:
         """A new member for the leaf at ``path``; its name is unique in the zip and in
         numpy's ``.npy``-stripped view (no name ends in ``.npy`` before the suffix)."""
+        where = path or _ROOT_NAME
         if value.dtype.hasobject:
-            raise CheckpointError(f"{self.file}: cannot save '{path or _ROOT_NAME}': object arrays "
+            raise CheckpointError(f"{self.file}: cannot save '{where}': object arrays "
                                   "are not supported (they would need pickle)")
+        if type(value) not in (np.ndarray, np.memmap) and not isinstance(value, np.generic):
+            what = ("its mask would be lost; save np.ma.getdata(x) and np.ma.getmaskarray(x) "
+                    "as two leaves, or x.filled(value)" if isinstance(value, np.ma.MaskedArray)
+                    else "it would load as a plain numpy array; save np.asarray(x)")
+            raise CheckpointError(f"{self.file}: cannot save '{where}': a "
+                                  f"{type(value).__module__}.{type(value).__name__} is not a plain "
+                                  f"numpy array and {what}")
+        problem = _dtype_problem(value.dtype)
+        if problem:
+            raise CheckpointError(f"{self.file}: cannot save '{where}': its {problem}")
         base = _plain_name(path or _ROOT_NAME)
         name, i = base, 0
         while name in self.taken or name.endswith(".npy"):
@@ -179,8 +211,11 @@ def save(path: PathLike, tree: Any) -> None:
     mode a plain ``open()`` would give (``0o666`` less the umask); an existing
     one keeps its mode.  Temporary files of ``path`` left by writers on this host
     that are no longer running are removed.  Raises :class:`CheckpointError` for
-    leaves that cannot be stored (object arrays, arbitrary Python objects),
-    non-string dict keys, or a tree nested deeper than 128 levels.
+    leaves that cannot be stored (object arrays, structured, void or zero-size
+    dtypes, arbitrary Python objects, array subclasses whose extra state would be
+    lost -- a ``np.ma.MaskedArray``'s mask, a ``np.matrix``; a ``np.memmap`` is
+    stored as its data), non-string dict keys, or a tree nested deeper than 128
+    levels.
     """
     file = os.fspath(path)
     enc = _Encoder(file)
@@ -259,25 +294,36 @@ class _Archive:
             dtype = np.lib.format.descr_to_dtype(header["descr"])
         except Exception:
             raise self.fail(name, f"has a bad dtype {header['descr']!r}") from None
-        if dtype.hasobject:
-            raise self.fail(name, "holds Python objects (they would need pickle)")
         return dtype, shape, fortran, 8 + size_len + length
+
+    def _check_size(self, name: str, dtype: np.dtype, shape: tuple, actual: int) -> int:
+        """The element count of an array member, after the one check made before anything is
+        allocated or copied: a dtype a checkpoint holds (elements of >= 1 byte, so that the
+        count is bounded by the member's bytes, which :class:`_Archive` bounds by the file's),
+        exactly ``actual`` bytes of data, and a shape numpy can make (for an empty array too)."""
+        problem = _dtype_problem(dtype)
+        if problem:
+            raise self.fail(name, f"is not a checkpoint's array: its {problem}")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes != actual:
+            raise self.fail(name, f"declares {nbytes} bytes of data ({dtype} of shape "
+                                  f"{shape}) but has {actual}")
+        if math.prod(d for d in shape if d) * dtype.itemsize > _MAX_INTP:
+            raise self.fail(name, f"has a shape {shape} too large for any array")
+        return count
 
     def array(self, name: str) -> np.ndarray:
         """The array in member ``name``, after its header is checked against its size."""
         info = self.members[name]
         with self.zf.open(info) as f:
             dtype, shape, fortran, offset = self._header(name, f)
-            count = math.prod(shape)
-            nbytes, actual = count * dtype.itemsize, info.file_size - offset
-            if nbytes != actual:
-                raise self.fail(name, f"declares {nbytes} bytes of data ({dtype} of shape "
-                                      f"{shape}) but has {actual}")
+            nbytes = info.file_size - offset
+            count = self._check_size(name, dtype, shape, nbytes)
             data = f.read(nbytes)
             if len(data) != nbytes or f.read(1):  # reading to the end checks the CRC
                 raise self.fail(name, "is truncated")
-        flat = np.frombuffer(data, dtype=dtype, count=count) if dtype.itemsize else \
-            np.empty(count, dtype)
+        flat = np.frombuffer(data, dtype=dtype, count=count)
         value = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
         return value.copy(order="K")  # writable, owning its memory
 
@@ -571,6 +617,7 @@ _FUNDL_TYPES = (
     ("fundl.optim.adagrad", "AdagradState"),
     ("fundl.optim.rmsprop", "RMSState"),
     ("fundl.optim.adam", "AdamState"),
+    ("fundl.optim.adam", "AdamaxState"),
     ("fundl.optim.lion", "LionState"),
     ("fundl.optim.accumulate", "AccumulateState"),
     ("fundl.optim.masking", "MaskedState"),

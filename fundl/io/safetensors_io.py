@@ -31,6 +31,10 @@ __all__ = ["save_safetensors", "load_safetensors"]
 
 _ORDER_KEY = "fundl.paths"  # metadata: the leaf paths in tree order (JSON)
 _DTYPE_KINDS = "biuf"       # bool, signed/unsigned ints, floats: what safetensors stores
+#: The safetensors dtypes numpy represents, hence the ones a file may hold to be loaded.
+_LOADABLE = {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64", "I64", "F64",
+             "C64"}
+_NOT_IN_NUMPY = {"BF16": "bfloat16", "F8_E4M3": "float8 e4m3", "F8_E5M2": "float8 e5m2"}
 
 
 def _safetensors_numpy() -> Any:
@@ -84,25 +88,51 @@ def save_safetensors(path: PathLike, tree: Any) -> None:
     atomic_write(file, lambda f: f.write(data))
 
 
+def _header(file: str, data: bytes) -> Dict[str, Any]:
+    """The parsed JSON header, checked to name only dtypes numpy has: a tensor of another
+    (BF16, float8) is a :class:`CheckpointError` naming the tensor and its dtype."""
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 2 <= header_len <= len(data) - 8:
+        raise CheckpointError(f"{file}: not a readable safetensors file (its header length "
+                              f"{header_len} does not fit its {len(data)} bytes)")
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except (ValueError, RecursionError) as err:  # incl. UnicodeDecodeError
+        raise CheckpointError(f"{file}: not a readable safetensors file (its header is not "
+                              f"JSON: {type(err).__name__}: {err})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: not a readable safetensors file (its header is not a "
+                              "JSON object)")
+    for name, entry in header.items():
+        dtype = entry.get("dtype") if isinstance(entry, dict) and name != "__metadata__" else None
+        if isinstance(dtype, str) and dtype not in _LOADABLE:
+            what = _NOT_IN_NUMPY.get(dtype)
+            hint = (f"numpy has no {what}; convert it before saving (in PyTorch: "
+                    "tensor.float())" if what else
+                    f"the loadable dtypes are {', '.join(sorted(_LOADABLE))}")
+            raise CheckpointError(f"{file}: tensor '{name}' has dtype {dtype}, which fundl "
+                                  f"cannot load: {hint}")
+    return header
+
+
 def _read(file: str) -> Dict[str, np.ndarray]:
     """The file's tensors as new arrays, in tree order when fundl wrote the file."""
     st = _safetensors_numpy()
     if not os.path.exists(file):
         raise FileNotFoundError(f"no safetensors file at {file}")
+    with open(file, "rb") as f:
+        data = f.read()
+    meta = _header(file, data).get("__metadata__") or {}
     try:
-        with open(file, "rb") as f:
-            data = f.read()
         tensors = st.load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
     except Exception as err:  # the Rust reader raises its own error types
         raise CheckpointError(f"{file}: not a readable safetensors file "
                               f"({type(err).__name__}: {err})") from None
     order = []
-    if _ORDER_KEY in meta:
+    if isinstance(meta, dict) and isinstance(meta.get(_ORDER_KEY), str):
         try:
             order = [n for n in json.loads(meta[_ORDER_KEY]) if n in tensors]
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             order = []
     names = order + [n for n in tensors if n not in set(order)]
     return {n: np.array(tensors[n], copy=True) for n in names}
@@ -134,7 +164,9 @@ def load_safetensors(path: PathLike, like: Optional[Any] = None) -> Any:
     freshly initialised params) the result has ``like``'s structure and
     containers; every leaf path must be in the file and every tensor in ``like``,
     with the same shape and dtype, or :class:`fundl.io.CheckpointError` names the
-    path.  Arrays are new, writeable and own their memory.
+    path.  Arrays are new, writeable and own their memory.  A tensor of a dtype
+    numpy lacks (``BF16``, ``F8_E4M3``, ``F8_E5M2``) is a :class:`fundl.io.CheckpointError`
+    naming the tensor and its dtype; so is any malformed file.
     """
     file = os.fspath(path)
     tensors = _read(file)

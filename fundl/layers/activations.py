@@ -19,8 +19,8 @@ from typing import Callable, Tuple
 import numpy as np
 
 from .. import kernels
-from ..checks import Array, LayerError, as_shape, check_float_input
-from ..core import Layer, elementwise_layer, stateless_layer
+from ..checks import (Array, LayerError, as_shape, check_float_input, int_arg)
+from ..core import Layer, builder, elementwise_layer, stateless_layer
 from ..special import erfcx_nonneg, exp_neg_half_sq, exp_neg_half_sq_f32, normal_tailx_f32
 
 
@@ -69,21 +69,23 @@ def _relu_backward(x, y, dy, out=None):
     return np.multiply(dy, np.greater(y, 0), out=out)
 
 
+@builder
 def relu() -> Layer:
     """``max(x, 0)``; gradient 1 where ``x > 0``, else 0.  Any shape.
 
     Inside :func:`fundl.serial`, after a layer whose output is fresh (dense,
     conv) it works in place on that output, and its pullback in place on a
-    fresh ``dy`` (see :mod:`fundl.fusion`).  A ReLU followed by a max pool runs
+    fresh ``dy`` (see :mod:`fundl.plan`).  A ReLU followed by a max pool runs
     after the pool there (the same results, on a 4x smaller array for 2x2 pools).
     """
     # In place: about 1 ms per step of the benchmark CNN, 0.3 ms of the MLP at batch 512.
     return elementwise_layer("relu", kernels.relu, _relu_backward, saves="y",
-                             in_place=("forward", "backward"), fresh=("dx",), kind="relu")
+                             in_place=("forward", "backward"), fresh=("dx",))
 
 
 # --- leaky relu ---------------------------------------------------------------------
 
+@builder
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``x`` where ``x > 0``, else ``negative_slope * x``.  Any shape.
 
@@ -110,6 +112,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
 
 # --- elu ----------------------------------------------------------------------------
 
+@builder
 def elu(alpha: float = 1.0) -> Layer:
     """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``.  Any shape.
 
@@ -242,6 +245,7 @@ def _gelu_tanh(x: Array, need_grad: bool):
     return y, x2
 
 
+@builder
 def gelu(approximate: bool = False) -> Layer:
     """Gaussian error linear unit ``x * Phi(x)`` (Phi the standard normal CDF).  Any shape.
 
@@ -269,6 +273,7 @@ def _silu(x: Array, need_grad: bool):
     return y, g
 
 
+@builder
 def silu() -> Layer:
     """Sigmoid-weighted linear unit (swish) ``x * sigmoid(x)``.  Any shape.
 
@@ -296,6 +301,7 @@ def _softplus_backward(x, y, dy):
     return s
 
 
+@builder
 def softplus() -> Layer:
     """``log(1 + exp(x))`` = ``logaddexp(0, x)``, computed stably; gradient ``sigmoid(x)``.
 
@@ -311,6 +317,7 @@ def _tanh_backward(x, y, dy):
     return g
 
 
+@builder
 def tanh() -> Layer:
     """``tanh(x)``; gradient ``1 - tanh(x)**2``.  Any shape.  Works in place on a
     donated input (see :func:`relu`)."""
@@ -325,6 +332,7 @@ def _sigmoid_backward(x, y, dy):
     return g
 
 
+@builder
 def sigmoid() -> Layer:
     """``1 / (1 + exp(-x))``, computed without overflow; gradient ``y (1 - y)``.  Any shape.
     Works in place on a donated input (see :func:`relu`)."""
@@ -339,7 +347,7 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
 
     ``forward(x, ax) -> y``; ``backward(y, dy, ax) -> dx``; the vjp keeps only ``y``.
     """
-    axis = int(axis)
+    axis = int_arg(name, "axis", axis, minimum=None)
 
     def resolve(ndim: int) -> int:
         ax = axis + ndim if axis < 0 else axis
@@ -353,15 +361,16 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
         resolve(len(in_shape) + 1)
         return {}, in_shape
 
+    # x and dy C-ordered: the sums along the axis then add in one order for any layout
     def apply(params, x):
         check_float_input(x)
-        return forward(x, resolve(x.ndim))
+        return forward(np.ascontiguousarray(x), resolve(x.ndim))
 
     def vjp(params, x):
         check_float_input(x)
         ax = resolve(x.ndim)
-        y = forward(x, ax)
-        return y, lambda dy: ({}, backward(y, dy, ax))
+        y = forward(np.ascontiguousarray(x), ax)
+        return y, lambda dy: ({}, backward(y, np.ascontiguousarray(dy), ax))
 
     return stateless_layer(name, init, apply, vjp)
 
@@ -376,6 +385,7 @@ def _softmax_backward(y, dy, ax):
     return dx
 
 
+@builder
 def softmax(axis: int = -1) -> Layer:
     """``exp(x) / sum(exp(x))`` along data ``axis`` (default the last; never the batch axis 0).
 
@@ -393,6 +403,7 @@ def _log_softmax_backward(y, dy, ax):
     return dx
 
 
+@builder
 def log_softmax(axis: int = -1) -> Layer:
     """``x - logsumexp(x)`` along data ``axis`` (default the last; never the batch axis 0).
 

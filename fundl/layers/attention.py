@@ -17,7 +17,7 @@ import numpy as np
 from .. import kernels, random
 from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_float_input, check_param_dtype,
                       check_sequence_in_shape, check_trailing_shape, is_shape)
-from ..core import Layer, keyed_layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["multi_head_attention"]
@@ -72,6 +72,7 @@ def _mask4(mask: Any, n: int, heads: int, t: int, s: int) -> Array:
     return m
 
 
+@builder
 def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, causal: bool = False,
                          cross: bool = False, masked: bool = False, dropout: float = 0.0,
                          use_bias: bool = True, w_init: Initializer = glorot_uniform,
@@ -214,9 +215,17 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
             raise LayerError("training mode (vjp or apply(train=True)) with attention dropout "
                              "needs a random key, e.g. key=fundl.random.key(0); use "
                              "apply(train=False) for inference")
-        u = random.uniform(key, shape, dt)
-        keep = np.greater_equal(u, rate, out=u)   # 1.0 where kept, 0.0 where dropped
-        keep *= 1.0 / (1.0 - rate)
+        scale = 1.0 / (1.0 - rate)
+        if not np.isfinite(np.dtype(dt).type(scale)):
+            raise LayerError(f"attention dropout {rate} scales the kept weights by 1 / (1 - rate) "
+                             f"= {scale:.4g}, which {np.dtype(dt)} cannot hold; use a lower rate "
+                             f"or float32")
+        if np.dtype(dt).itemsize >= 4:
+            u = random.uniform(key, shape, dt)
+            keep = np.greater_equal(u, rate, out=u)   # 1.0 where kept, 0.0 where dropped
+        else:  # float16's uniform steps (2**-11) would bias the keep probability
+            keep = np.greater_equal(random.uniform(key, shape, np.float32), rate).astype(dt)
+        keep *= scale
         return keep
 
     # --- forward and backward --------------------------------------------------------
@@ -348,9 +357,9 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         x, ctx, mask = split_inputs(params, inp)
         return forward(params, x, ctx, mask, key, train)[0]
 
-    def run_vjp(params, inp, key, need_dx=True):
+    def run_vjp(params, inp, key, train, need_dx=True):
         x, ctx, mask = split_inputs(params, inp)
-        y, res = forward(params, x, ctx, mask, key, True)
+        y, res = forward(params, x, ctx, mask, key, train)
 
         def pullback(dy):
             dparams, dx, dctx = backward(params, x, ctx, res, dy, need_dx)
@@ -360,11 +369,12 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
 
     if rate == 0.0:
         return stateless_layer(
-            name, lambda key, in_shape: init(key, in_shape),
-            lambda params, x: run_apply(params, x, None, False),
-            lambda params, x, need_dx=True: run_vjp(params, x, None, need_dx), takes=("need_dx",))
+            name, init, lambda params, x: run_apply(params, x, None, False),
+            lambda params, x, need_dx=True: run_vjp(params, x, None, False, need_dx),
+            takes=("need_dx",))
 
-    # Attention dropout uses the key.
-    return keyed_layer(name, lambda key, in_shape: init(key, in_shape), run_apply,
-                       lambda params, x, key, need_dx=True: run_vjp(params, x, key, need_dx),
-                       takes=("need_dx",))
+    # Attention dropout uses the key (in training).
+    return stateless_layer(
+        name, init, lambda params, x, *, key, train: run_apply(params, x, key, train),
+        lambda params, x, *, key, train, need_dx=True: run_vjp(params, x, key, train, need_dx),
+        uses_key=True, takes=("need_dx",))

@@ -29,8 +29,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import random
-from ..checks import LayerError, check_float_input, check_param_dtype, check_trailing_shape
-from ..core import Layer, stateless_layer
+from ..checks import (LayerError, check_float_input, check_param_dtype, check_trailing_shape,
+                      int_arg)
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
 from .windows import (Padding, Pads, check_spatial_in_shape, int_tuple, offset_view, offsets,
                       pad_nhwc, parse_padding, window_geometry)
@@ -140,7 +141,7 @@ def _grouped_cols(xp: np.ndarray, groups: int, kernel, dilation, out_hw, strides
     win = win.reshape(n, oh, ow, groups, c // groups, kh, kw)
     cols = np.empty((groups, n, oh, ow, kh, kw, c // groups), xp.dtype)
     cols[...] = win.transpose(3, 0, 1, 2, 5, 6, 4)
-    return cols.reshape(groups, n * oh * ow, -1)
+    return cols.reshape(groups, n * oh * ow, kh * kw * (c // groups))  # no -1: n may be 0
 
 
 def _grouped_input_grad(dcols: np.ndarray, x_shape, pads: Pads, kernel, dilation, out_hw,
@@ -189,12 +190,8 @@ def _conv(name: str, d: int, features: int, kernel_size, stride, padding, dilati
           use_bias: bool, w_init: Initializer, b_init: Initializer, dtype,
           groups: int = 1) -> Layer:
     """A ``d``-D convolution (d = 1 or 2) built on the 2-D core."""
-    if int(features) < 1:
-        raise LayerError(f"features must be >= 1, got {features}", name)
-    features = int(features)
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise LayerError(f"groups must be an int >= 1, got {groups!r}", name)
-    groups = int(groups)
+    features = int_arg(name, "features", features)
+    groups = int_arg(name, "groups", groups)
     if features % groups:
         raise LayerError(f"features ({features}) must be divisible by groups ({groups})", name)
     if groups > 1:
@@ -303,11 +300,13 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
         x_shape = x.shape
 
         def pullback(dy):
-            dy_g = dy.reshape(-1, groups, f_g).transpose(1, 0, 2)  # (G, M, F/G), a view
+            # a C-ordered dy: the batched matmuls then run the same kernels for any layout
+            dy = np.ascontiguousarray(dy)
+            dy_g = dy.reshape(cols.shape[1], groups, f_g).transpose(1, 0, 2)  # (G, M, F/G)
             g = np.matmul(cols.transpose(0, 2, 1), dy_g)           # (G, kh*kw*C/G, F/G)
             grads = {"w": g.transpose(1, 0, 2).reshape(k_d + (x_shape[-1] // groups, features))}
             if use_bias:
-                grads["b"] = dy.reshape(-1, features).sum(axis=0)
+                grads["b"] = dy.reshape(cols.shape[1], features).sum(axis=0)
             if not need_dx:
                 return grads, None
             dcols = np.matmul(dy_g, w_g.transpose(0, 2, 1))       # (G, M, kh*kw*C/G)
@@ -320,6 +319,7 @@ def _grouped_conv(name: str, d: int, features: int, kernel_size, stride, padding
                            fresh=("y", "dx", "dparams"))
 
 
+@builder
 def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,
            stride: Union[int, Tuple[int]] = 1, padding: Padding = "valid",
            dilation: Union[int, Tuple[int]] = 1, use_bias: bool = True,
@@ -349,6 +349,7 @@ def conv1d(features: int, kernel_size: Union[int, Tuple[int]], *,
                  use_bias, w_init, b_init, dtype, groups)
 
 
+@builder
 def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
            stride: Union[int, Tuple[int, int]] = 1, padding: Padding = "valid",
            dilation: Union[int, Tuple[int, int]] = 1, use_bias: bool = True,

@@ -16,8 +16,9 @@ from typing import Any, Tuple, Union
 
 import numpy as np
 
-from ..checks import LayerError, check_float_input, check_param_dtype, check_trailing_shape
-from ..core import Layer, stateless_layer
+from ..checks import (LayerError, check_float_input, check_param_dtype, check_trailing_shape,
+                      int_arg)
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, he_normal, zeros
 from .conv import _im2col, _input_grad, _kernel_params
 from .windows import check_spatial_in_shape, int_tuple, pad_nhwc
@@ -44,39 +45,22 @@ def _parse_padding(padding: PadSpec, d: int, kernel, strides, dilation, output_p
                     f"{tuple(output_padding)}; give the padding as ints instead", name)
             pads.append(twice // 2)
         return tuple(pads)
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
-        pads = (int(padding),) * d
-    else:
-        try:
-            pads = () if isinstance(padding, str) else tuple(int(v) for v in padding)
-        except (TypeError, ValueError):
-            pads = ()
-        if isinstance(padding, (tuple, list)) and any(
-                not isinstance(v, (int, np.integer)) for v in padding):
-            pads = ()
-    if len(pads) != d or min(pads) < 0:
+    if isinstance(padding, str):
         raise LayerError(f"padding must be 'valid', 'same', an int >= 0 or {d} ints >= 0 "
                          f"(symmetric, as in torch), got {padding!r}", name)
-    return pads
+    return int_tuple(padding, d, "padding (symmetric, as in torch; or 'valid', 'same')",
+                     name, minimum=0)
 
 
 def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, padding,
                     output_padding, dilation, use_bias: bool, w_init: Initializer,
                     b_init: Initializer, dtype) -> Layer:
-    if not isinstance(features, (int, np.integer)) or features < 1:
-        raise LayerError(f"features must be an int >= 1, got {features!r}", name)
-    features = int(features)
+    features = int_arg(name, "features", features)
     k_d = int_tuple(kernel_size, d, "kernel_size", name)
     s_d = int_tuple(stride, d, "stride", name)
     dil_d = int_tuple(dilation, d, "dilation", name)
-    if isinstance(output_padding, (int, np.integer)):
-        op_d = (int(output_padding),) * d
-    else:
-        try:
-            op_d = tuple(int(v) for v in output_padding)
-        except (TypeError, ValueError):
-            op_d = ()
-    if len(op_d) != d or any(not 0 <= op < max(s, q) for op, s, q in zip(op_d, s_d, dil_d)):
+    op_d = int_tuple(output_padding, d, "output_padding", name, minimum=0)
+    if any(not op < max(s, q) for op, s, q in zip(op_d, s_d, dil_d)):
         raise LayerError(f"output_padding must be an int or {d} ints, each >= 0 and smaller "
                          f"than the stride or the dilation (stride {s_d}, dilation {dil_d}), "
                          f"got {output_padding!r}", name)
@@ -111,6 +95,7 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
 
     def forward(params, x, out_d):
         x4 = x[:, None] if d == 1 else x
+        x4 = np.ascontiguousarray(x4)   # the matmuls then give the same bits for any layout
         n, h, wd, c = x4.shape
         out_hw = (1,) + out_d if d == 1 else out_d
         # y is conv2d's input gradient for "dy" = x and a kernel with in/out swapped
@@ -127,10 +112,12 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
 
     def vjp(params, x, need_dx=True):
         out_d = check(params, x)
+        x = np.ascontiguousarray(x)     # kept for dW in the layout the forward used
         y = forward(params, x, out_d)
         w, x_shape = params["w"], x.shape
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             dy4 = dy[:, None] if d == 1 else dy
             n, h, wd, c = (x_shape[0], 1) + x_shape[1:] if d == 1 else x_shape
             # dy padded so that input cell (h, w) sees the window starting at (h*s, w*s)
@@ -155,6 +142,7 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
                            fresh=("y", "dx", "dparams"))
 
 
+@builder
 def conv_transpose1d(features: int, kernel_size: Union[int, Tuple[int]], *,
                      stride: Union[int, Tuple[int]] = 1, padding: PadSpec = 0,
                      output_padding: Union[int, Tuple[int]] = 0,
@@ -175,6 +163,7 @@ def conv_transpose1d(features: int, kernel_size: Union[int, Tuple[int]], *,
                            output_padding, dilation, use_bias, w_init, b_init, dtype)
 
 
+@builder
 def conv_transpose2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
                      stride: Union[int, Tuple[int, int]] = 1, padding: PadSpec = 0,
                      output_padding: Union[int, Tuple[int, int]] = 0,

@@ -7,13 +7,14 @@ from typing import Any
 import numpy as np
 
 from .. import kernels, random
-from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
-from ..core import Layer, stateless_layer
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype, int_arg)
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["dense"]
 
 
+@builder
 def dense(features: int, *, use_bias: bool = True,
           w_init: Initializer = glorot_uniform, b_init: Initializer = zeros,
           dtype: Any = np.float32, name: str = "dense") -> Layer:
@@ -24,9 +25,7 @@ def dense(features: int, *, use_bias: bool = True,
     (default Glorot-uniform, as in Keras), and ``b`` of shape ``(features,)``
     initialised by ``b_init`` (default zeros), both of ``dtype`` (float32).
     """
-    if int(features) < 1:
-        raise ValueError(f"dense needs features >= 1, got {features}")
-    features = int(features)
+    features = int_arg("dense", "features", features)
     dtype = np.dtype(dtype)
 
     def init(key, in_shape):

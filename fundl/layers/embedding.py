@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import LayerError, as_shape
-from ..core import Layer, stateless_layer
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype, int_arg)
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, normal
 
-__all__ = ["embedding"]
+__all__ = ["embedding", "tied_output"]
 
 # One-hot matmul for the gradient when the one-hot matrix is small (fast BLAS,
 # measured quicker than np.add.at up to a vocabulary of ~200); otherwise sort.
@@ -56,6 +56,7 @@ def _scatter_add_rows(ids: np.ndarray, rows: np.ndarray, vocab_size: int) -> np.
     return dw
 
 
+@builder
 def embedding(vocab_size: int, features: int, *, w_init: Initializer = normal(1.0),
               dtype: Any = np.float32, name: str = "embedding") -> Layer:
     """Look up a ``features``-vector for each integer id in ``[0, vocab_size)``.
@@ -67,10 +68,8 @@ def embedding(vocab_size: int, features: int, *, w_init: Initializer = normal(1.
     gradient ``dx`` is ``None`` (ids are not differentiable).  Float ids and
     ids out of range raise a LayerError naming the range and the bad values.
     """
-    vocab_size, features = int(vocab_size), int(features)
-    if vocab_size < 1 or features < 1:
-        raise ValueError(f"embedding needs vocab_size >= 1 and features >= 1, "
-                         f"got {vocab_size} and {features}")
+    vocab_size = int_arg("embedding", "vocab_size", vocab_size)
+    features = int_arg("embedding", "features", features)
     dtype = np.dtype(dtype)
 
     def init(key, in_shape):
@@ -91,3 +90,58 @@ def embedding(vocab_size: int, features: int, *, w_init: Initializer = normal(1.
         return y, pullback
 
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+
+
+
+@builder(children=("embedding",))
+def tied_output(embedding: Layer, *, name: str = "tied_output") -> Layer:
+    """The output projection tied to a shared embedding: ``logits = x @ w.T``.
+
+    ``embedding`` is ``fl.shared(fl.embedding(vocab_size, features))``, used earlier
+    in the same model.  This layer has no params of its own (``{}`` in the params
+    tree): it runs with the embedding's table ``w`` of shape ``(vocab_size,
+    features)``, and its gradient ``dy^T x`` is added to the embedding's.  Shapes:
+    ``x`` is ``(batch, ..., features)``, ``y`` is ``(batch, ..., vocab_size)``.
+    """
+    inner = embedding.children[0][1] if embedding.kind == "shared" else None
+    if inner is None or inner.kind != "embedding":
+        raise TypeError(f"tied_output needs fl.shared(fl.embedding(...)), got {embedding!r}")
+    vocab_size, features = inner.config["vocab_size"], inner.config["features"]
+
+    def init(key, in_shape):
+        in_shape = as_shape(in_shape)
+        if not in_shape or in_shape[-1] != features:
+            raise LayerError(f"expected an input shape (..., {features}), got {in_shape}")
+        return {}, in_shape[:-1] + (vocab_size,)
+
+    def table(params, x):
+        w = params.get("w")
+        if w is None:
+            raise LayerError("no embedding table: tied_output runs inside a model that uses "
+                             "its shared embedding first")
+        check_float_input(x)
+        if x.ndim < 2 or x.shape[-1] != features:
+            raise LayerError(f"expected input of shape (batch, ..., {features}), "
+                             f"got shape {tuple(x.shape)}")
+        check_param_dtype(x, w)
+        return w
+
+    def apply(params, x):
+        w = table(params, x)
+        return (x.reshape(-1, features) @ w.T).reshape(x.shape[:-1] + (vocab_size,))
+
+    def vjp(params, x, need_dx=True):
+        w = table(params, x)
+        x2 = x.reshape(-1, features)
+        y = (x2 @ w.T).reshape(x.shape[:-1] + (vocab_size,))
+
+        def pullback(dy):
+            dy2 = dy.reshape(-1, vocab_size)
+            dx = (dy2 @ w).reshape(x.shape) if need_dx else None
+            return {"w": dy2.T @ x2}, dx
+
+        return y, pullback
+
+    layer = stateless_layer(name, init, apply, vjp, takes=("need_dx",),
+                            fresh=("y", "dx", "dparams"))
+    return layer.replace(traits=layer.traits._replace(ties=embedding))

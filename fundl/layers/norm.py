@@ -11,6 +11,10 @@ with the means taken over the normalised axes; ``dscale = sum(dy * xhat)`` and
 ``dbias = sum(dy)`` over every axis but the feature axis.  ``rms_norm`` divides
 by the root mean square only, ``xhat = x / sqrt(mean(x**2) + eps)``, and its
 gradient lacks the ``mean(g)`` term: ``dx = (g - xhat * mean(g * xhat)) / rms``.
+
+The sums run over C-ordered arrays (``np.ascontiguousarray``: no copy for the usual
+C-contiguous input), so the results are bit-identical for inputs and ``dy`` in any memory
+layout (numpy's and BLAS's summation order follows the layout).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from .. import fusion, kernels
-from ..checks import LayerError, as_shape, check_float_input, check_param_dtype
-from ..core import Layer, stateless_layer
+from .. import kernels
+from ..checks import (LayerError, as_shape, check_float_input, check_param_dtype, int_arg)
+from ..core import Layer, Traits, builder, stateless_layer
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
 
@@ -97,6 +101,7 @@ def _check_batch_norm_input(axis: int, params: Any, state: Any, x: Any
     return ax, reduce_axes, bshape
 
 
+@builder
 def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = True,
                use_bias: bool = True, dtype: Any = np.float32, name: str = "batch_norm") -> Layer:
     """Batch normalisation over every axis except the feature ``axis`` (a data axis; default last).
@@ -110,8 +115,10 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
     biased batch variance; ``vjp`` returns the new state
     ``momentum * old + (1 - momentum) * batch``, where the running ``var`` is
     updated with the UNBIASED batch variance ``var * M / (M - 1)`` (``M`` values per
-    channel; the biased one if ``M == 1``), as in PyTorch.  ``apply(train=False)``
-    uses the running statistics; ``apply`` never changes state.
+    channel; the biased one if ``M == 1``), as in PyTorch.  Eval mode
+    (``apply(train=False)``, ``vjp(train=False)``) is the affine map with the running
+    statistics, the state unchanged; so is training on an empty batch (no statistics).
+    ``apply`` never changes state.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm needs 0 <= momentum <= 1, got {momentum}")
@@ -131,17 +138,10 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         state = {"mean": np.zeros((c,), dtype), "var": np.ones((c,), dtype)}
         return params, state, in_shape
 
-    def check(params, state, x, training) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
-        if training and isinstance(x, np.ndarray) and x.ndim and x.shape[0] == 0:
-            raise LayerError("training mode needs at least one example (the batch statistics "
-                             "of an empty batch are undefined)")
-        return _check_batch_norm_input(axis, params, state, x)
-
     def normalise(params, x, ax, red, bshape):
         """``(y, xc, inv, mean, var)`` with the batch statistics (kept dims) and the centred
         input ``xc = x - mean``; ``xhat = xc * inv`` is never formed: ``y = xc * (inv *
-        scale) + bias`` takes one pass fewer (measured 5.6 -> 3.1 ms with the gemv mean on
-        (64, 32, 32, 32) float32)."""
+        scale) + bias`` takes one pass fewer."""
         m = x.size // x.shape[ax]
         mean = _channel_sum(x, ax, red).reshape(bshape)
         mean *= 1.0 / m
@@ -157,31 +157,48 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
             y += params["bias"].reshape(bshape)
         return y, xc, inv, mean, var
 
-    def apply(params, state, x, *, key=None, train=False):
-        try:
-            ax, red, bshape = check(params, state, x, train)
-        except LayerError as err:
-            raise err.named(name) from None
-        if train:
-            return normalise(params, x, ax, red, bshape)[0]
-        a = state["var"] + eps                  # y = x * a + b, per channel
-        np.sqrt(a, out=a)
-        np.divide(1.0, a, out=a)
-        if use_scale:
-            a *= params["scale"]
+    def frozen(params, state, x, bshape):
+        """``(y, a, inv)``: ``y = x * a + b`` per channel with the running statistics, ``a =
+        scale / sqrt(var + eps)``, ``inv = 1 / sqrt(var + eps)`` (as ``(C,)`` arrays)."""
+        inv = state["var"] + eps
+        np.sqrt(inv, out=inv)
+        np.divide(1.0, inv, out=inv)
+        a = inv * params["scale"] if use_scale else inv
         b = state["mean"] * a
         np.negative(b, out=b)
         if use_bias:
             b += params["bias"]
         y = x * a.reshape(bshape)
         y += b.reshape(bshape)
-        return y
+        return y, a, inv
 
-    def vjp(params, state, x, *, key=None):
-        try:
-            ax, red, bshape = check(params, state, x, True)
-        except LayerError as err:
-            raise err.named(name) from None
+    def apply(params, state, x, *, key=None, train=False):
+        ax, red, bshape = _check_batch_norm_input(axis, params, state, x)
+        x = np.ascontiguousarray(x)  # the reductions' rounding then never depends on the layout
+        if train and x.shape[0]:
+            return normalise(params, x, ax, red, bshape)[0]
+        return frozen(params, state, x, bshape)[0]
+
+    def vjp(params, state, x, *, key=None, train=True):
+        ax, red, bshape = _check_batch_norm_input(axis, params, state, x)
+        x = np.ascontiguousarray(x)
+        if not train or not x.shape[0]:
+            # eval mode (and an empty batch, which has no statistics): the affine map with
+            # the running statistics, the state unchanged
+            y, a, inv = frozen(params, state, x, bshape)
+
+            def frozen_pullback(dy):
+                dy = np.ascontiguousarray(dy)
+                grads = {}
+                if use_scale:
+                    xc = x - state["mean"].reshape(bshape)
+                    grads["scale"] = _channel_dot(dy, xc, ax, red) * inv
+                if use_bias:
+                    grads["bias"] = _channel_sum(dy, ax, red)
+                return grads, dy * a.reshape(bshape)
+
+            return y, state, frozen_pullback
+
         y, xc, inv, mean, var = normalise(params, x, ax, red, bshape)
         m = x.size // state["mean"].shape[0]
         unbiased = var.reshape(-1) * (m / (m - 1) if m > 1 else 1.0)
@@ -191,6 +208,7 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         }
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             dbias = _channel_sum(dy, ax, red).reshape(bshape)
             dscale = _channel_dot(dy, xc, ax, red).reshape(bshape)
             dscale *= inv                       # sum(dy * xhat)
@@ -208,9 +226,10 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name, speed=fusion.Speed(uses_key=False))  # never reads its key
+    return Layer(init, apply, vjp, name, traits=Traits(uses_key=False))
 
 
+@builder
 def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
                dtype: Any = np.float32, name: str = "layer_norm") -> Layer:
     """Layer normalisation over the last axis of each example (and each position).
@@ -249,6 +268,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
                              f"got shape {tuple(x.shape)}")
 
     def forward(params, x):
+        x = np.ascontiguousarray(x)
         mean = _row_mean(x)
         xhat = x - mean
         var = _row_dot(xhat, xhat)
@@ -269,6 +289,7 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             g = dy * params["scale"] if use_scale else dy.copy()
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over features
             gx = _row_dot(g, xhat)
@@ -352,7 +373,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
         return (x.shape[0], s, g, x.shape[-1] // g)
 
     def forward(params, x, view):
-        x4 = x.reshape(view)
+        x4 = np.ascontiguousarray(x).reshape(view)
         m = view[1] * view[3]
         mean = x4.mean(axis=(1, 3), keepdims=True)
         xhat = x4 - mean
@@ -376,6 +397,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
         m = view[1] * view[3]
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             lead = tuple(range(x.ndim - 1))
             grads = {}
             if affine:
@@ -383,15 +405,17 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
                 grads["bias"] = dy.sum(axis=lead)
             if not need_dx:
                 return grads, None
-            g = dy * params["scale"] if affine else dy.copy()
+            # g4 is our own (N, S, G, C/G) array, written in place and returned reshaped
+            # (a reshape of a non-C array would be a copy, and writing it a lost write)
+            g4 = (dy * params["scale"] if affine else dy.copy()).reshape(view)
+            xh4 = xhat.reshape(view)
             # dx = inv * (g - mean(g) - xhat * mean(g * xhat)), means over (S, C/G)
-            g4, xh4 = g.reshape(view), xhat.reshape(view)
             gx = np.einsum("nsgc,nsgc->ng", g4, xh4)[:, None, :, None]
             gx *= 1.0 / m
             g4 -= g4.mean(axis=(1, 3), keepdims=True)
             g4 -= xh4 * gx
             g4 *= inv
-            return grads, g
+            return grads, g4.reshape(x.shape)
 
         return y, pullback
 
@@ -400,6 +424,7 @@ def _grouped_norm(name: str, groups: Any, eps: float, affine: bool, dtype: Any,
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=fresh)
 
 
+@builder
 def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True,
                dtype: Any = np.float32, name: str = "group_norm") -> Layer:
     """Group normalisation (Wu & He, 2018) over channels-last data: PyTorch's ``GroupNorm``.
@@ -416,12 +441,11 @@ def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True,
     Same numbers as ``torch.nn.GroupNorm(num_groups, C, eps, affine)`` on NC... data
     moved to channels first.
     """
-    if (not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
-            or num_groups < 1):
-        raise LayerError(f"num_groups must be an int >= 1, got {num_groups!r}", name)
-    return _grouped_norm(name, int(num_groups), eps, affine, dtype, min_rank=2)
+    return _grouped_norm(name, int_arg(name, "num_groups", num_groups), eps, affine, dtype,
+                         min_rank=2)
 
 
+@builder
 def instance_norm(eps: float = 1e-5, affine: bool = False, dtype: Any = np.float32,
                   name: str = "instance_norm") -> Layer:
     """Instance normalisation (Ulyanov et al., 2016) over channels-last data:
@@ -439,6 +463,7 @@ def instance_norm(eps: float = 1e-5, affine: bool = False, dtype: Any = np.float
     return _grouped_norm(name, None, eps, affine, dtype, min_rank=3)
 
 
+@builder
 def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
              name: str = "rms_norm") -> Layer:
     """Root-mean-square normalisation (Zhang & Sennrich, 2019) over the last axis:
@@ -473,6 +498,7 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
             check_param_dtype(x, p)
 
     def forward(params, x):
+        x = np.ascontiguousarray(x)
         inv = _row_dot(x, x)
         inv *= 1.0 / x.shape[-1]
         inv += eps
@@ -491,6 +517,7 @@ def rms_norm(eps: float = 1e-6, affine: bool = True, dtype: Any = np.float32,
         y, xhat, inv = forward(params, x)
 
         def pullback(dy):
+            dy = np.ascontiguousarray(dy)
             lead = tuple(range(x.ndim - 1))
             grads = {"scale": _channel_dot(dy, xhat, x.ndim - 1, lead)} if affine else {}
             if not need_dx:

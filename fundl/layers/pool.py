@@ -18,7 +18,7 @@ from the kept input and output (compare, then keep the first True per window: a
 few bool ops on output-sized arrays, skipped when one count shows that no window
 has a tie), which was faster per training step than tracking the winning offset
 in the forward.  Inside :func:`fundl.serial` a ReLU directly before a max pool runs
-after it (:func:`fundl.fusion.run_order`): the same results, and the pool then
+after it (:func:`fundl.plan.run_order`): the same results, and the pool then
 sees the ReLU's input, whose windows rarely tie.
 Average pooling counts only real cells: with padding, a window near the border
 is averaged over the cells it covers inside the input (PyTorch's
@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple, Tuple, Union
 import numpy as np
 
 from ..checks import LayerError, as_shape, check_float_input, check_trailing_shape
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from .windows import (Padding, check_spatial_in_shape, int_tuple, offset_view, offsets,
                       pad_nhwc, parse_padding, window_geometry)
 
@@ -202,7 +202,7 @@ def _max_pool(name: str, d: int, window, stride, padding) -> Layer:
     # The pullback returns a new dx; it keeps the output to find the winners, so y
     # is not declared fresh.
     return stateless_layer(name, win.init, apply, vjp, takes=("need_dx",),
-                           fresh=("dx", "dparams"), kind="max_pool")
+                           fresh=("dx", "dparams"))
 
 
 def _avg_pool(name: str, d: int, window, stride, padding) -> Layer:
@@ -256,6 +256,7 @@ def _avg_pool(name: str, d: int, window, stride, padding) -> Layer:
                            fresh=("y", "dx", "dparams"))
 
 
+@builder
 def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
                padding: Padding = "valid") -> Layer:
     """Max over windows of ``window`` cells along the width of NWC data; no params.
@@ -270,6 +271,7 @@ def max_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], No
     return _max_pool("max_pool1d", 1, window, stride, padding)
 
 
+@builder
 def max_pool2d(window: Union[int, Tuple[int, int]],
                stride: Union[int, Tuple[int, int], None] = None,
                padding: Padding = "valid") -> Layer:
@@ -286,6 +288,7 @@ def max_pool2d(window: Union[int, Tuple[int, int]],
     return _max_pool("max_pool2d", 2, window, stride, padding)
 
 
+@builder
 def avg_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], None] = None,
                padding: Padding = "valid") -> Layer:
     """Mean over windows of ``window`` cells along the width of NWC data; no params.
@@ -296,6 +299,7 @@ def avg_pool1d(window: Union[int, Tuple[int]], stride: Union[int, Tuple[int], No
     return _avg_pool("avg_pool1d", 1, window, stride, padding)
 
 
+@builder
 def avg_pool2d(window: Union[int, Tuple[int, int]],
                stride: Union[int, Tuple[int, int], None] = None,
                padding: Padding = "valid") -> Layer:
@@ -308,6 +312,7 @@ def avg_pool2d(window: Union[int, Tuple[int, int]],
     return _avg_pool("avg_pool2d", 2, window, stride, padding)
 
 
+@builder
 def global_avg_pool() -> Layer:
     """Mean over every spatial axis: ``(batch, *spatial, C) -> (batch, C)``; no params.
 
@@ -329,8 +334,8 @@ def global_avg_pool() -> Layer:
                              f"(rank >= 3), got shape {tuple(x.shape)}")
 
     def apply(params, x):
-        check(x)
-        return x.mean(axis=tuple(range(1, x.ndim - 1)), dtype=x.dtype)
+        check(x)   # C-ordered: numpy's summation order follows the layout
+        return np.ascontiguousarray(x).mean(axis=tuple(range(1, x.ndim - 1)), dtype=x.dtype)
 
     def vjp(params, x, need_dx=True):
         check(x)

@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 
 from ..checks import (Array, LayerError, check_float_input, check_param_dtype,
-                      check_sequence_in_shape, check_trailing_shape)
-from ..core import Layer, stateless_layer
+                      check_sequence_in_shape, check_trailing_shape, int_arg)
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, normal
 
 __all__ = ["positional_embedding", "sinusoidal_positions"]
 
 
 
+@builder
 def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
                          dtype: Any = np.float32, name: str = "positional_embedding") -> Layer:
     """A learned position embedding: ``y[n, t] = x[n, t] + pos[t]``.
@@ -31,9 +32,7 @@ def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
     ``pos`` is its ``weight``.  The gradient of ``pos`` is ``dy`` summed over the
     batch in the first ``time`` rows and zero in the rest; ``dx = dy``.
     """
-    if int(max_len) < 1:
-        raise ValueError(f"positional_embedding needs max_len >= 1, got {max_len}")
-    max_len = int(max_len)
+    max_len = int_arg("positional_embedding", "max_len", max_len)
     dtype = np.dtype(dtype)
 
     def init_fn(key, in_shape):
@@ -63,7 +62,7 @@ def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
 
         def pullback(dy):
             dpos = np.zeros_like(pos)
-            dpos[:steps] = dy.sum(axis=0)
+            dpos[:steps] = np.ascontiguousarray(dy).sum(axis=0)  # one order for any layout
             return {"pos": dpos}, dy
 
         return x + pos[:steps], pullback
@@ -82,6 +81,7 @@ def sinusoid_table(steps: int, features: int, base: float = 10000.0) -> Array:
     return table
 
 
+@builder
 def sinusoidal_positions(*, base: float = 10000.0,
                          name: str = "sinusoidal_positions") -> Layer:
     """The fixed "Attention is all you need" encoding added to the input.

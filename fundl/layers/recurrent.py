@@ -46,15 +46,17 @@ given in each layer's docstring.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .. import fusion, kernels, random
+from .. import kernels, random
 from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_float_input, check_param_dtype,
-                      check_sequence_in_shape, check_trailing_shape, is_shape, normalize_shapes)
-from ..combinators import apply_child, init_child, split_key, vjp_child
-from ..core import Layer, stateless_layer
+                      Shape, check_sequence_in_shape, check_trailing_shape, int_arg, is_shape,
+                      normalize_shapes)
+from ..combinators import combinator, key_splitter
+from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
 
 __all__ = ["rnn", "gru", "lstm", "bidirectional"]
@@ -314,9 +316,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
     ``(N, T, F)`` (None unless ``need_dx``), ``dstate0`` the initial state's gradient
     tuple (when ``steps.state0`` is given).
     """
-    if int(hidden) < 1:
-        raise ValueError(f"{name} needs hidden >= 1, got {hidden}")
-    hidden = int(hidden)
+    hidden = int_arg(name, "hidden", hidden)
     dtype = np.dtype(dtype)
     n_inputs = 1 + int(with_lengths) + int(with_initial_state)
     state_shape = (hidden,) if n_state == 1 else ((hidden,),) * n_state
@@ -375,11 +375,13 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
 
     def apply(params, inp):
         x, steps = split_inputs(params, inp)
+        params = _compact(params)
         hs, _, final = scan(params, x, steps, keep=False)
         return outputs(hs, final, steps)
 
     def vjp(params, inp, need_dx=True):
         x, steps = split_inputs(params, inp)
+        params = _compact(params)
         hs, cache, final = scan(params, x, steps, keep=True)
         y = outputs(hs, final, steps)
         last = x.shape[1] - 1
@@ -394,9 +396,10 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
             else:
                 dh_n = None
             if return_sequences:
-                dys = _feature_major(dy)
-                if steps.vf is not None:
-                    dys *= steps.vf
+                if steps.vf is None:
+                    dys = _feature_major(dy)    # may be dy's own memory: only read
+                else:                           # zeros at padded steps, in a new array
+                    dys = np.multiply(dy.transpose(1, 2, 0), steps.vf, order="C")
                 dy_at = lambda t: _add(dys[t], dh_n) if t == last else dys[t]  # noqa: E731
             else:
                 dy_last = _add(_feature_major(dy), dh_n)
@@ -413,6 +416,12 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
         return y, pullback
 
     return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+
+
+def _compact(params: Dict[str, Array]) -> Dict[str, Array]:
+    """The params as C-contiguous arrays (themselves when they are, as usual): the matmuls
+    then run the same BLAS kernels, and give the same bits, for params in any layout."""
+    return {k: np.ascontiguousarray(v) for k, v in params.items()}
 
 
 def _valid_steps(lengths: Any, n: int, steps: int) -> Array:
@@ -463,6 +472,7 @@ def _relu_grad(h: Array, g: Array, out: Array) -> None:
 _RNN_ACTIVATIONS = {"tanh": (kernels.tanh, _tanh_grad), "relu": (kernels.relu, _relu_grad)}
 
 
+@builder
 def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
         with_lengths: bool = False, with_initial_state: bool = False, return_state: bool = False,
         w_x_init: Initializer = glorot_uniform, w_h_init: Initializer = orthogonal(),
@@ -523,6 +533,7 @@ def rnn(hidden: int, *, return_sequences: bool = True, activation: str = "tanh",
 
 # --- GRU ---------------------------------------------------------------------------
 
+@builder
 def gru(hidden: int, *, return_sequences: bool = True,
         with_lengths: bool = False, with_initial_state: bool = False, return_state: bool = False,
         w_x_init: Initializer = glorot_uniform, w_h_init: Initializer = orthogonal(),
@@ -635,6 +646,7 @@ def gru(hidden: int, *, return_sequences: bool = True,
 
 # --- LSTM --------------------------------------------------------------------------
 
+@builder
 def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0,
          with_lengths: bool = False, with_initial_state: bool = False, return_state: bool = False,
          w_x_init: Initializer = glorot_uniform, w_h_init: Initializer = orthogonal(),
@@ -759,6 +771,7 @@ def lstm(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
 
 # --- bidirectional -----------------------------------------------------------------
 
+@builder(children=("layer_fwd", "layer_bwd"))
 def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: str = "concat",
                   *, name: str = "bidirectional") -> Layer:
     """Run ``layer_fwd`` forward in time and ``layer_bwd`` on the time-reversed input.
@@ -776,33 +789,69 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
     ``(x, lengths)`` (in ``init``: ``((time, features), ())``) and each sequence is
     reversed within its own length, so the backward direction starts at the
     sequence's own last valid step, as PyTorch's packed sequences do; padded steps
-    stay in place (zero outputs, zero gradient).  Children with
-    ``with_initial_state`` or ``return_state`` are not supported here.
+    stay in place (zero outputs, zero gradient).  Both children must then take
+    lengths.  Children with ``with_initial_state`` or ``return_state`` are not
+    supported here.
     """
     if merge not in ("concat", "sum"):
         raise ValueError(f"bidirectional merge must be 'concat' or 'sum', got {merge!r}")
-    layer_bwd = layer_fwd if layer_bwd is None else layer_bwd
+    # the default backward layer: the same builder's layer, a distinct object (its own params)
+    layer_bwd = layer_fwd.replace() if layer_bwd is None else layer_bwd
     for what, layer in (("layer_fwd", layer_fwd), ("layer_bwd", layer_bwd)):
         if not isinstance(layer, Layer):
             raise TypeError(f"bidirectional: {what} is a {type(layer).__name__}, not a fundl Layer")
-    children = (("forward", layer_fwd), ("backward", layer_bwd))
-    uses_key = fusion.speed_of(layer_fwd).uses_key or fusion.speed_of(layer_bwd).uses_key
-    runs = (fusion.runner(layer_fwd), fusion.runner(layer_bwd))
+    compose = functools.partial(_bidirectional, merge=merge)
+    return combinator(compose, (("forward", layer_fwd), ("backward", layer_bwd)), name,
+                      fresh=("y", "dx", "dparams"))
 
-    def merged_shape(fwd_shape, bwd_shape):
-        if not (is_shape(fwd_shape) and is_shape(bwd_shape)):
-            raise LayerError(f"expected children with one output each (no return_state), got "
-                             f"output shapes {fwd_shape!r} and {bwd_shape!r}")
-        fwd_shape, bwd_shape = as_shape(fwd_shape), as_shape(bwd_shape)
-        if merge == "sum" and fwd_shape != bwd_shape:
-            raise LayerError(f"merge='sum' needs equal output shapes, got forward {fwd_shape} "
-                             f"and backward {bwd_shape}")
-        if merge == "concat" and fwd_shape[:-1] != bwd_shape[:-1]:
-            raise LayerError(f"merge='concat' needs output shapes equal but for the last axis, "
-                             f"got forward {fwd_shape} and backward {bwd_shape}")
-        if merge == "sum":
-            return fwd_shape
-        return fwd_shape[:-1] + (fwd_shape[-1] + bwd_shape[-1],)
+
+def _merged_shape(merge: str, fwd_shape: Any, bwd_shape: Any) -> Shape:
+    if not (is_shape(fwd_shape) and is_shape(bwd_shape)):
+        raise LayerError(f"expected children with one output each (no return_state), got "
+                         f"output shapes {fwd_shape!r} and {bwd_shape!r}")
+    fwd_shape, bwd_shape = as_shape(fwd_shape), as_shape(bwd_shape)
+    if merge == "sum" and fwd_shape != bwd_shape:
+        raise LayerError(f"merge='sum' needs equal output shapes, got forward {fwd_shape} "
+                         f"and backward {bwd_shape}")
+    if merge == "concat" and fwd_shape[:-1] != bwd_shape[:-1]:
+        raise LayerError(f"merge='concat' needs output shapes equal but for the last axis, "
+                         f"got forward {fwd_shape} and backward {bwd_shape}")
+    if merge == "sum":
+        return fwd_shape
+    return fwd_shape[:-1] + (fwd_shape[-1] + bwd_shape[-1],)
+
+
+def _sequence_and_reversal(inp: Any) -> Tuple[Array, Optional[Array]]:
+    """``(x, reversal index or None)`` of a bidirectional layer's input; the index
+    reverses each sequence within its length."""
+    if isinstance(inp, (tuple, list)):
+        if len(inp) != 2:
+            raise LayerError(f"expected x or a tuple (x, lengths), got a "
+                             f"{type(inp).__name__} of length {len(inp)}")
+        x, lengths = inp
+    else:
+        x, lengths = inp, None
+    check_float_input(x)
+    check_trailing_shape(x, (None, None))
+    if lengths is None:
+        return x, None
+    n, steps = x.shape[:2]
+    valid = _valid_steps(lengths, n, steps)
+    t = np.arange(steps)[None, :]
+    return x, np.where(valid, lengths[:, None] - 1 - t, t)
+
+
+def _reverse_time(y: Array, index: Optional[Array]) -> Array:
+    if y.ndim != 3:
+        return y
+    if index is None:
+        return y[:, ::-1]
+    return np.take_along_axis(y, index[:, :, None], axis=1)
+
+
+def _bidirectional(children, merge: str):
+    (_, forward), (_, backward) = children
+    split = key_splitter(children)
 
     def init(key, in_shape):
         if is_shape(in_shape):
@@ -815,94 +864,57 @@ def bidirectional(layer_fwd: Layer, layer_bwd: Optional[Layer] = None, merge: st
             in_shape = normalize_shapes(in_shape) if ok else in_shape
         if not ok:
             raise LayerError(f"expected an input shape (time, features), or ((time, features), ()) "
-                             f"with lengths, got {in_shape}", name)
-        params, state, shapes = {}, {}, {}
-        for (k, layer), sub in zip(children, random.split(key, 2)):
-            params[k], state[k], shapes[k] = init_child(k, layer, sub, in_shape)
-        try:
-            return params, state, merged_shape(shapes["forward"], shapes["backward"])
-        except LayerError as err:
-            raise err.named(name) from None
-
-    def split_input(inp):
-        """``(x, reversal index or None)``; the index reverses each sequence in its length."""
-        try:
-            if isinstance(inp, (tuple, list)):
-                if len(inp) != 2:
-                    raise LayerError(f"expected x or a tuple (x, lengths), got a "
-                                     f"{type(inp).__name__} of length {len(inp)}")
-                x, lengths = inp
-            else:
-                x, lengths = inp, None
-            check_float_input(x)
-            check_trailing_shape(x, (None, None))
-            if lengths is None:
-                return x, None
-            n, steps = x.shape[:2]
-            valid = _valid_steps(lengths, n, steps)
-            t = np.arange(steps)[None, :]
-            return x, np.where(valid, lengths[:, None] - 1 - t, t)
-        except LayerError as err:
-            raise err.named(name) from None
-
-    def reverse_time(y, index):
-        if y.ndim != 3:
-            return y
-        if index is None:
-            return y[:, ::-1]
-        return np.take_along_axis(y, index[:, :, None], axis=1)
+                             f"with lengths, got {in_shape}")
+        k_f, k_b = random.split(key, 2)
+        p_f, s_f, out_f = forward.init_fn(k_f, in_shape)
+        p_b, s_b, out_b = backward.init_fn(k_b, in_shape)
+        return ({"forward": p_f, "backward": p_b}, {"forward": s_f, "backward": s_b},
+                _merged_shape(merge, out_f, out_b))
 
     def child_inputs(inp, x, index):
         if index is None:
             return x, x[:, ::-1]  # a view: the recurrent cells copy their input once anyway
-        return inp, (reverse_time(x, index), inp[1])
+        return inp, (_reverse_time(x, index), inp[1])
 
     def combine(y_f, y_b):
         if merge == "sum":
             if y_f.shape != y_b.shape:
                 raise LayerError(f"merge='sum' needs equal outputs, got forward shape "
-                                 f"{y_f.shape} and backward shape {y_b.shape}", name)
+                                 f"{y_f.shape} and backward shape {y_b.shape}")
             return y_f + y_b
         return np.concatenate([y_f, y_b], axis=-1)
 
     def apply(params, state, inp, *, key=None, train=False):
-        x, index = split_input(inp)
-        outs = []
-        for (k, layer), sub, child_in in zip(children, split_key(key, 2, uses_key),
-                                             child_inputs(inp, x, index)):
-            outs.append(apply_child(k, layer, params[k], state[k], child_in, sub, train))
-        return combine(outs[0], reverse_time(outs[1], index))
+        x, index = _sequence_and_reversal(inp)
+        (k_f, k_b), (in_f, in_b) = split(key), child_inputs(inp, x, index)
+        y_f = forward.apply_fn(params["forward"], state["forward"], in_f, key=k_f, train=train)
+        y_b = backward.apply_fn(params["backward"], state["backward"], in_b, key=k_b, train=train)
+        return combine(y_f, _reverse_time(y_b, index))
 
-    def vjp(params, state, inp, *, key=None, need_dx=True):
-        x, index = split_input(inp)
-        outs, new_state, pullbacks = [], {}, []
-        for (k, _), run, sub, child_in in zip(children, runs, split_key(key, 2, uses_key),
-                                              child_inputs(inp, x, index)):
-            y, new_state[k], pb = vjp_child(k, run, params[k], state[k], child_in, sub, need_dx)
-            outs.append(y)
-            pullbacks.append(pb)
-        y_f, y_b = outs[0], reverse_time(outs[1], index)
-        split = y_f.shape[-1]
-        y = combine(y_f, y_b)
+    def vjp(params, state, inp, *, key=None, train=True):
+        x, index = _sequence_and_reversal(inp)
+        (k_f, k_b), (in_f, in_b) = split(key), child_inputs(inp, x, index)
+        y_f, s_f, pullback_f = forward.vjp_fn(params["forward"], state["forward"], in_f,
+                                              key=k_f, train=train)
+        y_b, s_b, pullback_b = backward.vjp_fn(params["backward"], state["backward"], in_b,
+                                               key=k_b, train=train)
+        y_b = _reverse_time(y_b, index)
+        split_at = y_f.shape[-1]
 
         def pullback(dy):
-            if merge == "sum":
-                dy_f, dy_b = dy, dy
-            else:
-                dy_f, dy_b = dy[..., :split], dy[..., split:]
-            dp_f, dx_f = pullbacks[0](dy_f)
-            dp_b, dx_b = pullbacks[1](reverse_time(dy_b, index))
+            dy_f, dy_b = (dy, dy) if merge == "sum" else (dy[..., :split_at], dy[..., split_at:])
+            dp_f, dx_f = pullback_f(dy_f)
+            dp_b, dx_b = pullback_b(_reverse_time(dy_b, index))
             if index is not None:   # the children's (dx, None): the lengths get no gradient
                 dx_f = None if dx_f is None else dx_f[0]
                 dx_b = None if dx_b is None else dx_b[0]
             dx = None
-            if need_dx and dx_f is not None and dx_b is not None:
-                dx = dx_f + reverse_time(dx_b, index)
+            if dx_f is not None and dx_b is not None:
+                dx = dx_f + _reverse_time(dx_b, index)
                 if index is not None:
                     dx = (dx, None)
             return {"forward": dp_f, "backward": dp_b}, dx
 
-        return y, new_state, pullback
+        return combine(y_f, y_b), {"forward": s_f, "backward": s_b}, pullback
 
-    return Layer(init, apply, vjp, name, children,
-                 fusion.Speed(uses_key=uses_key, takes=frozenset({"need_dx"})))
+    return init, apply, vjp

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..checks import LayerError, Shape, as_shape
-from ..core import Layer, stateless_layer
+from ..checks import LayerError, Shape, as_shape, int_or_none
+from ..core import Layer, builder, stateless_layer
 
 __all__ = ["flatten", "reshape"]
 
@@ -25,6 +25,7 @@ def _check_array(x: Any) -> None:
                          f"the batch, got shape {x.shape}")
 
 
+@builder
 def flatten() -> Layer:
     """``(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)``.  Any dtype; no params."""
 
@@ -58,12 +59,18 @@ def _resolve(target: Shape, in_shape: Shape) -> Shape:
     return target
 
 
+@builder
 def reshape(shape: Sequence[int]) -> Layer:
     """``(batch, *in_shape) -> (batch, *shape)``; ``shape`` is per-example, one ``-1`` allowed.
 
     Sizes must match: ``prod(shape) == prod(in_shape)``, else a LayerError naming both.
     Any dtype; no params.
     """
+    if int_or_none(shape) is not None:
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or any(int_or_none(d) is None for d in shape):
+        raise TypeError(f"layer 'reshape': shape must be a sequence of ints (one may be -1), "
+                        f"got {type(shape).__name__} {shape!r} (floats and bools are refused)")
     target = as_shape(shape)
     if target.count(-1) > 1 or any(d < -1 for d in target):
         raise ValueError(f"reshape: shape may hold one -1 and otherwise sizes >= 0, got {target}")

@@ -14,7 +14,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from ..checks import LayerError, as_shape, check_float_input
-from ..core import Layer, stateless_layer
+from ..core import Layer, builder, stateless_layer
 from .windows import int_tuple
 
 __all__ = ["upsample2d"]
@@ -62,6 +62,7 @@ def _interp_t(dy, axis, i0, i1, frac, size):
     return _segment_sum(dy * (1 - lw), i0, size, axis) + _segment_sum(dy * lw, i1, size, axis)
 
 
+@builder
 def upsample2d(scale: Union[int, Tuple[int, int]], method: str = "nearest",
                align_corners: bool = False, name: str = "upsample2d") -> Layer:
     """Upsample NHWC data by integer factors: ``torch.nn.functional.interpolate``.
@@ -115,6 +116,7 @@ def upsample2d(scale: Union[int, Tuple[int, int]], method: str = "nearest",
         def pullback(dy):
             if not need_dx:
                 return {}, None
+            dy = np.ascontiguousarray(dy)   # the sums then add in one order for any layout
             if method == "nearest":
                 return {}, dy.reshape(n, h, sh, w, sw, c).sum(axis=(2, 4))
             rows, cols = geometry

@@ -8,11 +8,11 @@ it -- never a copy per window, never a loop over examples or positions.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..checks import LayerError, Shape, as_shape
+from ..checks import LayerError, Shape, as_shape, int_or_none
 
 __all__ = ["Padding", "Pads", "int_tuple", "parse_padding", "resolve_padding", "output_sizes",
            "window_geometry", "check_spatial_in_shape", "pad_nhwc", "offset_view", "offsets"]
@@ -21,41 +21,76 @@ Padding = Union[str, int, Sequence[Tuple[int, int]]]
 Pads = Tuple[Tuple[int, int], ...]
 
 
-def int_tuple(value: Any, d: int, what: str, kind: str) -> Tuple[int, ...]:
-    """``value`` (an int or a length-``d`` sequence of ints >= 1) as a ``d``-tuple."""
-    if isinstance(value, (int, np.integer)):
-        out = (int(value),) * d
+def _has_non_int_number(value: Any) -> bool:
+    """Whether a number that is not an int -- a float (even ``2.0``) or a bool -- sits in
+    ``value`` (a number, or sequences of them, nested)."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return any(_has_non_int_number(v) for v in value)
+    return isinstance(value, (bool, np.bool_, float, np.floating, complex))
+
+
+def _refuse_non_ints(value: Any, what: str, form: str, kind: str) -> None:
+    """A ``TypeError`` naming the layer ``kind`` and ``what`` if ``value`` holds a float
+    or a bool where ints belong (other wrong forms are a :class:`LayerError`)."""
+    if _has_non_int_number(value):
+        raise TypeError(f"layer '{kind}': {what} must be {form}, got {type(value).__name__} "
+                        f"{value!r} (floats and bools are refused: fundl does not round sizes)")
+
+
+def _int_rows(value: Any, width: int) -> Optional[list]:
+    """``value`` as a list of ``width``-tuples of ints if it is a sequence of such, else None."""
+    if not isinstance(value, (tuple, list)):
+        return None
+    rows = []
+    for row in value:
+        if not isinstance(row, (tuple, list, np.ndarray)) or len(row) != width:
+            return None
+        ints = [int_or_none(v) for v in row]
+        if None in ints:
+            return None
+        rows.append(tuple(ints))
+    return rows
+
+
+def int_tuple(value: Any, d: int, what: str, kind: str, minimum: int = 1) -> Tuple[int, ...]:
+    """``value`` (an int or a length-``d`` sequence of ints, each ``>= minimum``) as a
+    ``d``-tuple.  Python and numpy ints only, as :func:`fundl.checks.int_arg`: a float,
+    bool or string is a ``TypeError``; a wrong length or a too-small value a
+    :class:`LayerError`; both name ``what`` and the layer ``kind``."""
+    form = f"an int or {d} ints, each >= {minimum}"
+    _refuse_non_ints(value, what, form, kind)
+    single = int_or_none(value)
+    if single is not None:
+        out: Tuple[int, ...] = (single,) * d
     else:
-        try:
-            out = () if isinstance(value, str) else tuple(int(v) for v in value)
-        except (TypeError, ValueError):
-            out = ()
-    if len(out) != d or min(out) < 1:
-        raise LayerError(f"{what} must be an int or {d} ints, each >= 1, got {value!r}", kind)
+        row = _int_rows([value], len(value)) if isinstance(
+            value, (tuple, list, np.ndarray)) else None
+        out = row[0] if row else ()
+    if len(out) != d or min(out) < minimum:
+        raise LayerError(f"{what} must be {form}, got {value!r}", kind)
     return out
 
 
 def parse_padding(padding: Padding, d: int, kind: str) -> Union[str, Pads]:
     """Check a padding spec: ``"valid"``, ``"same"``, an int (symmetric, every axis)
-    or ``d`` pairs ``(lo, hi)`` (for ``d == 1`` a bare pair is accepted too)."""
+    or ``d`` pairs ``(lo, hi)`` (for ``d == 1`` a bare pair is accepted too), all ints
+    ``>= 0`` (a float or bool is a ``TypeError``, as in :func:`int_tuple`)."""
+    form = f"'valid', 'same', an int >= 0 or {d} pairs (lo, hi) >= 0"
     if isinstance(padding, str):
         if padding.lower() in ("valid", "same"):
             return padding.lower()
-    elif isinstance(padding, (int, np.integer)):
-        if padding >= 0:
-            return ((int(padding), int(padding)),) * d
+        raise LayerError(f"padding must be {form}, got {padding!r}", kind)
+    _refuse_non_ints(padding, "padding", form, kind)
+    single = int_or_none(padding)
+    if single is not None:
+        pads = [(single, single)] * d
+    elif d == 1 and _int_rows([padding], 2):
+        pads = _int_rows([padding], 2)                   # a bare (lo, hi) pair for 1-D
     else:
-        try:
-            pads = [tuple(int(v) for v in p) for p in padding]
-        except (TypeError, ValueError):
-            pads = []
-            if d == 1 and isinstance(padding, (tuple, list)) and len(padding) == 2 \
-                    and all(isinstance(v, (int, np.integer)) for v in padding):
-                pads = [tuple(int(v) for v in padding)]  # a bare (lo, hi) pair for 1-D
-        if (len(pads) == d and all(len(p) == 2 and min(p) >= 0 for p in pads)):
-            return tuple(pads)  # type: ignore[return-value]
-    raise LayerError(f"padding must be 'valid', 'same', an int >= 0 or {d} pairs "
-                     f"(lo, hi) >= 0, got {padding!r}", kind)
+        pads = _int_rows(padding, 2) or []
+    if len(pads) != d or min(min(p) for p in pads) < 0:
+        raise LayerError(f"padding must be {form}, got {padding!r}", kind)
+    return tuple(pads)  # type: ignore[return-value]
 
 
 def resolve_padding(padding: Union[str, Pads], sizes: Sequence[int], extents: Sequence[int],

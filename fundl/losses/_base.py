@@ -14,14 +14,43 @@ class LossError(ValueError):
 
 
 class Loss(NamedTuple):
-    """A loss: ``value(pred, target)`` and ``value_and_grad(pred, target)``."""
+    """A loss: ``value(pred, target)``, ``value_and_grad(pred, target)`` and its divisor.
+
+    Every loss is a weighted mean ``S / W``: a sum ``S`` over what it counts
+    (elements, examples, non-ignored labels weighted by their class) divided by
+    their total weight ``W``.  ``total_weight(pred, target) -> W`` (a float >= 0)
+    states that divisor, so that the loss over several batches -- an epoch in
+    :func:`fundl.evaluate`, the ranks' parts of a global batch in
+    :func:`fundl.distributed.make_step` -- is exactly ``sum S_b / sum W_b``,
+    whatever the split.  ``None`` (a loss of your own) means a mean over the
+    examples: ``W = pred.shape[0]`` (see :meth:`weight_of`).
+    """
 
     value: Callable[[np.ndarray, Any], np.ndarray]
     value_and_grad: Callable[[np.ndarray, Any], Tuple[np.ndarray, np.ndarray]]
     name: str
+    total_weight: Optional[Callable[[np.ndarray, Any], float]] = None
 
     def __call__(self, pred: np.ndarray, target: Any) -> np.ndarray:
         return self.value(pred, target)
+
+    def weight_of(self, pred: np.ndarray, target: Any) -> float:
+        """The divisor ``W`` of this loss on ``(pred, target)``: ``total_weight``, or the
+        number of examples ``pred.shape[0]`` for a loss that does not state one."""
+        if self.total_weight is not None:
+            return float(self.total_weight(pred, target))
+        return float(np.shape(pred)[0]) if np.ndim(pred) else 1.0
+
+
+def elements(pred: np.ndarray, target: Any) -> float:
+    """``total_weight`` of a mean over every element of ``pred``."""
+    return float(np.size(pred))
+
+
+def examples(pred: np.ndarray, target: Any) -> float:
+    """``total_weight`` of a mean over the examples (every leading position, classes last)."""
+    shape = np.shape(pred)
+    return float(np.prod(shape[:-1])) if shape else 1.0
 
 
 def check_pred(name: str, pred: Any, *, class_axis: bool = False) -> None:
@@ -37,6 +66,18 @@ def check_pred(name: str, pred: Any, *, class_axis: bool = False) -> None:
                         f"a mean over no examples is undefined")
     if class_axis and pred.shape[-1] == 0:
         raise LossError(f"{name}: predictions need at least one class, got shape {pred.shape}")
+
+
+def working(pred: np.ndarray) -> np.ndarray:
+    """``pred`` in the dtype a loss computes in: float32 for float16, else ``pred`` itself.
+
+    A float16 loss is computed in float32 and its value and gradient rounded once to
+    float16 at the end: float16 sums of per-example losses overflow past 65504 (a mean
+    cross-entropy of 5 over 32k tokens), ``pred - target`` and its square overflow for
+    moderate values, and a gradient ``1/N`` falls below float16's normal range for N
+    beyond 16k.  float32 and float64 run as they are (no copy, no extra pass).
+    """
+    return pred if pred.dtype.itemsize >= 4 else pred.astype(np.float32)
 
 
 def same_shape_target(name: str, pred: np.ndarray, target: Any, what: str = "target"
@@ -117,5 +158,16 @@ def weights_for(name: str, w: Optional[np.ndarray], classes: int, dtype: np.dtyp
 
 
 def scalar(value: Any, dtype: np.dtype) -> np.ndarray:
-    """A 0-d array of ``dtype``."""
-    return np.asarray(value, dtype=dtype)
+    """A 0-d array of ``dtype`` (a float16 value beyond its range is inf, without a warning)."""
+    if dtype.itemsize >= 4:
+        return np.asarray(value, dtype=dtype)
+    with np.errstate(over="ignore"):
+        return np.asarray(value, dtype=dtype)
+
+
+def like(grad: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The gradient ``grad`` (computed in :func:`working`'s dtype) in ``pred``'s dtype."""
+    if grad.dtype == pred.dtype:
+        return grad
+    with np.errstate(over="ignore"):
+        return grad.astype(pred.dtype)

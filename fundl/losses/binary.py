@@ -4,7 +4,8 @@
 Each element of the logits ``x`` (any shape) is an independent binary
 prediction ``sigmoid(x)`` against a target ``t`` in ``[0, 1]`` of the same
 shape; the loss is the mean over all N elements, as torch's
-``BCEWithLogitsLoss`` with ``reduction='mean'``.
+``BCEWithLogitsLoss`` with ``reduction='mean'``.  A float16 prediction is computed
+in float32; value and gradient are in the prediction's dtype.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._base import Loss, LossError, check_pred, check_probabilities, same_shape_target, scalar
+from ._base import (Loss, LossError, check_pred, check_probabilities, elements, like,
+                    same_shape_target, scalar, working)
 
 __all__ = ["sigmoid_binary_cross_entropy", "binary_cross_entropy_with_logits"]
 
@@ -21,6 +23,7 @@ __all__ = ["sigmoid_binary_cross_entropy", "binary_cross_entropy_with_logits"]
 def _make(name: str, pos_weight: Optional[np.ndarray]) -> Loss:
     def terms(pred: np.ndarray, target: Any):
         check_pred(name, pred)
+        pred = working(pred)
         t = same_shape_target(name, pred, target)
         check_probabilities(name, t, upper=1.0)
         e = np.exp(-np.abs(pred))  # in (0, 1]: never overflows
@@ -56,10 +59,10 @@ def _make(name: str, pos_weight: Optional[np.ndarray]) -> Loss:
         grad = sig - t  # d/dx [softplus(x) - x t]
         if extra is not None:
             grad += extra * (sig - 1)  # d/dx softplus(-x) = sigmoid(x) - 1
-        grad *= pred.dtype.type(1.0 / pred.size)
-        return v, grad.astype(pred.dtype, copy=False)
+        grad *= e.dtype.type(1.0 / pred.size)
+        return v, like(grad.astype(e.dtype, copy=False), pred)
 
-    return Loss(value, value_and_grad, name)
+    return Loss(value, value_and_grad, name, elements)
 
 
 #: Mean binary cross-entropy of ``sigmoid(logits)`` against targets in ``[0, 1]``

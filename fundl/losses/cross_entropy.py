@@ -9,7 +9,9 @@ probability rows of the logits' shape.  Every leading position is one example.
 Both are written as ``sum_i sum_c a_ic (-log softmax(z_i)_c) / D`` for a
 non-negative target weighting ``a`` and a divisor ``D``, whose exact gradient is
 ``(softmax(z_i) * sum_c a_ic - a_i) / D``.  The log-sum-exp subtracts the row
-maximum, so any finite logits give a finite value and gradient.
+maximum, so any finite logits give a finite value and gradient.  float16 logits
+are computed in float32 (a float16 sum of per-token losses overflows past 65504)
+and the value and gradient rounded once to float16.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import numpy as np
 
 from .. import kernels
 
-from ._base import (Loss, LossError, check_labels, check_pred, check_probabilities,
-                    class_weights, scalar, weights_for)
+from ._base import (Loss, LossError, check_labels, check_pred, check_probabilities, examples,
+                    class_weights, like, scalar, weights_for, working)
 
 __all__ = ["softmax_cross_entropy", "cross_entropy"]
 
@@ -51,8 +53,9 @@ def _targets(name: str, pred: np.ndarray, target: Any, ignore_index: Optional[in
 def _sce_value(pred: np.ndarray, target: Any) -> np.ndarray:
     """Mean softmax cross-entropy ``-mean_i sum_c t_ic log softmax(z_i)_c`` over the examples."""
     check_pred(_SCE, pred, class_axis=True)
-    labels, onehot = _targets(_SCE, pred, target)
-    shifted = kernels.log_softmax(pred)
+    work = working(pred)
+    labels, onehot = _targets(_SCE, work, target)
+    shifted = kernels.log_softmax(work)
     if labels is not None:
         picked = np.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
         return scalar(-picked.mean(), pred.dtype)
@@ -61,9 +64,10 @@ def _sce_value(pred: np.ndarray, target: Any) -> np.ndarray:
 
 def _sce_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.ndarray]:
     check_pred(_SCE, pred, class_axis=True)
-    labels, onehot = _targets(_SCE, pred, target)
+    work = working(pred)
+    labels, onehot = _targets(_SCE, work, target)
     classes = pred.shape[-1]
-    z = pred.reshape(-1, classes)
+    z = work.reshape(-1, classes)
     n = z.shape[0]  # examples the loss averages over
     # One exp pass and one (n, classes) buffer: e holds the shifted logits, then
     # exp of them, then the gradient.  log softmax is never materialised.
@@ -83,13 +87,13 @@ def _sce_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
         # -mean log softmax(z)[label] = mean(log sum exp(shifted) - shifted[label])
         value = (log_total.sum() - picked_sum) / n
         e *= (1.0 / n) / total  # softmax / n  (python float: keeps float32)
-        e[rows, flat_labels] -= pred.dtype.type(1.0 / n)
+        e[rows, flat_labels] -= e.dtype.type(1.0 / n)
     else:
         # Exact also for soft targets: d/dz -sum t log softmax(z) = softmax(z) sum t - t.
         value = (np.vdot(row_mass, log_total) - cross) / n
         e *= row_mass / (total * n)
-        e -= t * pred.dtype.type(1.0 / n)
-    return scalar(value, pred.dtype), e.reshape(pred.shape)
+        e -= t * e.dtype.type(1.0 / n)
+    return scalar(value, pred.dtype), like(e.reshape(pred.shape), pred)
 
 
 #: Cross-entropy of ``softmax(logits)`` (classes on the last axis) against
@@ -100,7 +104,7 @@ def _sce_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
 #: gradient ``(softmax(z) * sum_c t_c - t) / N``, i.e. ``(softmax - onehot) / N``.
 #: Equals torch's ``CrossEntropyLoss()`` with classes moved to the last axis.
 #: ``cross_entropy(...)`` adds label smoothing, class weights and an ignore index.
-softmax_cross_entropy = Loss(_sce_value, _sce_value_and_grad, _SCE)
+softmax_cross_entropy = Loss(_sce_value, _sce_value_and_grad, _SCE, examples)
 
 
 # --- with options ----------------------------------------------------------------
@@ -142,19 +146,39 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
     if eps == 0.0 and w64 is None and ignore_index is None:
         return softmax_cross_entropy
 
+    def checked(pred: np.ndarray, target: Any):
+        """``(labels or None, probabilities or None)``, checked."""
+        check_pred(name, pred, class_axis=True)
+        labels, probs = _targets(name, working(pred), target, ignore_index)
+        if labels is None and ignore_index is not None and ignore_index >= 0:
+            raise LossError(f"{name}: ignore_index={ignore_index} applies to integer "
+                            f"labels only, got probability targets of shape {pred.shape}")
+        return labels, probs
+
+    def label_weights(flat: np.ndarray, w: Optional[np.ndarray], dtype: np.dtype):
+        """``(keep, safe labels, row weights m_i w_{y_i})`` of flat integer labels."""
+        keep = np.ones(flat.size, bool) if ignore_index is None else flat != ignore_index
+        safe = np.where(keep, flat, 0)
+        return keep, safe, keep.astype(dtype) if w is None else w[safe] * keep
+
+    def total_weight(pred: np.ndarray, target: Any) -> float:
+        """``D``: the summed weights of the counted labels, or the number of examples for
+        probability targets (in float64: a float16 sum of many weights would overflow)."""
+        labels, _ = checked(pred, target)
+        if labels is None:
+            return float(pred.size // pred.shape[-1])
+        w = weights_for(name, w64, pred.shape[-1], np.dtype(np.float64))
+        return float(label_weights(labels.reshape(-1), w, np.dtype(np.float64))[2].sum())
+
     def terms(pred: np.ndarray, target: Any):
         """``(shifted logits, exp of them, row sums, a, D)`` for the examples as rows."""
-        check_pred(name, pred, class_axis=True)
-        labels, probs = _targets(name, pred, target, ignore_index)
-        dtype = pred.dtype
+        labels, probs = checked(pred, target)
+        z = working(pred).reshape(-1, pred.shape[-1])
+        dtype = z.dtype
         classes = pred.shape[-1]
         w = weights_for(name, w64, classes, dtype)
-        z = pred.reshape(-1, classes)
         n = z.shape[0]
         if labels is None:
-            if ignore_index is not None and ignore_index >= 0:
-                raise LossError(f"{name}: ignore_index={ignore_index} applies to integer "
-                                f"labels only, got probability targets of shape {pred.shape}")
             a = probs.reshape(-1, classes)
             if eps:
                 a = a * dtype.type(1.0 - eps) + dtype.type(eps / classes)
@@ -162,10 +186,7 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
                 a = a * w
             divisor = dtype.type(n)
         else:
-            flat = labels.reshape(-1)
-            keep = np.ones(n, bool) if ignore_index is None else flat != ignore_index
-            safe = np.where(keep, flat, 0)
-            row_w = keep.astype(dtype) if w is None else w[safe] * keep
+            keep, safe, row_w = label_weights(labels.reshape(-1), w, dtype)
             divisor = row_w.sum()
             a = np.zeros((n, classes), dtype)
             if eps:
@@ -199,6 +220,6 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
         v = loss_value(a, shifted, total, divisor, pred.dtype)
         ex *= (a.sum(axis=-1) / (total * divisor))[:, None]  # softmax * sum_c a / D
         ex -= a / divisor
-        return v, ex.reshape(pred.shape)
+        return v, like(ex.reshape(pred.shape), pred)
 
-    return Loss(value, value_and_grad, name)
+    return Loss(value, value_and_grad, name, total_weight)

@@ -6,13 +6,17 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, check_pred, check_probabilities, same_shape_target, scalar
+from ._base import (Loss, check_pred, check_probabilities, examples, like, same_shape_target,
+                    scalar, working)
 
 __all__ = ["kl_divergence"]
 
 
 def _terms(pred: np.ndarray, target: Any):
+    """``(t, N, value)`` in the working dtype (float32 for float16: the float16 sums of
+    ``t log t`` and ``t pred`` over 40k examples overflowed, and their difference was NaN)."""
     check_pred("kl_divergence", pred, class_axis=True)
+    pred = working(pred)
     t = same_shape_target("kl_divergence", pred, target)
     check_probabilities("kl_divergence", t)
     examples = pred.size // pred.shape[-1]
@@ -30,7 +34,7 @@ def _kl_value(pred: np.ndarray, target: Any) -> np.ndarray:
     sum runs over the classes (last axis) and the mean over the N examples, every
     leading position: for 2-D ``(N, C)`` input this is torch's ``batchmean``;
     for ``(N, T, C)`` torch divides by ``N`` only, so its value is ``T`` times
-    this one.  Gradient: ``-target / N``.
+    this one.  Gradient: ``-target / N``.  float16 is computed in float32.
     """
     _, _, value = _terms(pred, target)
     return scalar(value, pred.dtype)
@@ -38,11 +42,11 @@ def _kl_value(pred: np.ndarray, target: Any) -> np.ndarray:
 
 def _kl_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.ndarray]:
     t, examples, value = _terms(pred, target)
-    return scalar(value, pred.dtype), t * pred.dtype.type(-1.0 / examples)
+    return scalar(value, pred.dtype), like(t * t.dtype.type(-1.0 / examples), pred)
 
 
 #: KL divergence ``sum t (log t - pred) / N`` of log-probabilities ``pred`` from
 #: probability targets (shape ``(..., C)``, sum over the last axis, mean over the
 #: N examples; torch's ``KLDivLoss(reduction='batchmean')`` for 2-D input;
 #: ``0 log 0 = 0``); gradient ``-target / N``.
-kl_divergence = Loss(_kl_value, _kl_value_and_grad, "kl_divergence")
+kl_divergence = Loss(_kl_value, _kl_value_and_grad, "kl_divergence", examples)

@@ -6,7 +6,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, check_labels, check_pred, scalar
+from ._base import Loss, check_labels, check_pred, examples, scalar
 
 __all__ = ["nll"]
 
@@ -28,7 +28,12 @@ def _nll_value(pred: np.ndarray, target: Any) -> np.ndarray:
     """
     labels = _checked(pred, target)
     picked = np.take_along_axis(pred, labels[..., None], axis=-1)
-    return scalar(-picked.mean(), pred.dtype)
+    return scalar(-_mean(picked), pred.dtype)
+
+
+def _mean(picked: np.ndarray) -> np.ndarray:
+    """The mean of the picked log-probabilities, summed in float32 at least."""
+    return picked.mean(dtype=np.float32) if picked.dtype.itemsize < 4 else picked.mean()
 
 
 def _nll_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -36,9 +41,9 @@ def _nll_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
     classes = pred.shape[-1]
     flat = labels.reshape(-1)
     rows = np.arange(flat.size)
-    value = scalar(-pred.reshape(-1, classes)[rows, flat].mean(), pred.dtype)
+    value = scalar(-_mean(pred.reshape(-1, classes)[rows, flat]), pred.dtype)
     grad = np.zeros((flat.size, classes), pred.dtype)
-    grad[rows, flat] = -1.0 / flat.size
+    grad[rows, flat] = -1.0 / flat.size   # rounded once to pred's dtype
     return value, grad.reshape(pred.shape)
 
 
@@ -46,4 +51,4 @@ def _nll_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
 #: ``pred`` (shape ``(..., C)``, classes LAST; torch's ``NLLLoss`` has them on
 #: axis 1) against integer labels of shape ``pred.shape[:-1]``; gradient ``-1/N``
 #: at the labels, 0 elsewhere.
-nll = Loss(_nll_value, _nll_value_and_grad, "nll")
+nll = Loss(_nll_value, _nll_value_and_grad, "nll", examples)

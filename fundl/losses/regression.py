@@ -2,7 +2,8 @@
 
 Each takes a prediction of any shape and a target of the same shape and averages
 over every element (N = ``pred.size``), as torch's ``MSELoss``, ``L1Loss`` and
-``HuberLoss`` do with ``reduction='mean'``.
+``HuberLoss`` do with ``reduction='mean'``.  A float16 prediction is computed in
+float32 (:func:`~fundl.losses._base.working`); value and gradient are in ``pred``'s dtype.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._base import Loss, LossError, check_pred, same_shape_target, scalar
+from ._base import Loss, LossError, check_pred, elements, like, same_shape_target, scalar, working
 
 __all__ = ["mse", "l1", "huber"]
 
 
 def _diff(name: str, pred: np.ndarray, target: Any) -> np.ndarray:
+    """``pred - target`` in the working dtype (float32 for float16): a new array, ours."""
     check_pred(name, pred)
-    return pred - same_shape_target(name, pred, target)  # a new array: ours to overwrite
+    work = working(pred)
+    return work - same_shape_target(name, work, target)
 
 
 # --- mean squared error ----------------------------------------------------------
@@ -33,13 +36,13 @@ def _mse_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
     diff = _diff("mse", pred, target)
     value = scalar(np.mean(np.square(diff)), pred.dtype)
     # d/dpred mean((pred - t)^2) = 2 (pred - t) / N, N = every element.
-    diff *= pred.dtype.type(2.0 / diff.size)
-    return value, diff
+    diff *= diff.dtype.type(2.0 / diff.size)
+    return value, like(diff, pred)
 
 
 #: Mean squared error over every element of ``pred`` (any shape, target of the
 #: same shape); gradient ``2 (pred - target) / N`` with N the number of elements.
-mse = Loss(_mse_value, _mse_value_and_grad, "mse")
+mse = Loss(_mse_value, _mse_value_and_grad, "mse", elements)
 
 
 # --- mean absolute error ---------------------------------------------------------
@@ -58,13 +61,13 @@ def _l1_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.nd
     diff = _diff("l1", pred, target)
     value = scalar(np.mean(np.abs(diff)), pred.dtype)
     np.sign(diff, out=diff)  # 0 at ties
-    diff *= pred.dtype.type(1.0 / diff.size)
-    return value, diff
+    diff *= diff.dtype.type(1.0 / diff.size)
+    return value, like(diff, pred)
 
 
 #: Mean absolute error over every element (torch's ``L1Loss``); gradient
 #: ``sign(pred - target) / N``, 0 where ``pred == target``.
-l1 = Loss(_l1_value, _l1_value_and_grad, "l1")
+l1 = Loss(_l1_value, _l1_value_and_grad, "l1", elements)
 
 
 # --- Huber -------------------------------------------------------------------------
@@ -94,7 +97,7 @@ def huber(delta: float = 1.0) -> Loss:
         cost = np.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))
         value = scalar(np.mean(cost), pred.dtype)
         np.clip(d, -delta, delta, out=d)
-        d *= pred.dtype.type(1.0 / d.size)
-        return value, d
+        d *= d.dtype.type(1.0 / d.size)
+        return value, like(d, pred)
 
-    return Loss(value, value_and_grad, "huber")
+    return Loss(value, value_and_grad, "huber", elements)

@@ -18,9 +18,10 @@ of them their own optimizer (:mod:`fundl.optim.masking`).  Schedules live in
 from . import schedules
 from .accumulate import AccumulateState, accumulate
 from .adagrad import AdagradState, adagrad, scale_by_rss
-from .adam import AdamState, adam, adamax, adamw, scale_by_adam, scale_by_adamax
+from .adam import AdamaxState, AdamState, adam, adamax, adamw, scale_by_adam, scale_by_adamax
 from .base import GradientTransform, Optimizer, chain, descend
 from .lion import LionState, lion, scale_by_lion
+from .mask import Mask
 from .masking import (MaskedState, MaskError, MultiTransformState, freeze, masked,
                       multi_transform, scale_lr, set_to_zero)
 from .rmsprop import RMSState, rmsprop, scale_by_rms
@@ -33,10 +34,11 @@ __all__ = [
     "Optimizer", "GradientTransform", "chain", "descend",
     "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adamax", "lion",
     "accumulate", "masked", "freeze", "multi_transform", "set_to_zero", "scale_lr",
-    "MaskedState", "MultiTransformState", "MaskError",
+    "MaskedState", "MultiTransformState", "MaskError", "Mask",
     "trace", "scale_by_rss", "scale_by_rms", "scale_by_adam", "scale_by_adamax", "scale_by_lion",
     "clip_by_global_norm", "clip_by_value", "add_weight_decay", "scale", "identity",
-    "TraceState", "AdagradState", "RMSState", "AdamState", "LionState", "AccumulateState",
+    "TraceState", "AdagradState", "RMSState", "AdamState", "AdamaxState", "LionState",
+    "AccumulateState",
     "schedules", "constant", "piecewise_constant", "exponential_decay", "cosine_decay",
     "warmup_cosine", "join_schedules",
 ]

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import Optimizer, count_array
+from .base import Optimizer, check_count, count_array
 
 __all__ = ["accumulate", "AccumulateState"]
 
@@ -36,15 +36,17 @@ def accumulate(optimizer: Optimizer, k: int) -> Optimizer:
     optimizer is called once with ``grad_sum / k`` and that call's ``lr``, and
     the sum is reset.  ``k = 1`` is the wrapped optimizer itself.
     """
-    if int(k) != k or k < 1:
-        raise ValueError(f"accumulate needs an integer k >= 1, got {k}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"accumulate: expected an Optimizer, got {type(optimizer).__name__}")
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"accumulate needs an integer k >= 1, got {k!r}")
     k = int(k)
 
     def init(params):
         return AccumulateState(count_array(0), tree.zeros_like(params), optimizer.init(params))
 
     def update(params, grads, state, lr):
-        n = int(state.count) + 1
+        n = check_count("accumulate", state.count) + 1
         if n < k:
             grad_sum = tree.map(lambda s, g: np.add(s, g, dtype=s.dtype), state.grad_sum, grads)
             return params, AccumulateState(count_array(n), grad_sum, state.inner)

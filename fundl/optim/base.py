@@ -41,7 +41,8 @@ import numpy as np
 from .. import tree
 
 __all__ = ["Optimizer", "GradientTransform", "PerLeaf", "leafwise", "chain", "descend",
-           "descend_leaf", "count_array", "as_lr", "check_decay", "check_grads"]
+           "descend_leaf", "count_array", "as_lr", "check_number", "check_positive", "check_rate",
+           "check_decay", "check_count", "check_eps_fits", "check_grads", "TINY_EPS"]
 
 
 class PerLeaf(NamedTuple):
@@ -110,12 +111,73 @@ def as_lr(lr: Any) -> float:
     return value
 
 
-def check_decay(name: str, value: float) -> float:
+def check_number(who: str, name: str, value: Any, *, allow_inf: bool = False) -> float:
+    """``value`` as a Python float: ``TypeError`` unless it is a real number (not a bool, not
+    a string), ``ValueError`` if it is NaN (or infinite, unless ``allow_inf``); the message
+    names the optimizer ``who`` and the argument ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)) and not (
+            isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"):
+        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__} "
+                        f"{value!r}")
+    out = float(value)
+    if math.isnan(out) or (not allow_inf and math.isinf(out)):
+        raise ValueError(f"{who}: {name} must be finite, got {out}")
+    return out
+
+
+def check_positive(who: str, name: str, value: Any) -> float:
+    """``value`` as a float, checked finite and ``> 0`` (an ``eps``, a norm bound)."""
+    out = check_number(who, name, value)
+    if not out > 0.0:
+        raise ValueError(f"{who}: {name} must be > 0, got {out}")
+    return out
+
+
+def check_rate(who: str, name: str, value: Any) -> float:
+    """``value`` as a float, checked finite and ``>= 0`` (a weight decay, a factor)."""
+    out = check_number(who, name, value)
+    if not out >= 0.0:
+        raise ValueError(f"{who}: {name} must be >= 0, got {out}")
+    return out
+
+
+def check_decay(who: str, name: str, value: Any) -> float:
     """``value`` as a float, checked to lie in ``[0, 1)`` (a decay or momentum coefficient)."""
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return value
+    out = check_number(who, name, value)
+    if not 0.0 <= out < 1.0:
+        raise ValueError(f"{who}: {name} must be in [0, 1), got {out}")
+    return out
+
+
+#: Below this an ``eps`` may round to 0 in float32 (whose smallest subnormal is 1.4e-45): a
+#: rule checks its ``eps`` in the gradient's dtype when the dtype is narrower than float32
+#: or ``eps`` is this small (one float comparison on the common path).
+TINY_EPS = 1e-37
+
+
+def check_eps_fits(who: str, eps: float, eps_used: float, dtype: np.dtype) -> None:
+    """Raise if ``eps`` (used as ``eps_used``) rounds to 0 in the params' dtype (float16 with
+    the default 1e-8): the update would divide 0 by 0 for every zero gradient."""
+    if dtype.type(eps_used) == 0:
+        tiny = float(np.finfo(dtype).smallest_subnormal)
+        raise ValueError(f"{who}: eps={eps:g} is 0 in {dtype} (the update would divide by zero); "
+                         f"use eps of at least {tiny / max(eps_used / eps, 1e-300):.1e} for "
+                         f"{dtype} params, e.g. {who}(eps=1e-4), or train in float32")
+
+
+def check_count(who: str, count: Any) -> int:
+    """The step count of a state as an ``int``, checked to be a whole number ``>= 0``."""
+    try:
+        n = int(count)
+        ok = n == count and n >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{who}: the optimizer state's count must be a whole number >= 0 "
+                         f"(the updates done so far), got {count!r}; was the state built by "
+                         f"{who}'s init or loaded from its checkpoint?")
+    return n
 
 
 def count_array(n: int = 0) -> np.ndarray:
@@ -215,6 +277,11 @@ def descend(transform: GradientTransform, name: str = "") -> Optimizer:
     The optimizer's state is the transform's state.  A :func:`leafwise`
     transform and the descent run in one pass over the leaves.
     """
+    if not isinstance(transform, GradientTransform):
+        hint = (" (it is already an optimizer: use it as it is)"
+                if isinstance(transform, Optimizer) else "")
+        raise TypeError(f"descend: expected a GradientTransform, got "
+                        f"{type(transform).__name__}{hint}")
 
     def update(params, grads, state, lr):
         lr = as_lr(lr)

@@ -18,8 +18,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, descend, leafwise
-from .transforms import Mask, add_weight_decay
+from .base import (GradientTransform, Optimizer, PerLeaf, chain, check_decay, check_rate, descend,
+                   leafwise)
+from .mask import Mask
+from .transforms import weight_decay as _weight_decay
 
 __all__ = ["lion", "scale_by_lion", "LionState"]
 
@@ -30,9 +32,13 @@ class LionState(NamedTuple):
     mu: Any
 
 
-def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransform:
-    """Lion's sign update as a transform: output ``sign(b1 m + (1-b1) g)``; ``m <- b2 m + (1-b2) g``."""
-    b1, b2 = check_decay("b1", b1), check_decay("b2", b2)
+def scale_by_lion(b1: float = 0.9, b2: float = 0.99, *,
+                  who: str = "scale_by_lion") -> GradientTransform:
+    """Lion's sign update as a transform: output ``sign(b1 m + (1-b1) g)``;
+    ``m <- b2 m + (1-b2) g``.
+
+    ``b1``, ``b2`` in [0, 1); ``who`` names it in error messages."""
+    b1, b2 = check_decay(who, "b1", b1), check_decay(who, "b2", b2)
 
     def init(params):
         return LionState(tree.zeros_like(params))
@@ -56,8 +62,12 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransform:
 def lion(b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0, mask: Mask = None) -> Optimizer:
     """Lion: ``p <- p - lr (sign(b1 m + (1-b1) g) + weight_decay p); m <- b2 m + (1-b2) g``.
 
-    State ``LionState(mu)``, or ``(LionState(mu), {})`` when ``weight_decay > 0``.
+    ``mask`` selects the decayed parameters (default: all) in any form of
+    :mod:`fundl.optim.mask`.  State ``LionState(mu)``, or ``(LionState(mu), {})`` when
+    ``weight_decay > 0``.
     """
-    if float(weight_decay) == 0.0:
-        return descend(scale_by_lion(b1, b2), "lion")
-    return descend(chain(scale_by_lion(b1, b2), add_weight_decay(weight_decay, mask)), "lion")
+    scaling = scale_by_lion(b1, b2, who="lion")
+    if check_rate("lion", "weight_decay", weight_decay) == 0.0:
+        return descend(scaling, "lion")
+    decay = _weight_decay(weight_decay, mask, "lion", "weight_decay")
+    return descend(chain(scaling, decay), "lion")

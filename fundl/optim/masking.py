@@ -1,15 +1,8 @@
 """Masking: train some parameters, freeze the others, give groups their own optimizer.
 
-A **mask** selects parameters by their path (as :func:`fundl.tree.paths`
-spells it, e.g. ``"dense_0/w"`` or ``"serial_0/dense_1/b"``).  It is one of
-
-- a predicate ``mask(path) -> bool``, e.g. ``lambda path: path.startswith("dense_0/")``;
-- a glob pattern or a list of them (:func:`fnmatch.fnmatchcase`, where ``*``
-  also matches ``/``), e.g. ``"dense_0/*"`` or ``["dense_0/*", "*/b"]``: a path
-  is selected when any pattern matches it.  A pattern that matches no path of
-  a non-empty tree is an error (it is almost always a typo);
-- a tree of bools with exactly the structure of the params (dict keys in any
-  order), e.g. ``{"dense_0": {"w": True, "b": True}, "dense_2": {"w": False, "b": False}}``.
+A **mask** selects parameters by their path: a predicate ``path -> bool``, a glob
+pattern or a list of them, or a params-shaped tree of bools (:mod:`fundl.optim.mask`,
+the one reading of ``mask=`` that every optimizer shares).
 
 :func:`masked` applies a transform or an optimizer to the selected leaves only
 and passes the others through unchanged; :func:`freeze` keeps the selected
@@ -31,28 +24,18 @@ same paths as outside.  States are :class:`MaskedState` and
 
 from __future__ import annotations
 
-import fnmatch
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Union
 
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, as_lr, descend
+from .base import GradientTransform, Optimizer, as_lr, check_rate, descend
+from .mask import Labels, Mask, MaskError, labeller, selector
 
 __all__ = ["masked", "freeze", "multi_transform", "set_to_zero", "scale_lr",
            "MaskedState", "MultiTransformState", "MaskError", "Mask", "Labels"]
 
-Mask = Union[Callable[[str], bool], str, Sequence[str], Any]
-"""A predicate on paths, a glob pattern or list of them, or a params-shaped tree of bools."""
-
-Labels = Union[Callable[[str], str], Any]
-"""A function ``path -> label`` or a params-shaped tree of labels (strings)."""
-
 Part = Union[GradientTransform, Optimizer]
-
-
-class MaskError(ValueError):
-    """A mask or labels that do not fit the params; the message names the path."""
 
 
 class MaskedState(NamedTuple):
@@ -75,85 +58,7 @@ class MultiTransformState(NamedTuple):
     inner: Dict[str, Any]
 
 
-# ----------------------------------------------------------------------------- masks and labels
-
-def _is_bool(v: Any) -> bool:
-    return isinstance(v, (bool, np.bool_)) or (
-        isinstance(v, np.ndarray) and v.dtype == np.bool_ and v.ndim == 0)
-
-
-def _is_globs(mask: Any) -> bool:
-    return isinstance(mask, str) or (isinstance(mask, (list, tuple)) and not tree.is_namedtuple(mask)
-                                     and len(mask) > 0 and all(isinstance(m, str) for m in mask))
-
-
-def _call(fn: Callable[[str], Any], path: str, where: str, what: str) -> Any:
-    try:
-        return fn(path)
-    except Exception as e:  # re-raised with the path that made it fail
-        raise MaskError(f"{where}: the {what} raised on path '{path}': "
-                        f"{type(e).__name__}: {e}") from e
-
-
-def _tree_leaves(t: Any, treedef: tree.TreeDef, where: str, what: str) -> List[Any]:
-    try:
-        return treedef.leaves_of(t)
-    except tree.TreeError as e:
-        raise MaskError(f"{where}: the {what} tree does not match the params "
-                        f"(params vs {what}): {e}") from None
-
-
-def _selector(mask: Mask, where: str, invert: bool = False
-              ) -> Callable[[List[str], tree.TreeDef], List[bool]]:
-    """``select(paths, treedef) -> [bool per leaf]`` for any form of mask (``invert``: its complement)."""
-    if _is_globs(mask):
-        patterns = [mask] if isinstance(mask, str) else list(mask)
-
-        def select(paths, treedef):
-            hits = [[fnmatch.fnmatchcase(p, pat) for p in paths] for pat in patterns]
-            for pat, h in zip(patterns, hits):
-                if paths and not any(h):
-                    shown = ", ".join(f"'{p}'" for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
-                    raise MaskError(f"{where}: the pattern '{pat}' matches no parameter path "
-                                    f"(the paths are {shown})")
-            return [any(col) != invert for col in zip(*hits)] if hits else [invert] * len(paths)
-    elif callable(mask):
-        def select(paths, treedef):
-            return [bool(_call(mask, p, where, "mask predicate")) != invert for p in paths]
-    else:
-        def select(paths, treedef):
-            values = _tree_leaves(mask, treedef, where, "mask")
-            for p, v in zip(paths, values):
-                if not _is_bool(v):
-                    raise MaskError(f"{where}: the mask tree must hold True/False at every leaf, "
-                                    f"got {type(v).__name__} {v!r} at '{p}'")
-            return [bool(v) != invert for v in values]
-    return select
-
-
-def _labeller(labels: Labels, known: Dict[str, Any], where: str
-              ) -> Callable[[List[str], tree.TreeDef], List[str]]:
-    """``label_of(paths, treedef) -> [label per leaf]``, each a key of ``known``."""
-
-    def check(path: str, label: Any) -> Any:
-        try:
-            ok = label in known
-        except TypeError:  # unhashable
-            ok = False
-        if not ok:
-            raise MaskError(f"{where}: label {label!r} of path '{path}' has no transform "
-                            f"(the transforms are for labels {sorted(known)})")
-        return label
-
-    if callable(labels):
-        def label_of(paths, treedef):
-            return [check(p, _call(labels, p, where, "labels function")) for p in paths]
-    else:
-        def label_of(paths, treedef):
-            values = _tree_leaves(labels, treedef, where, "labels")
-            return [check(p, v) for p, v in zip(paths, values)]
-    return label_of
-
+# ----------------------------------------------------------------------------- trees by path
 
 def _flatten(t: Any, where: str) -> Tuple[List[Any], tree.TreeDef, List[str]]:
     """Leaves, treedef and paths of ``t``; two leaves with the same path are an error."""
@@ -226,7 +131,7 @@ def scale_lr(optimizer: Optimizer, factor: float) -> Optimizer:
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"scale_lr: expected an Optimizer, got {type(optimizer).__name__}")
-    factor = float(factor)
+    factor = check_rate("scale_lr", "factor", factor)
 
     def scaled(fn):
         def update(params, grads, state, lr):
@@ -303,7 +208,7 @@ def _one_group(select):
 
 def _masked(inner: Part, mask: Mask, name: str, invert: bool, rest: Callable[[Any], Any]) -> Part:
     _check_part(inner, name)
-    select = _selector(mask, name, invert)
+    select = selector(mask, name, invert)
     group_of = _one_group(select)
     make_state = lambda states: MaskedState(states[0])  # noqa: E731
     inner_states = lambda state: {0: state.inner}  # noqa: E731
@@ -368,7 +273,7 @@ def multi_transform(transforms: Dict[str, Part], labels: Labels) -> Part:
             raise TypeError(f"multi_transform: labels must be strings (checkpointable dict keys), "
                             f"got {label!r}")
         _check_part(part, f"multi_transform: the part for label '{label}'")
-    group_of = _labeller(labels, transforms, name)
+    group_of = labeller(labels, transforms, name)
     make_state = MultiTransformState
     inner_states = lambda state: state.inner  # noqa: E731
     if any(isinstance(p, Optimizer) for p in transforms.values()):

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, Optimizer, PerLeaf, chain, check_decay, descend, leafwise
+from .base import (TINY_EPS, GradientTransform, Optimizer, PerLeaf, chain, check_decay,
+                   check_eps_fits, check_positive, descend, leafwise)
 from .sgd import trace
 
 __all__ = ["rmsprop", "scale_by_rms", "RMSState"]
@@ -35,15 +36,23 @@ class RMSState(NamedTuple):
     mu: Optional[Any]
 
 
-def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False) -> GradientTransform:
-    """RMSProp's scaling as a transform: output ``g / (sqrt(nu [- mu^2]) + eps)``."""
-    decay, eps = check_decay("decay", decay), float(eps)
+def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, centered: bool = False, *,
+                 who: str = "scale_by_rms") -> GradientTransform:
+    """RMSProp's scaling as a transform: output ``g / (sqrt(nu [- mu^2]) + eps)``.
+
+    ``decay`` in [0, 1), ``eps > 0`` (with 0 a zero gradient gives 0/0); ``who`` names it
+    in error messages."""
+    decay, eps = check_decay(who, "decay", decay), check_positive(who, "eps", eps)
+    if not isinstance(centered, (bool, np.bool_)):
+        raise TypeError(f"{who}: centered must be True or False, got {centered!r}")
     rest = 1.0 - decay
 
     def init(params):
         return RMSState(tree.zeros_like(params), tree.zeros_like(params) if centered else None)
 
     def rule(p, g, nu, mu=None, out=(None, None)):
+        if g.dtype.itemsize < 4 or eps < TINY_EPS:
+            check_eps_fits(who, eps, eps, g.dtype)
         u = np.multiply(g, g)
         u *= rest
         nu = np.multiply(nu, decay, out=out[0])      # fresh (or out): the new state
@@ -84,7 +93,7 @@ def rmsprop(decay: float = 0.9, eps: float = 1e-8, centered: bool = False,
     instead; ``momentum > 0`` adds a heavy-ball buffer on the scaled gradient.
     State: ``RMSState(nu, mu)``, or ``(RMSState, TraceState(velocity))`` with momentum.
     """
-    scale = scale_by_rms(decay, eps, centered)
-    if float(momentum) == 0.0:
+    scale = scale_by_rms(decay, eps, centered, who="rmsprop")
+    if check_decay("rmsprop", "momentum", momentum) == 0.0:
         return descend(scale, "rmsprop")
-    return descend(chain(scale, trace(momentum)), "rmsprop")
+    return descend(chain(scale, trace(momentum, who="rmsprop")), "rmsprop")

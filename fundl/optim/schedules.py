@@ -2,7 +2,11 @@
 
 Pass one as ``lr`` to :func:`fundl.make_step` (it calls ``lr(train_state.step)``,
 the number of steps already taken, so the first step sees ``step = 0``), or
-call it yourself.  Every schedule returns a Python float.
+call it yourself.  Every schedule returns a Python float.  The step must be a
+number ``>= 0`` (an int, a numpy integer or a 0-d array): anything else is a
+``ValueError``/``TypeError`` naming the schedule; any step however large gives
+the schedule's limit (``exponential_decay(1.0, 0.5, 10)(10**400) == 0.0``).
+Arguments are checked when the schedule is made.
 """
 
 from __future__ import annotations
@@ -10,17 +14,54 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
+from .base import check_number
+
 __all__ = ["Schedule", "constant", "piecewise_constant", "exponential_decay", "cosine_decay",
            "warmup_cosine", "join_schedules"]
 
 Schedule = Callable[[int], float]
 
 
+def check_step(who: str, step: Any) -> Union[int, float]:
+    """``step`` as a Python int (or float), checked to be a number ``>= 0``."""
+    if type(step) is int and step >= 0:  # the common case, first
+        return step
+    if isinstance(step, np.ndarray) and step.ndim == 0:
+        step = step[()]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(
+            step, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: the step must be a number >= 0 (the steps taken so far), "
+                        f"got {type(step).__name__} {step!r}")
+    value = int(step) if isinstance(step, (int, np.integer)) else float(step)
+    if not value >= 0:  # NaN too
+        raise ValueError(f"{who}: the step must be >= 0 (the steps taken so far), got {value}")
+    return value
+
+
+def _steps(who: str, name: str, value: Any, positive: bool = True) -> Union[int, float]:
+    """A step count argument: a finite number, ``> 0`` (or ``>= 0`` if not ``positive``)."""
+    out = check_number(who, name, value)
+    if not (out > 0 if positive else out >= 0):
+        raise ValueError(f"{who}: {name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return int(value) if isinstance(value, (int, np.integer)) else out
+
+
+def _whole(who: str, name: str, value: Any) -> int:
+    """A step boundary: a whole number (an int, or a float such as 100.0), never truncated."""
+    out = check_number(who, name, value)
+    if out != math.floor(out):
+        raise ValueError(f"{who}: {name} must be whole numbers (steps), got {value!r}")
+    return int(value) if isinstance(value, (int, np.integer)) else int(out)
+
+
 def constant(value: float) -> Schedule:
     """``value`` at every step."""
-    value = float(value)
+    value = check_number("constant", "value", value)
 
     def schedule(step: int) -> float:
+        check_step("constant", step)
         return value
 
     return schedule
@@ -28,16 +69,18 @@ def constant(value: float) -> Schedule:
 
 def _pairs(boundaries_and_values: Any, values: Optional[Sequence[float]]
            ) -> Tuple[Tuple[int, ...], Tuple[float, ...]]:
+    who = "piecewise_constant"
     if values is None:
         items = (boundaries_and_values.items() if isinstance(boundaries_and_values, Mapping)
                  else boundaries_and_values)
-        pairs = sorted((int(b), float(v)) for b, v in items)
+        pairs = sorted((_whole(who, "the start steps", b), check_number(who, "a value", v))
+                       for b, v in items)
         if not pairs or pairs[0][0] != 0:
             raise ValueError("piecewise_constant: (start_step, value) pairs must include step 0, "
                              f"got {boundaries_and_values!r}")
         return tuple(b for b, _ in pairs[1:]), tuple(v for _, v in pairs)
-    boundaries = tuple(int(b) for b in boundaries_and_values)
-    values = tuple(float(v) for v in values)
+    boundaries = tuple(_whole(who, "boundaries", b) for b in boundaries_and_values)
+    values = tuple(check_number(who, "a value", v) for v in values)
     if len(values) != len(boundaries) + 1:
         raise ValueError(f"piecewise_constant: needs len(values) == len(boundaries) + 1, "
                          f"got {len(boundaries)} boundaries and {len(values)} values")
@@ -60,6 +103,7 @@ def piecewise_constant(boundaries_and_values: Union[Mapping[int, float], Sequenc
     boundaries, vals = _pairs(boundaries_and_values, values)
 
     def schedule(step: int) -> float:
+        step = check_step("piecewise_constant", step)
         i = 0
         while i < len(boundaries) and step >= boundaries[i]:
             i += 1
@@ -70,14 +114,37 @@ def piecewise_constant(boundaries_and_values: Union[Mapping[int, float], Sequenc
 
 def exponential_decay(init: float, decay_rate: float, decay_steps: int,
                       staircase: bool = False) -> Schedule:
-    """``init * decay_rate ** (step / decay_steps)``; with ``staircase`` the exponent is floored."""
-    init, decay_rate = float(init), float(decay_rate)
-    if decay_steps <= 0:
-        raise ValueError(f"exponential_decay needs decay_steps > 0, got {decay_steps}")
+    """``init * decay_rate ** (step / decay_steps)``; with ``staircase`` the exponent is floored.
+
+    ``decay_rate >= 0`` and ``decay_steps > 0``.  A decaying schedule
+    (``decay_rate <= 1``) is defined at every step, however large (it tends to 0);
+    a growing one raises ``ValueError`` at the step where it leaves the floats.
+    """
+    who = "exponential_decay"
+    init = check_number(who, "init", init)
+    decay_rate = check_number(who, "decay_rate", decay_rate)
+    if decay_rate < 0.0:
+        raise ValueError(f"{who}: decay_rate must be >= 0, got {decay_rate}")
+    decay_steps = _steps(who, "decay_steps", decay_steps)
 
     def schedule(step: int) -> float:
-        p = step / decay_steps
-        return init * decay_rate ** (math.floor(p) if staircase else p)
+        step = check_step(who, step)
+        try:
+            p = step / decay_steps
+        except OverflowError:   # a step beyond the floats
+            p = math.inf
+        if staircase and p < math.inf:
+            p = math.floor(p)
+        try:
+            value = init * decay_rate ** p
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            if init == 0.0:
+                return 0.0
+            raise ValueError(f"{who}: {init} * {decay_rate} ** ({step} / {decay_steps}) "
+                             f"overflows at step {step}")
+        return value
 
     return schedule
 
@@ -87,12 +154,12 @@ def cosine_decay(init: float, decay_steps: int, alpha: float = 0.0) -> Schedule:
 
     ``init * ((1 - alpha) * 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps)) + alpha)``.
     """
-    init, alpha = float(init), float(alpha)
-    if decay_steps <= 0:
-        raise ValueError(f"cosine_decay needs decay_steps > 0, got {decay_steps}")
+    who = "cosine_decay"
+    init, alpha = check_number(who, "init", init), check_number(who, "alpha", alpha)
+    decay_steps = _steps(who, "decay_steps", decay_steps)
 
     def schedule(step: int) -> float:
-        s = min(max(step, 0), decay_steps)
+        s = min(check_step(who, step), decay_steps)
         return init * ((1.0 - alpha) * 0.5 * (1.0 + math.cos(math.pi * s / decay_steps)) + alpha)
 
     return schedule
@@ -107,15 +174,19 @@ def warmup_cosine(peak: float, warmup_steps: int, decay_steps: int, end: float =
     ``end + (peak - end) * 0.5 * (1 + cos(pi * (step - warmup_steps) / (decay_steps - warmup_steps)))``,
     reaching ``end`` at ``decay_steps`` and staying there.
     """
-    peak, end = float(peak), float(end)
-    if warmup_steps < 0 or decay_steps < warmup_steps:
+    who = "warmup_cosine"
+    peak, end = check_number(who, "peak", peak), check_number(who, "end", end)
+    warmup_steps = _steps(who, "warmup_steps", warmup_steps, positive=False)
+    decay_steps = _steps(who, "decay_steps", decay_steps, positive=False)
+    if decay_steps < warmup_steps:
         raise ValueError(f"warmup_cosine needs 0 <= warmup_steps <= decay_steps, got "
                          f"warmup_steps={warmup_steps}, decay_steps={decay_steps}")
     span = decay_steps - warmup_steps
 
     def schedule(step: int) -> float:
+        step = check_step(who, step)
         if step < warmup_steps:
-            return peak * max(step, 0) / warmup_steps
+            return peak * step / warmup_steps
         if step >= decay_steps:
             return end
         return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / span))
@@ -130,7 +201,15 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
     value is ``schedules[0](step)``; for ``boundaries[i-1] <= step < boundaries[i]``
     it is ``schedules[i](step - boundaries[i-1])``.
     """
-    schedules, boundaries = tuple(schedules), tuple(int(b) for b in boundaries)
+    who = "join_schedules"
+    schedules = tuple(schedules)
+    boundaries = tuple(_whole(who, "boundaries", b) for b in boundaries)
+    for i, s in enumerate(schedules):
+        if not callable(s):
+            raise TypeError(f"{who}: schedules[{i}] is a {type(s).__name__}, not a schedule "
+                            "step -> float (wrap a number in constant(value))")
+    if boundaries and boundaries[0] <= 0:
+        raise ValueError(f"{who}: boundaries must be > 0, got {boundaries}")
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(f"join_schedules needs len(boundaries) == len(schedules) - 1, "
                          f"got {len(boundaries)} boundaries and {len(schedules)} schedules")
@@ -138,6 +217,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         raise ValueError(f"join_schedules: boundaries must be increasing, got {boundaries}")
 
     def schedule(step: int) -> float:
+        step = check_step(who, step)
         i, start = 0, 0
         while i < len(boundaries) and step >= boundaries[i]:
             start = boundaries[i]

@@ -111,9 +111,13 @@ class TraceState(NamedTuple):
     velocity: Any
 
 
-def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
-    """Momentum as a transform: ``v <- beta v + g``; output ``v`` (or ``g + beta v`` if ``nesterov``)."""
-    beta = check_decay("momentum beta", beta)
+def trace(beta: float = 0.9, nesterov: bool = False, *, who: str = "trace") -> GradientTransform:
+    """Momentum as a transform: ``v <- beta v + g``; output ``v`` (``g + beta v`` if ``nesterov``).
+
+    ``beta`` in [0, 1); ``who`` names it in error messages."""
+    beta = check_decay(who, "beta", beta)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"{who}: nesterov must be True or False, got {nesterov!r}")
 
     def init(params):
         return TraceState(tree.zeros_like(params))
@@ -135,9 +139,9 @@ def trace(beta: float = 0.9, nesterov: bool = False) -> GradientTransform:
 
 def momentum(beta: float = 0.9) -> Optimizer:
     """Heavy-ball momentum: ``v <- beta v + g; p <- p - lr v``.  State ``TraceState(velocity)``."""
-    return descend(trace(beta, nesterov=False), "momentum")
+    return descend(trace(beta, nesterov=False, who="momentum"), "momentum")
 
 
 def nesterov(beta: float = 0.9) -> Optimizer:
     """Nesterov momentum: ``v <- beta v + g; p <- p - lr (g + beta v)``.  State ``TraceState(velocity)``."""
-    return descend(trace(beta, nesterov=True), "nesterov")
+    return descend(trace(beta, nesterov=True, who="nesterov"), "nesterov")

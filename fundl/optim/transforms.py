@@ -7,16 +7,16 @@ Their state is ``{}``.  A leaf they leave unchanged is returned as it is.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from .. import tree
-from .base import GradientTransform, PerLeaf, leafwise
+from .base import (GradientTransform, PerLeaf, check_grads, check_number, check_positive,
+                   check_rate, leafwise)
+from .mask import Mask, selector
 
 __all__ = ["clip_by_global_norm", "clip_by_value", "add_weight_decay", "scale", "identity"]
-
-Mask = Optional[Callable[[str], bool]]
 
 
 def _no_state(params):
@@ -29,8 +29,8 @@ def identity() -> GradientTransform:
 
 
 def scale(factor: float) -> GradientTransform:
-    """Multiplies every gradient by ``factor``."""
-    factor = float(factor)
+    """Multiplies every gradient by ``factor`` (a finite number, of any sign)."""
+    factor = check_number("scale", "factor", factor)
 
     def update(params, grads, state):
         return tree.map(lambda g: np.multiply(g, factor), grads), state
@@ -44,9 +44,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransform:
     With ``n = sqrt(sum over leaves of sum(g^2))``: if ``n > max_norm`` every
     leaf becomes ``g * (max_norm / n)``, otherwise the gradients pass unchanged.
     """
-    max_norm = float(max_norm)
-    if not max_norm > 0.0:
-        raise ValueError(f"clip_by_global_norm needs max_norm > 0, got {max_norm}")
+    max_norm = check_positive("clip_by_global_norm", "max_norm", max_norm)
 
     def update(params, grads, state):
         norm = tree.global_norm(grads)
@@ -59,8 +57,9 @@ def clip_by_global_norm(max_norm: float) -> GradientTransform:
 
 
 def clip_by_value(lo: float, hi: float) -> GradientTransform:
-    """Clip every gradient entry into ``[lo, hi]``."""
-    lo, hi = float(lo), float(hi)
+    """Clip every gradient entry into ``[lo, hi]`` (``lo <= hi``; either may be infinite)."""
+    lo = check_number("clip_by_value", "lo", lo, allow_inf=True)
+    hi = check_number("clip_by_value", "hi", hi, allow_inf=True)
     if not lo <= hi:
         raise ValueError(f"clip_by_value needs lo <= hi, got lo={lo}, hi={hi}")
 
@@ -70,36 +69,50 @@ def clip_by_value(lo: float, hi: float) -> GradientTransform:
     return GradientTransform(_no_state, update, "clip_by_value")
 
 
-def add_weight_decay(rate: float, mask: Mask = None) -> GradientTransform:
-    """Add ``rate * p`` to the gradient of every parameter ``p`` whose path passes ``mask``.
+def add_weight_decay(rate: float, mask: Optional[Mask] = None) -> GradientTransform:
+    """Add ``rate * p`` to the gradient of every parameter ``p`` that ``mask`` selects.
 
-    ``mask(path) -> bool`` is a predicate on the parameter's path string as
-    given by :func:`fundl.tree.flatten_with_paths` (e.g. ``"dense_0/w"``);
-    ``None`` decays every parameter.  For example
-    ``mask=lambda path: path.endswith("/w")`` leaves biases alone.  Placed
-    before :func:`descend` (as in :func:`adamw`) this is decoupled weight decay
-    ``p <- p - lr * (u + rate * p)``; placed before an adaptive scaling it is an
-    L2 penalty.
+    ``mask`` selects by the parameter's path (e.g. ``"dense_0/w"``) in any of the
+    forms of :mod:`fundl.optim.mask`: a predicate ``path -> bool`` (e.g.
+    ``lambda path: path.endswith("/w")``, which leaves biases alone), a glob or a
+    list of globs (``"*/w"``), or a params-shaped tree of bools; ``None`` decays
+    every parameter.  Placed before :func:`descend` (as in :func:`adamw`) this is
+    decoupled weight decay ``p <- p - lr * (u + rate * p)``; placed before an
+    adaptive scaling it is an L2 penalty.  ``rate >= 0``.
     """
-    rate = float(rate)
-    if mask is None:  # the same rule on every leaf: one that descend runs in blocks
-        return _decay_every_leaf(rate)
+    return weight_decay(rate, mask, "add_weight_decay", "rate")
 
-    def leaf(path, g, p):
-        if rate == 0.0 or (mask is not None and not mask(path)):
-            return g
-        u = np.multiply(p, rate, dtype=g.dtype)
-        u += g
-        return u
+
+def weight_decay(rate: float, mask: Optional[Mask], name: str, arg: str) -> GradientTransform:
+    """:func:`add_weight_decay` as the optimizer ``name`` builds it (its errors name ``name``
+    and its argument ``arg``, e.g. ``adamw``'s ``weight_decay``)."""
+    rate = check_rate(name, arg, rate)
+    if mask is None:  # the same rule on every leaf: one that descend runs in blocks
+        return _decay_every_leaf(rate, name)
+    select = selector(mask, name)
 
     def update(params, grads, state):
-        _need_params(params)
-        return tree.map_with_paths(leaf, grads, params), state
+        _need_params(params, name)
+        gs, treedef = tree.flatten(grads)
+        ps = treedef.leaves_of(params)
+        check_grads(ps, gs, treedef)
+        chosen = select(tree.paths(grads), treedef)
+        if rate == 0.0:
+            return grads, state
+        return treedef.unflatten([_decayed(p, g, rate) if c else g
+                                  for p, g, c in zip(ps, gs, chosen)]), state
 
     return GradientTransform(_no_state, update, "add_weight_decay")
 
 
-def _decay_every_leaf(rate: float) -> GradientTransform:
+def _decayed(p: np.ndarray, g: np.ndarray, rate: float) -> np.ndarray:
+    """``g + rate * p`` as a new array in ``g``'s dtype."""
+    u = np.multiply(p, rate, dtype=g.dtype)
+    u += g
+    return u
+
+
+def _decay_every_leaf(rate: float, name: str) -> GradientTransform:
     """:func:`add_weight_decay` without a mask, as an elementwise rule per leaf: in
     ``chain(scale_by_adam(), add_weight_decay(rate))`` (``adamw``) the chain is then one
     rule, which :func:`~fundl.optim.descend` runs in cache-sized blocks (the same bits)."""
@@ -107,9 +120,7 @@ def _decay_every_leaf(rate: float) -> GradientTransform:
     def rule(p, g, out=()):
         if rate == 0.0:
             return (g,)
-        u = np.multiply(p, rate, dtype=g.dtype)
-        u += g
-        return (u,)
+        return (_decayed(p, g, rate),)
 
     def step(state):
         return PerLeaf(rule, (), lambda trees: {}, elementwise=True)
@@ -117,12 +128,12 @@ def _decay_every_leaf(rate: float) -> GradientTransform:
     decay = leafwise(_no_state, step, "add_weight_decay")
 
     def update(params, grads, state):
-        _need_params(params)
+        _need_params(params, name)
         return decay.update(params, grads, state)
 
     return decay._replace(update=update)
 
 
-def _need_params(params: object) -> None:
+def _need_params(params: object, name: str) -> None:
     if params is None:
-        raise ValueError("add_weight_decay needs the params (got params=None)")
+        raise ValueError(f"{name} needs the params (got params=None)")

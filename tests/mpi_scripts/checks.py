@@ -285,11 +285,26 @@ root_ts = fl.TrainState.create(fl.random.key(0), mlp(), fl.optim.adam(), (5,))._
 R["broadcast"] = {"equal_root": fl.tree.all_equal(bc, root_ts), "step": bc.step,
                   "key_read_only": not bc.key.flags.writeable}
 
+# an optimizer without mean_gradients: the ranks' params drift apart at the first step
+no_mean = dist.make_step(mlp(), fl.losses.softmax_cross_entropy, fl.optim.adam(), comm)
+x_nm, y_nm = data(8 * comm.size, (5,))
+ts_nm = fl.TrainState.create(fl.random.key(0), mlp(), fl.optim.adam(), (5,))
+part = slice(8 * comm.rank, 8 * comm.rank + 8)
 try:
-    dist.make_step(mlp(), fl.losses.softmax_cross_entropy, fl.optim.adam(), comm)
+    no_mean(ts_nm, (x_nm[part], y_nm[part]), 1e-2)
     R["no_mean_gradients"] = "accepted"
 except ValueError as err:
     R["no_mean_gradients"] = str(err)
+# ranks that start from different train states or learning rates are told at once
+try:
+    good = dist.make_step(mlp(), fl.losses.softmax_cross_entropy,
+                          fl.optim.chain(dist.mean_gradients(comm), fl.optim.adam()), comm)
+    ts_k = fl.TrainState.create(fl.random.key(comm.rank), mlp(),
+                                fl.optim.chain(dist.mean_gradients(comm), fl.optim.adam()), (5,))
+    good(ts_k, (x_nm[part], y_nm[part]), 1e-2)
+    R["different_states"] = "accepted"
+except ValueError as err:
+    R["different_states"] = str(err)
 
 with open(os.path.join(out_dir, f"rank_{comm.rank}.json"), "w") as f:
     json.dump(R, f)
