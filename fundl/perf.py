@@ -19,8 +19,9 @@ It changes the whole process (every library in it) and cannot be undone
 exactly (glibc has no call that reads the settings back, and setting its
 defaults again does not restore its dynamic threshold), so nothing calls it on
 import and :func:`fundl.fit` calls it only when told
-(``fit(..., keep_freed_memory=True)``); the examples call it in their ``main``.  Measured on 2026-12-03 in fresh processes (``python3 -m
-benchmarks.alloc``, 2 rounds, SGD): with glibc as it comes, a step page-faulted
+(``fit(..., keep_freed_memory=True)``); the examples call it in their ``main``.
+Measured on 2026-12-03 in fresh processes (``python3 -m benchmarks.alloc``, 2
+rounds, SGD): with glibc as it comes, a step page-faulted
 2,500-4,400 times; kept, none -- CNN 25.1 -> 19.3 ms per step, CNN with batch
 norm 53.8 -> 47.4, LSTM 21.0 -> 16.8, GRU-128 38.5 -> 35.3, transformer 68.4 ->
 62.9, MLP with Adam 4.80 -> 3.55 (its SGD step, without faults, unchanged).
