@@ -4,7 +4,7 @@ import importlib.metadata
 import os
 import pathlib
 import re
-import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -13,10 +13,6 @@ import fundl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10")
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
@@ -65,8 +61,9 @@ def test_the_installed_metadata_has_the_imported_version():
 
 
 def test_dependencies_are_numpy_only_and_its_floor_holds():
-    assert PROJECT["dependencies"] == ["numpy>=2.0"]
-    floor = (2, 0)
+    assert PROJECT["dependencies"] == ["numpy>=2.3"]
+    assert PROJECT["requires-python"].startswith(">=3.11")
+    floor = (2, 3)
     assert tuple(int(p) for p in np.__version__.split(".")[:2]) >= floor
     users = [p for p in (ROOT / "fundl").rglob("*.py") if "typing_extensions" in p.read_text()]
     assert not users, f"typing_extensions is not a dependency, but {users} use it"
