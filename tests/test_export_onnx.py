@@ -113,10 +113,11 @@ def kinds_in(layer):
 
 
 def test_every_builtin_kind_has_a_converter_and_cases():
-    assert set(CONVERTERS) == set(BUILDERS), set(CONVERTERS) ^ set(BUILDERS)
+    builtin = {k for k, build in BUILDERS.items() if build.__module__.startswith("fundl.")}
+    assert len(builtin) >= 45 and set(CONVERTERS) == builtin, set(CONVERTERS) ^ builtin
     in_catalogue = set().union(*(kinds_in(c.make(1, 2)[0]) for c in EXPORTABLE.values()))
     configured = set().union(*(kinds_in(model) for model, _, _ in KINDS.values()))
-    assert in_catalogue == set(BUILDERS), set(BUILDERS) - in_catalogue
+    assert in_catalogue == builtin, builtin - in_catalogue
     assert configured >= {"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
                           "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "rnn", "gru",
                           "lstm", "bidirectional", "multi_head_attention", "tied_output"}
@@ -346,7 +347,7 @@ def test_a_custom_layer_named_like_a_builtin_is_refused():
 def test_wrong_params_and_shapes_are_named():
     model = fl.serial(fl.dense(3), fl.dense(2))
     params, state, _ = model.init(fl.random.key(0), (4,))
-    with pytest.raises(ValueError, match="cannot take in_shape"):
+    with pytest.raises(ValueError, match=r"cannot take in_shape \(\): layer 'dense_0'"):
         to_onnx(model, params, state, ())
     with pytest.raises(TypeError, match="in_shape must be"):
         to_onnx(model, params, state, (4, "a"))

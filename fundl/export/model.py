@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
-from .. import plan, tree
+from .. import plan, random, tree
 from ..checks import is_shape, normalize_shapes
 from ..core import Layer
 from . import (activations, attention, combinators, conv, conv_transpose, dense,  # noqa: F401
@@ -71,8 +71,14 @@ def export(model: Layer, params: Any, state: Any, in_shape: Any,
     in_shape = _checked_shape(in_shape, in_shape)
     spec = plan.of(model).spec_for(in_shape)
     if spec is None:
-        raise ValueError(f"to_onnx: the model's init cannot take in_shape {in_shape!r}; pass "
-                         f"the per-example shape the model was built for (no batch axis)")
+        try:
+            model.init(random.key(0), in_shape)   # the failure, located at its layer
+            problem = "it failed"
+        except Exception as err:  # noqa: BLE001 - reported as the reason
+            problem = str(err)
+        raise ValueError(f"to_onnx: the model's init cannot take in_shape {in_shape!r}: "
+                         f"{problem}; pass the per-example shape the model was built for "
+                         f"(no batch axis)")
     spec.params.check(params, "params")
     spec.state.check(state, "state")
     params = _fill_shared(params, plan.share_sites(model))
