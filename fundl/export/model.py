@@ -55,7 +55,13 @@ class Exporter:
                               "in_shape", layer.kind, path)
         site = Site(self.g, layer, path, params, state, node.in_shape, node.out_shape, self)
         with self.g.scope(path):
-            return convert(site, x)
+            try:
+                return convert(site, x)
+            except ExportError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a converter's failure, located
+                raise ExportError(f"its ONNX converter failed: {type(err).__name__}: {err}",
+                                  layer.kind, path) from err
 
 
 def export(model: Layer, params: Any, state: Any, in_shape: Any,
