@@ -335,6 +335,18 @@ def test_a_custom_layer_is_refused_with_its_path():
         to_onnx(model, params, state, (3,))
 
 
+def test_a_custom_kind_with_a_registered_converter_exports(monkeypatch):
+    cube = fl.elementwise_layer("cube", lambda x: x * x * x, lambda x, y, dy: 3 * x * x * dy)
+    model = fl.serial(fl.dense(3), cube)
+    monkeypatch.setitem(CONVERTERS, "cube", lambda s, x: s.params["missing"])
+    params, state, _ = model.init(fl.random.key(0), (3,))
+    with pytest.raises(ExportError, match=r"layer 'cube_1' \(cube\): its ONNX converter "
+                                          r"failed: KeyError"):
+        to_onnx(model, params, state, (3,))
+    monkeypatch.setitem(CONVERTERS, "cube", lambda s, x: s.g.op("Mul", s.g.op("Mul", x, x), x))
+    export_and_compare(model, (3,), [f32((1, 3)), f32((3, 3))])
+
+
 def test_a_custom_layer_named_like_a_builtin_is_refused():
     fake = fl.stateless_layer("dense", lambda k, s: ({}, s), lambda p, x: x,
                               lambda p, x: (x, lambda dy: ({}, dy)))
