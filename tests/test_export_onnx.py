@@ -433,35 +433,8 @@ def test_transposed_conv_decoder():
     export_and_compare(model, (6,), [f32((1, 6)), f32((3, 6), 2)])
 
 
-@pytest.fixture
-def take():
-    """A user-defined routing layer ``take(i)`` (element ``i`` of a tuple) with its own
-    converter: fundl's combinators cannot drop an element of a tuple, which a residual
-    stream that carries a padding mask from block to block needs."""
-    @fl.builder
-    def take(index: int) -> fl.Layer:
-        def init(key, in_shape):
-            return {}, in_shape[index]
-
-        def apply(params, x):
-            return x[index]
-
-        def vjp(params, x):
-            raise NotImplementedError("inference only")
-
-        return fl.stateless_layer("take", init, apply, vjp)
-
-    @converts("take")
-    def take_to_onnx(s, x):
-        return x[s.config["index"]]
-
-    try:
-        yield take
-    finally:
-        del BUILDERS["take"], CONVERTERS["take"]
-
-
-def test_two_block_pre_ln_transformer_with_causal_and_padding_masks(take):
+def test_two_block_pre_ln_transformer_with_causal_and_padding_masks():
+    take = fl.take
     vocab, steps, width, heads = 13, 6, 16, 4
 
     def block():

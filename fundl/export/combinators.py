@@ -54,6 +54,12 @@ def residual(s: Site, x: Any) -> Any:
     return s.g.op("Add", x, s.child(key, x))
 
 
+@converts("take")
+def take(s: Site, x: Any) -> Any:
+    """Element ``index`` of the input tuple (no node)."""
+    return x[int(s.config["index"])]
+
+
 @converts("identity")
 def identity(s: Site, x: Any) -> Any:
     """``x`` itself (no node)."""
