@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple, Union
 
 import numpy as np
@@ -96,7 +97,10 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, *, train: bool = T
             x, y = batch
         else:
             x, y = _check_batch(batch, empty_ok=hook is not None)
-        rate = as_lr(lr(ts.step) if callable(lr) else lr)
+        if type(lr) is float and 0.0 <= lr < math.inf:  # the common case: no call
+            rate = lr
+        else:
+            rate = as_lr(lr(ts.step) if callable(lr) else lr)
         fresh_state = ts is not trusted[0]
         if fresh_state:
             checked(ts, x)
@@ -119,7 +123,8 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, *, train: bool = T
         else:
             value, dout, share, more = hook.loss(loss, out, y)
             metrics = {"loss": value, **more}
-        _check_loss_grad(loss, out, dout)
+        if type(dout) is not np.ndarray or dout.shape != out.shape or dout.dtype != out.dtype:
+            _check_loss_grad(loss, out, dout)
         try:
             grads, _ = pullback(dout)
         except Exception as err:  # noqa: BLE001
