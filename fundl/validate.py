@@ -182,8 +182,7 @@ def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
     The walk is planned once: a flat list of the dicts (each found in its parent) and of the
     leaves (each found in its dict), so a test is two loops, with no call per node, no list of
     leaves and no exception; a tree without arrays (a state of empty dicts) is tested by
-    dict equality.  The guard of every ``apply``/``vjp`` runs it; measured on a 5-layer
-    MLP: its params 2.52 -> 1.14 us, its state 0.82 -> 0.42 (planned) -> 0.13 (equality).
+    dict equality.  Every checked ``apply``/``vjp`` of a model runs it first.
     """
     dicts: List[Tuple[int, Any, int]] = []            # (parent's index in nodes, key, len)
     leaves: List[Tuple[int, Any, Any, Any]] = []      # (dict's index in nodes, key, shape, dtype)

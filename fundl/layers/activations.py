@@ -34,8 +34,7 @@ def _local_grad_layer(name: str, forward: Callable[[Array], Array],
 
     ``forward(x) -> y``; ``forward_and_grad(x) -> (y, g)``; the pullback is ``dy * g``.
     Used where the derivative shares work with the forward (gelu, silu).  Both run
-    in cache-sized blocks (:func:`fundl.kernels.blockwise`): the same bits, and the
-    exact gelu of the benchmark transformer 2-3x faster.
+    in cache-sized blocks (:func:`fundl.kernels.blockwise`): the same bits, faster.
     """
     def init(key, in_shape):
         return {}, as_shape(in_shape)

@@ -43,8 +43,8 @@ _CAUSAL_BIAS: Dict[Tuple[int, int, str], Array] = {}
 
 def _causal_bias_key_major(s: int, t: int, dtype: Any) -> Array:
     """A read-only ``(s, t)`` matrix, ``-inf`` where key ``j`` > query ``i``, else 0: added
-    to the key-major scores (0.09 ms on (32, 4, 64, 64) float32, against 0.35 ms for
-    ``np.copyto(where=triu)``).  Cached per shape and dtype (a constant)."""
+    to the key-major scores (faster than ``np.copyto(where=triu)``).  Cached per shape and
+    dtype (a constant)."""
     k = (s, t, np.dtype(dtype).str)
     bias = _CAUSAL_BIAS.get(k)
     if bias is None:

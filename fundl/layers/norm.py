@@ -41,7 +41,7 @@ def _feature_axis(axis: int, ndim: int) -> int:
 def _channel_dot(a, b, ax, red):
     """``sum(a * b)`` over the axes ``red`` (all but ``ax``): shape ``(C,)``.
 
-    For the last axis an einsum on the 2-D view: no full-size temporary, ~2x faster.
+    For the last axis an einsum on the 2-D view: no full-size temporary.
     """
     if ax == a.ndim - 1:
         c = a.shape[-1]
@@ -59,7 +59,7 @@ def _channel_sum(a, ax, red):
 
 def _row_mean(a):
     """The mean over the last axis, keeping it (size 1): ``a @ (ones / F)``, a BLAS gemv
-    (0.015 against 0.068 ms for ``a.mean(-1)`` on the benchmark transformer's (32, 64, 128))."""
+    (faster than ``a.mean(-1)`` on short rows)."""
     f = a.shape[-1]
     return (a @ np.full(f, 1.0 / f, a.dtype))[..., None]
 

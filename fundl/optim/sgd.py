@@ -79,8 +79,7 @@ def _descend_into_grads(params: Any, grads: Any, lr: float) -> Any:
     """The new params ``p - lr * g``, each written into its ``g``, in one walk of both trees
     (``_DIFFERENT`` where two dicts' keys differ).
 
-    Dicts and arrays are walked here, with no call per leaf (the tiny MLP's update:
-    9.7 -> 7.6 us, against 7.0 for ``p - lr * g`` by hand); any other subtree, and a
+    Dicts and arrays are walked here, with no call per leaf; any other subtree, and a
     gradient of another dtype, go through :func:`fundl.tree.map`.
     """
     if type(params) is not dict or type(grads) is not dict:
