@@ -12,7 +12,7 @@ from .core import Layer, Params, State
 from .losses import Loss, LossError
 from .optim.base import Optimizer, as_lr
 from .optim.schedules import Schedule
-from .validate import SpecError, TreeSpec, data_shapes
+from .validate import SpecError, TreeSpec
 
 __all__ = ["TrainState", "make_step", "value_and_grad", "Schedule", "check_parts",
            "StepHook", "exclusive_grads"]

@@ -4,7 +4,6 @@ layer calls by hand, gradients handed to an optimizer that reuses their memory),
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import fundl as fl
 from fundl import plan, stateless_layer
