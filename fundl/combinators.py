@@ -330,7 +330,7 @@ def fan_out(n: int, *, name: str = "fan_out") -> Layer:
 
         return (x,) * n, pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 def _data_shapes(xs: Sequence[Any]) -> str:
@@ -394,7 +394,7 @@ def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
         xs = check(x)
         return forward(xs), lambda dy: ({}, (dy,) * len(xs) if need_dx else None)
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 @builder
@@ -463,7 +463,7 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
 
         return np.concatenate(xs, axis=d), pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 def _zero_cotangent(x: Any) -> Any:
@@ -514,7 +514,7 @@ def take(index: int, *, name: str = "take") -> Layer:
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, fresh=("dparams",))
 
 
 @builder
@@ -530,4 +530,4 @@ def identity() -> Layer:
     def vjp(params, x):
         return x, lambda dy: ({}, dy)
 
-    return stateless_layer("identity", init, apply, vjp)
+    return stateless_layer("identity", init, apply, vjp, fresh=("dparams",))

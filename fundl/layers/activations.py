@@ -48,7 +48,8 @@ def _local_grad_layer(name: str, forward: Callable[[Array], Array],
         y, g = kernels.blockwise(forward_and_grad, x)
         return y, lambda dy: ({}, dy * g)
 
-    return stateless_layer(name, init, apply, vjp)
+    # y and dx are new arrays that the pullback does not keep (it keeps g)
+    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx", "dparams"))
 
 
 def _mask(cond_fn, a, b):
@@ -371,7 +372,7 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
         y = forward(np.ascontiguousarray(x), ax)
         return y, lambda dy: ({}, backward(y, np.ascontiguousarray(dy), ax))
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, fresh=("dx", "dparams"))
 
 
 def _softmax_backward(y, dy, ax):

@@ -371,10 +371,10 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         return stateless_layer(
             name, init, lambda params, x: run_apply(params, x, None, False),
             lambda params, x, need_dx=True: run_vjp(params, x, None, False, need_dx),
-            takes=("need_dx",))
+            takes=("need_dx",), fresh=("y", "dx", "dparams"))
 
     # Attention dropout uses the key (in training).
     return stateless_layer(
         name, init, lambda params, x, *, key, train: run_apply(params, x, key, train),
         lambda params, x, *, key, train, need_dx=True: run_vjp(params, x, key, train, need_dx),
-        uses_key=True, takes=("need_dx",))
+        uses_key=True, takes=("need_dx",), fresh=("y", "dx", "dparams"))

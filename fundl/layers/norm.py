@@ -226,7 +226,9 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
 
         return y, new_state, pullback
 
-    return Layer(init, apply, vjp, name, traits=Traits(uses_key=False))
+    # y, dx and dparams are new arrays that no pullback keeps
+    return Layer(init, apply, vjp, name,
+                 traits=Traits(uses_key=False, fresh=frozenset({"y", "dx", "dparams"})))
 
 
 @builder
@@ -307,7 +309,9 @@ def layer_norm(eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    # y is xhat itself (kept) when there is neither scale nor bias
+    return stateless_layer(name, init, apply, vjp,
+                           fresh=("dx", "dparams") + (("y",) if use_scale or use_bias else ()))
 
 
 # --- group, instance and RMS normalisation (channels last, torch semantics) -----------

@@ -412,7 +412,7 @@ def _recurrent_layer(name: str, hidden: int, return_sequences: bool, dtype: Any,
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 def _compact(params: Dict[str, Array]) -> Dict[str, Array]:
