@@ -54,7 +54,8 @@ def combinator(compose: Callable[[Children], Any], children: Children, name: str
     _named(name, [c for _, c in children])
     traits = Traits(uses_key=any(c.traits.uses_key for _, c in children),
                     fresh=frozenset(fresh), compose=compose)
-    return Layer(*compose(children), name, children, traits=traits)
+    init, apply, vjp = compose(children)
+    return Layer(init, apply, vjp, name, children, traits=traits)
 
 
 def key_splitter(children: Children) -> Callable[[Any], Tuple[Any, ...]]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import random, tree
 from .checks import LayerError
-from .core import Layer, Params, State
+from .core import Layer, Params, Pullback, State
 from .validate import TreeSpec, data_shapes
 
 __all__ = ["Plan", "Node", "Spec", "of", "specialise", "trace", "fresh_results",
@@ -128,7 +128,7 @@ class Plan:
                                                           train=train)) from None
 
     def vjp(self, params: Params, state: State, x: Any, *, key: Any = None, train: bool = True,
-            need_dx: bool = True) -> Tuple[Any, State, Callable[[Any], Tuple[Params, Any]]]:
+            need_dx: bool = True) -> Tuple[Any, State, Pullback]:
         """``layer.vjp``: checked, run as planned; the pullback checks its ``dy``."""
         self.check(params, state, x)
         try:
@@ -189,14 +189,14 @@ class Plan:
             if spec.params.matches(params) and spec.state.matches(state):
                 self.last = spec
                 return
-        spec = self.spec_for(data_shapes(x))
-        if spec is None:
+        found = self.spec_for(data_shapes(x))
+        if found is None:
             if not candidates:
                 return  # init cannot take these shapes and never ran: nothing to check against
-            spec = candidates[-1]
-        spec.params.check(params, "params")
-        spec.state.check(state, "state")
-        self.last = spec
+            found = candidates[-1]
+        found.params.check(params, "params")
+        found.state.check(state, "state")
+        self.last = found
 
     def _record(self, in_shape: Any, params: Params, state: State, out_shape: Any,
                 nodes: List[Any]) -> None:
@@ -251,7 +251,9 @@ def _pairs(y: Any, dy: Any, path: str) -> List[Tuple[str, Any, Any]]:
 
 def rebuild(layer: Layer, children: Tuple[Tuple[str, Layer], ...]) -> Layer:
     """``layer`` (a combinator) over other ``children``, by its own ``compose``."""
-    init, apply, vjp = layer.traits.compose(children)
+    compose = layer.traits.compose
+    assert compose is not None, f"{layer.kind} is not a combinator"
+    init, apply, vjp = compose(children)
     return layer.replace(init_fn=init, apply_fn=apply, vjp_fn=vjp, children=children)
 
 

@@ -118,11 +118,11 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, *, train: bool = T
             raise planned.diagnose(err, lambda t: t.vjp_fn(ts.params, ts.state, x, key=sub,
                                                            train=train)) from None
         if hook is None:
-            value, dout = loss.value_and_grad(out, y)
-            metrics = {"loss": float(value)}
+            loss_value, dout = loss.value_and_grad(out, y)
+            metrics: Dict[str, Any] = {"loss": float(loss_value)}
         else:
-            value, dout, share, more = hook.loss(loss, out, y)
-            metrics = {"loss": value, **more}
+            global_value, dout, share, more = hook.loss(loss, out, y)
+            metrics = {"loss": global_value, **more}
         if type(dout) is not np.ndarray or dout.shape != out.shape or dout.dtype != out.dtype:
             _check_loss_grad(loss, out, dout)
         try:

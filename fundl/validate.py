@@ -60,7 +60,7 @@ def _node_paths(t: Any, prefix: str = "") -> List[str]:
             out.append(p)
             out.extend(_node_paths(v, p))
     elif isinstance(t, (list, tuple)):
-        names = t._fields if tree.is_namedtuple(t) else [str(i) for i in range(len(t))]
+        names = getattr(t, "_fields", None) or [str(i) for i in range(len(t))]
         for name, v in zip(names, t):
             p = tree.join_path(prefix, name)
             out.append(p)
@@ -166,7 +166,7 @@ def _kind_mismatch(skeleton: Any, t: Any, path: str = "") -> Tuple[str, Any, Any
             if found[0] is not None:
                 return found
     elif isinstance(skeleton, (list, tuple)):
-        names = skeleton._fields if tree.is_namedtuple(skeleton) else range(len(skeleton))
+        names = getattr(skeleton, "_fields", None) or range(len(skeleton))
         for name, a, b in zip(names, skeleton, t):
             found = _kind_mismatch(a, b, tree.join_path(path, str(name)))
             if found[0] is not None:
