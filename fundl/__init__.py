@@ -16,7 +16,7 @@ from typing import Any
 from . import data, initializers, losses, metrics, optim, plan, random, tree
 from .checks import LayerError
 from .combinators import (eval_mode, fan_in_concat, fan_in_sum, fan_out, identity, parallel,
-                          residual, serial, shared)
+                          residual, serial, shared, take)
 from .core import Layer, Traits, builder, stateless_layer
 from .gradcheck import GradCheckError, GradCheckResult, check_vjp
 from .layers import (avg_pool1d, avg_pool2d, batch_norm, bidirectional, conv1d, conv2d,
@@ -34,7 +34,7 @@ from .step import TrainState, make_step, value_and_grad
 
 from ._version import __version__ as __version__
 
-_LAZY = ("io", "datasets", "interop", "testing", "perf")
+_LAZY = ("io", "datasets", "interop", "testing", "perf", "export")
 
 
 def __getattr__(name: str) -> Any:
@@ -49,8 +49,8 @@ def __dir__() -> list:
 
 __all__ = [
     "Layer", "Traits", "LayerError", "stateless_layer", "elementwise_layer", "builder",
-    "serial", "identity", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
-    "shared", "eval_mode",
+    "serial", "identity", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "take",
+    "residual", "shared", "eval_mode",
     "dense", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
     "softmax", "log_softmax", "flatten", "reshape", "batch_norm", "layer_norm", "dropout",
     "embedding", "tied_output", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d",
@@ -63,5 +63,5 @@ __all__ = [
     "TrainState", "make_step", "value_and_grad", "fit", "evaluate", "predict",
     "Callback", "Control", "TrainInfo", "EarlyStopping", "ReduceLROnPlateau", "CSVLogger",
     "ModelCheckpoint", "lr_find", "LRFindResult", "NonFiniteLossError", "summary",
-    "data", "datasets", "io", "metrics", "perf", "plan", "interop", "testing",
+    "data", "datasets", "io", "metrics", "perf", "plan", "interop", "testing", "export",
 ]

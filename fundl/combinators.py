@@ -27,7 +27,7 @@ from . import random
 from .checks import LayerError, Shape, as_shape, check_float_input, is_shape, normalize_shapes
 from .core import Children, Layer, Traits, builder, stateless_layer
 
-__all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_concat",
+__all__ = ["serial", "parallel", "residual", "fan_out", "fan_in_sum", "fan_in_concat", "take",
            "identity", "shared", "eval_mode", "combinator", "child_keys", "key_splitter"]
 
 
@@ -54,7 +54,8 @@ def combinator(compose: Callable[[Children], Any], children: Children, name: str
     _named(name, [c for _, c in children])
     traits = Traits(uses_key=any(c.traits.uses_key for _, c in children),
                     fresh=frozenset(fresh), compose=compose)
-    return Layer(*compose(children), name, children, traits=traits)
+    init, apply, vjp = compose(children)
+    return Layer(init, apply, vjp, name, children, traits=traits)
 
 
 def key_splitter(children: Children) -> Callable[[Any], Tuple[Any, ...]]:
@@ -330,7 +331,7 @@ def fan_out(n: int, *, name: str = "fan_out") -> Layer:
 
         return (x,) * n, pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 def _data_shapes(xs: Sequence[Any]) -> str:
@@ -394,7 +395,7 @@ def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
         xs = check(x)
         return forward(xs), lambda dy: ({}, (dy,) * len(xs) if need_dx else None)
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 @builder
@@ -463,7 +464,58 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
 
         return np.concatenate(xs, axis=d), pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
+
+
+def _zero_cotangent(x: Any) -> Any:
+    """The zero gradient of an input that the output does not depend on (``None`` for an
+    integer or boolean array, tuples elementwise)."""
+    if isinstance(x, (tuple, list)):
+        return tuple(_zero_cotangent(a) for a in x)
+    return np.zeros_like(x) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else None
+
+
+@builder
+def take(index: int, *, name: str = "take") -> Layer:
+    """Element ``index`` of a tuple input: ``(x_0, ..., x_{n-1}) -> x_index``.  No params.
+
+    Shapes: ``(s_0, ..., s_{n-1}) -> s_index`` (each ``s_i`` a shape or a tuple of them).
+    The pullback gives ``dy`` at ``index`` and zeros at the other float inputs (``None`` at
+    integer ones, such as a mask).  With
+    ``fan_out`` and ``parallel`` it routes a tuple through a model, e.g. a padding mask
+    kept beside the residual stream from block to block::
+
+        block = serial(fan_out(2), parallel(serial(take(0), dense(8)), take(1)))  # (h, m) -> (h', m)
+    """
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"take: index must be an int, got {type(index).__name__} {index!r}")
+    index = int(index)
+
+    def pick(x, what):
+        if not isinstance(x, (tuple, list)) or not -len(x) <= index < len(x):
+            got = f"a tuple of {len(x)}" if isinstance(x, (tuple, list)) else repr(x) \
+                if what == "input shapes" else type(x).__name__
+            raise LayerError(f"expected a tuple of {what} with an element {index}, got {got}")
+        return x[index]
+
+    def init(key, in_shape):
+        if is_shape(in_shape):
+            raise LayerError(f"expected a tuple of input shapes, got the single shape {in_shape!r}")
+        return {}, pick(in_shape, "input shapes")
+
+    def apply(params, x):
+        return pick(x, "inputs")
+
+    def vjp(params, x):
+        y = pick(x, "inputs")
+        chosen = index % len(x)
+
+        def pullback(dy):
+            return {}, tuple(dy if i == chosen else _zero_cotangent(xi) for i, xi in enumerate(x))
+
+        return y, pullback
+
+    return stateless_layer(name, init, apply, vjp, fresh=("dparams",))
 
 
 @builder
@@ -479,4 +531,4 @@ def identity() -> Layer:
     def vjp(params, x):
         return x, lambda dy: ({}, dy)
 
-    return stateless_layer("identity", init, apply, vjp)
+    return stateless_layer("identity", init, apply, vjp, fresh=("dparams",))

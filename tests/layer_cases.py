@@ -142,6 +142,8 @@ _add("fan_in_sum", "fan_in_sum", lambda b, n: (
 _add("fan_in_concat", "fan_in_concat", lambda b, n: (
     fl.fan_in_concat(), ((n, 3), (n, 2)), (f32((b, n, 3)), f32((b, n, 2), seed=2))))
 _add("residual", "residual", _one(lambda: fl.residual(fl.dense(3)), lambda n: (n, 3)))
+_add("take", "take", lambda b, n: (
+    fl.serial(fl.take(1), fl.dense(2)), ((n, 3), (2,)), (f32((b, n, 3)), f32((b, 2), seed=2))))
 _add("eval_mode", "eval_mode", _one(lambda: fl.eval_mode(fl.serial(fl.batch_norm(), fl.dropout(0.5))),
                                     lambda n: (n, 3)))
 

@@ -597,3 +597,29 @@ def test_combinators_never_write_into_child_outputs():
             assert not out.flags.writeable
             np.testing.assert_array_equal(out, snapshot)  # unchanged after the combinator ran
             assert not np.shares_memory(out, y2) and not np.shares_memory(out, dx)
+
+
+# --- take ---------------------------------------------------------------------------------
+
+def test_take_routes_a_tuple_and_passes_the_gradient_check():
+    from fundl import take
+    model = serial(fan_out(2), parallel(serial(take(0), dense(3)), take(1)), fan_in_concat())
+    res = check_layer(model, ((4,), (2,)))          # x -> ((x0, x1), (x0, x1)) -> (dense(x0), x1)
+    assert res.max_error < 1e-6
+    assert {"x/0", "x/1", "params/parallel_1/serial_0/dense_1/w"} <= set(res.errors)
+    a, b = _x((5, 4)), _x((5, 2), seed=2)
+    params, state, out_shape = model.init(KEY, ((4,), (2,)))
+    assert out_shape == (5,)
+    _, _, pb = model.vjp(params, state, (a, b))
+    _, (da, db) = pb(_x((5, 5), seed=3))
+    np.testing.assert_array_equal(db, _x((5, 5), seed=3)[:, 3:])       # x1 passed straight
+    mask = np.ones((5, 2), bool)
+    y, _, pb = take(0).vjp({}, {}, (a, mask))
+    assert y is a and pb(np.ones_like(a))[1][1] is None                  # no gradient for a mask
+    with pytest.raises(LayerError, match=r"layer 'take': expected a tuple of inputs with an "
+                                         r"element 2, got a tuple of 2"):
+        take(2).apply({}, {}, (a, b))
+    with pytest.raises(LayerError, match="single shape"):
+        take(0).init(KEY, (3,))
+    with pytest.raises(TypeError, match="take: index must be an int"):
+        take(1.0)

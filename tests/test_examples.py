@@ -109,3 +109,17 @@ def test_augmentation_example_quick_resumes_bit_identically(tmp_path):
         out.stdout[-2000:]
     accuracy = [float(a) for a in re.findall(r"val loss \d\.\d+ accuracy (\d\.\d+)", out.stdout)]
     assert len(accuracy) == 3 and accuracy[-1] > 0.25 > 0.1, out.stdout   # chance is 0.1
+
+
+def test_onnx_export_example_quick(tmp_path):
+    for package in ("mnist1d", "onnx", "onnxruntime"):
+        pytest.importorskip(package, reason=f"the optional {package} package is not installed")
+    env = dict(_checkout_env(), FUNDL_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "export_onnx.py"), "--quick",
+                          "--out", str(tmp_path / "models")], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    assert re.search(r"cnn: .*\n  ONNX ops: .*Conv x3.*\n.*predictions agree on 100\.0%", out.stdout)
+    assert re.search(r"gru: .*\n  ONNX ops: .*GRU,.*\n.*predictions agree on 100\.0%", out.stdout)
+    assert re.search(r"worst relative difference: \d\.\de-(0[6-9]|[1-9]\d)", out.stdout), out.stdout
+    assert (tmp_path / "models" / "mnist1d_gru.onnx").exists()
