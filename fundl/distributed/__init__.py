@@ -15,16 +15,21 @@ so all ranks take the same step::
 Run with ``mpiexec -n 4 python train.py``.  :func:`fundl.fit` and
 :func:`fundl.evaluate` take ``comm=`` and do all of this.
 
-- :func:`world` / :class:`Comm`: the communicator; :func:`abort_on_error`
-  (installed by ``world()``): an uncaught exception on any rank prints its
-  traceback and aborts every rank (no rank is left waiting in a collective).
+- :func:`world` / :class:`Comm`: the communicator.  ``world()`` installs the
+  guards: an uncaught exception on any rank prints its traceback and aborts
+  every rank (:func:`abort_on_error` for a block), and a watchdog
+  (:mod:`fundl.distributed.guard`) ends the job, with a message on every rank,
+  when a rank waits in a collective another rank will not join (it finished
+  its script, it is in another collective, or it has not come for ``timeout``
+  seconds): no rank is left waiting forever.
 - :func:`broadcast`: rank 0's pytree (a whole train state) to every rank.
 - :func:`mean_gradients`: the gradient transform that averages gradients
-  across ranks (bucketed flat buffers, one ``Allreduce`` per bucket).
-- :func:`make_step`: the data-parallel step: weights each rank by its
-  example count, so the update is the one for the global batch's mean loss,
-  reports that loss, averages ``state`` (BatchNorm statistics) and folds the
-  rank into the dropout key.
+  across ranks (bucketed flat buffers, one ``Allreduce`` per bucket; the
+  ranks' tree structures are compared once per structure).
+- :func:`make_step`: the data-parallel step: weights each rank by its loss's
+  divisor (``Loss.total_weight``), so the update and the reported loss are
+  those of one process on the global batch, for every loss; averages
+  ``state`` (BatchNorm statistics) and folds the rank into the dropout key.
 - :func:`sync_batch_norm`: batch normalisation with statistics over the
   global batch (an exact VJP through the cross-rank reduction).
 """

@@ -12,6 +12,8 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import tree as _tree
+from . import guard as _guard
+from .guard import collective
 
 __all__ = ["Comm", "world", "as_comm", "abort_on_error", "install_abort_hook", "broadcast",
            "in_sync"]
@@ -25,7 +27,7 @@ class Comm:
     the communicator must call them in the same order.
     """
 
-    __slots__ = ("mpi", "rank", "size")
+    __slots__ = ("mpi", "rank", "size", "world")
 
     def __init__(self, mpi_comm: Any):
         if not isinstance(mpi_comm, MPI.Intracomm):
@@ -34,29 +36,34 @@ class Comm:
         self.mpi = mpi_comm
         self.rank = int(mpi_comm.Get_rank())
         self.size = int(mpi_comm.Get_size())
+        # COMM_WORLD itself: its collectives are numbered for the watchdog (fundl.distributed.guard)
+        self.world = MPI.Comm.Compare(mpi_comm, MPI.COMM_WORLD) == MPI.IDENT
 
     def __repr__(self) -> str:
         return f"Comm(rank={self.rank}, size={self.size})"
 
-    def sum(self, values: Any) -> np.ndarray:
-        """The elementwise sum over ranks of ``values`` (a fresh float64 array, same shape)."""
+    def sum(self, values: Any, what: str = "a sum over ranks") -> np.ndarray:
+        """The elementwise sum over ranks of ``values`` (a fresh float64 array, same shape).
+
+        ``what`` names the collective in the messages of the watchdog (:func:`world`), as
+        for the other methods."""
         send = np.array(values, dtype=np.float64)  # our own copy: never the caller's
         if self.size > 1:
-            self.mpi.Allreduce(MPI.IN_PLACE, send, op=MPI.SUM)
+            collective(self, what, self.mpi.Allreduce, MPI.IN_PLACE, send, MPI.SUM)
         return send
 
-    def any(self, flag: bool) -> bool:
+    def any(self, flag: bool, what: str = "an any-rank flag") -> bool:
         """True on every rank when ``flag`` is true on any rank."""
-        return bool(self.sum([1.0 if flag else 0.0])[0] > 0)
+        return bool(self.sum([1.0 if flag else 0.0], what)[0] > 0)
 
-    def gather_all(self, value: Any) -> List[Any]:
+    def gather_all(self, value: Any, what: str = "a gather over ranks") -> List[Any]:
         """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
-        return self.mpi.allgather(value) if self.size > 1 else [value]
+        return collective(self, what, self.mpi.allgather, value) if self.size > 1 else [value]
 
-    def barrier(self) -> None:
+    def barrier(self, what: str = "a barrier") -> None:
         """Wait until every rank has called ``barrier``."""
         if self.size > 1:
-            self.mpi.Barrier()
+            collective(self, what, self.mpi.Barrier)
 
 
 def as_comm(comm: Any) -> Comm:
@@ -66,14 +73,20 @@ def as_comm(comm: Any) -> Comm:
 
 
 def _abort(exc_type: Any, exc: Any, tb: Any) -> None:
-    """Print the traceback with this rank's name, then abort every rank with exit code 1."""
+    """Print the traceback with this rank's name, tell the other ranks (the watchdog of
+    :func:`world` prints the reason on each), then abort every rank with exit code 1."""
     world_comm = MPI.COMM_WORLD
+    watchdog = _guard.active()
     try:
         sys.stderr.write(f"fundl.distributed: rank {world_comm.Get_rank()} of "
                          f"{world_comm.Get_size()} failed; aborting all ranks\n")
         traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
+        if watchdog is not None:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            watchdog.fail(f"{exc_type.__name__}: {first}", statuses=False,
+                          already_printed=True)
     finally:
         world_comm.Abort(1)
 
@@ -119,16 +132,31 @@ def abort_on_error() -> Iterator[None]:
         _abort(type(err), err, err.__traceback__)
 
 
-def world(guard: bool = True) -> Comm:
+def world(guard: bool = True, timeout: Optional[float] = None) -> Comm:
     """``MPI.COMM_WORLD`` as a :class:`Comm` (``.rank``, ``.size``).
 
-    With ``guard`` (the default) it installs the guard
-    :func:`install_abort_hook`: an uncaught exception on any rank prints that
-    rank's traceback and aborts the whole job (``mpiexec`` exits with code 1),
-    instead of leaving the other ranks hanging in a collective.
+    With ``guard`` (the default; every rank must call ``world()``) no rank is left
+    waiting forever in a collective:
+
+    - :func:`install_abort_hook`: an uncaught exception on any rank prints that
+      rank's traceback and aborts the whole job (``mpiexec`` exits with code 1);
+    - the watchdog (:mod:`fundl.distributed.guard`, on more than one rank): a rank
+      that waits in one of fundl's collectives which another rank will not join --
+      the other finished its script (it ran fewer steps), or waits in a different
+      collective, or has not come for ``timeout`` seconds (default
+      ``$FUNDL_MPI_TIMEOUT`` or 600; ``float("inf")`` for no limit) -- ends the job
+      with a message on every rank saying where each rank is and how many steps it
+      took; at the end of the script each rank waits for the others, and ranks that
+      took different numbers of training steps are an error.
+
+    Calling it again returns a new :class:`Comm` of ``COMM_WORLD``; a ``timeout``
+    given then replaces the first one.
     """
     if guard:
         install_abort_hook()
+        _guard.install(timeout)
+    elif timeout is not None:
+        raise ValueError("dist.world: timeout= needs guard=True (the watchdog)")
     return Comm(MPI.COMM_WORLD)
 
 
@@ -152,9 +180,9 @@ def broadcast(comm: Any, tree: Any, root: int = 0) -> Any:
         arrays = [(i, a.shape, a.dtype.str, a.flags.writeable)
                   for i, a in enumerate(leaves) if _is_array(a)]
         others = {i: leaf for i, leaf in enumerate(leaves) if not _is_array(leaf)}
-        comm.mpi.bcast((treedef, arrays, others), root=root)
+        collective(comm, "broadcast", comm.mpi.bcast, (treedef, arrays, others), root)
     else:
-        treedef, arrays, others = comm.mpi.bcast(None, root=root)
+        treedef, arrays, others = collective(comm, "broadcast", comm.mpi.bcast, None, root)
     out: List[Any] = [None] * treedef.num_leaves
     for i, leaf in others.items():
         out[i] = leaf
@@ -166,7 +194,7 @@ def broadcast(comm: Any, tree: Any, root: int = 0) -> Any:
         if comm.rank == root:
             for (i, _, _, _), lo, hi in zip(group, offsets[:-1], offsets[1:]):
                 buf[lo:hi] = leaves[i].reshape(-1)
-        comm.mpi.Bcast(buf, root=root)
+        collective(comm, f"broadcast ({dtype} arrays)", comm.mpi.Bcast, buf, root)
         if comm.rank != root:
             for (i, shape, _, writeable), lo, hi in zip(group, offsets[:-1], offsets[1:]):
                 a = buf[lo:hi].reshape(shape).copy()
@@ -185,6 +213,7 @@ def in_sync(comm: Any, tree: Any) -> bool:
     for leaf in leaves:
         a = np.asarray(leaf)
         digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a).tobytes() if a.dtype.kind != "O" else repr(a).encode())
+        digest.update(np.ascontiguousarray(a).tobytes() if a.dtype.kind != "O"
+                      else repr(a).encode())
     mine: Optional[str] = digest.hexdigest()
-    return len(set(comm.gather_all(mine))) == 1
+    return len(set(comm.gather_all(mine, "in_sync"))) == 1

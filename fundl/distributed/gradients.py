@@ -20,7 +20,10 @@ def mean_gradients(comm: Any, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Gradi
     params stay bit-identical across ranks.  The leaves are packed into flat
     buffers of up to ``bucket_bytes`` per dtype and summed with one
     ``Allreduce`` per bucket (:class:`Fusion`), each leaf scaled by ``1 / size``
-    while it is packed.
+    while it is packed.  At the first call, and when the gradients' structure
+    changes, the ranks compare it (a 16-byte digest of the paths, shapes, dtypes
+    and ``bucket_bytes``): ranks whose gradients differ get a ``ValueError`` naming
+    the first leaf that differs, not mismatched ``Allreduce`` calls.
     The outputs are views of those buffers (read them, do not write them);
     the gradients passed in are not written.  With one rank, the gradients
     pass unchanged.
@@ -32,7 +35,7 @@ def mean_gradients(comm: Any, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Gradi
     uneven last batch (the Horovod / PyTorch DDP convention).
     """
     comm = as_comm(comm)
-    fusion = Fusion(comm, bucket_bytes)
+    fusion = Fusion(comm, bucket_bytes, "mean_gradients")
     scale = 1.0 / comm.size
 
     def init(params):

@@ -31,6 +31,7 @@ from ..checks import LayerError
 from ..core import Layer, Traits, builder
 from ..layers.norm import _channel_dot, _check_batch_norm_input, _scale_shift, batch_norm
 from .comm import as_comm
+from .guard import collective
 
 __all__ = ["sync_batch_norm"]
 
@@ -71,15 +72,15 @@ def sync_batch_norm(comm: Any, axis: int = -1, momentum: float = 0.99, eps: floa
             mine[1:1 + c] = mean.reshape(-1)
             mine[1 + c:] = _channel_dot(dev, dev, ax, red).reshape(-1)
         every = np.empty((comm.size, 1 + 2 * c), np.float64)
-        comm.mpi.Allgather(mine, every)
+        collective(comm, "sync_batch_norm's statistics", comm.mpi.Allgather, mine, every)
         counts, means, m2s = every[:, 0], every[:, 1:1 + c], every[:, 1 + c:]
         total = float(counts.sum())
         if total == 0:
             raise LayerError("the global batch is empty on every rank")
         g_mean = (counts[:, None] * means).sum(axis=0) / total
         g_m2 = m2s.sum(axis=0) + (counts[:, None] * np.square(means - g_mean)).sum(axis=0)
-        return (g_mean.astype(x.dtype).reshape(bshape), (g_m2 / total).astype(x.dtype).reshape(bshape),
-                int(total))
+        return (g_mean.astype(x.dtype).reshape(bshape),
+                (g_m2 / total).astype(x.dtype).reshape(bshape), int(total))
 
     def normalise(params, x, ax, red, bshape):
         mean, var, total = moments(x, ax, red, bshape)
@@ -113,7 +114,8 @@ def sync_batch_norm(comm: Any, axis: int = -1, momentum: float = 0.99, eps: floa
             dscale = _channel_dot(dy, xhat, ax, red).reshape(-1)
             sums = np.concatenate([dbias, dscale]).astype(np.float64)
             if comm.size > 1:
-                comm.mpi.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+                collective(comm, "sync_batch_norm's pullback", comm.mpi.Allreduce,
+                           MPI.IN_PLACE, sums, MPI.SUM)
             g_bias = sums[:c].astype(dy.dtype).reshape(bshape)
             g_scale = sums[c:].astype(dy.dtype).reshape(bshape)
             # dx = scale * inv * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M), global sums

@@ -129,7 +129,7 @@ def _shared(comm: Any, fns: Dict[str, Metric], rows: Dict[int, np.ndarray], coun
     """
     from ..distributed.comm import as_comm
     comm = as_comm(comm)
-    plans = comm.gather_all((count, lengths))
+    plans = comm.gather_all((count, lengths), "evaluate's batch count")
     counts = {p[0] for p in plans}
     if len(counts) != 1:
         raise ValueError(f"evaluate: every rank must pass the same data and batch_size; "
@@ -141,7 +141,7 @@ def _shared(comm: Any, fns: Dict[str, Metric], rows: Dict[int, np.ndarray], coun
     table = np.zeros((count, sum(lengths)), np.float64)
     for b, row in rows.items():
         table[b] = row
-    table = comm.sum(table)
+    table = comm.sum(table, "evaluate's sums")
     total = np.zeros(sum(lengths), np.float64)
     for b in range(count):
         total += table[b]

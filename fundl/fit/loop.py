@@ -11,6 +11,7 @@ import numpy as np
 from .. import io, perf, random
 from ..core import Layer
 from ..losses import Loss
+from ..losses.combine import CombinedLoss
 from ..metrics import Metric, MetricSpec, loss_metric, resolve
 from ..optim.base import Optimizer, as_lr
 from ..step import Schedule, TrainState, check_parts, make_step
@@ -23,6 +24,7 @@ from .evaluate import run_evaluate
 from .inputs import Data, describe, float_dtype
 from .loop_state import LoopFile
 from .progress import Progress
+from . import ranks
 
 __all__ = ["fit"]
 
@@ -62,7 +64,12 @@ class _EpochSums:
             value, grad = inner.value_and_grad(pred, target)
             self.add(pred, target, value)
             return value, grad
-        return Loss(inner.value, value_and_grad, inner.name, inner.total_weight)
+        observed = Loss(inner.value, value_and_grad, inner.name, inner.total_weight)
+        parts = getattr(inner, "parts", None)
+        if parts is not None:  # fit(comm=)'s step reduces each part's (S_i, W_i) on its own
+            observed = CombinedLoss(*observed)
+            observed.parts = parts
+        return observed
 
     def logs(self, sums: np.ndarray) -> Dict[str, float]:
         out = {"loss": float(sums[0] / sums[1]) if sums[1] else float("nan")}
@@ -175,7 +182,11 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
       source's batches are the global ones, each rank takes its slice) with
       :func:`fundl.distributed.make_step` (``optimizer`` must contain
       :func:`~fundl.distributed.mean_gradients`); the initial (or given) train state is rank
-      0's, broadcast.  The epoch's training loss and metrics (their sums added over the
+      0's, broadcast.  Before the first step the ranks compare their arguments (key, lr
+      -- a schedule at 64 steps --, epochs/steps, batch size, optimizer and model
+      structure, loss, a sample of the data, the other options) and every rank raises
+      the same ``ValueError`` naming each one that differs (:mod:`fundl.fit.ranks`).
+      The epoch's training loss and metrics (their sums added over the
       ranks), the validation scores (:func:`evaluate` with ``comm``) and so the callbacks'
       logs are global and identical on every rank; a callback's stop on any rank stops every
       rank.  Only rank 0 shows progress and writes files; every rank returns after the last
@@ -248,7 +259,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
     train.set_dtype(dtype, "fit", warned)
     if val is not None:
         val.set_dtype(dtype, "fit", warned)
-    probe = train.probe(random.fold_in(k_data, 0))
+    probe = probe_train = train.probe(random.fold_in(k_data, 0))
     sets = [("train_data", probe, train.shown(probe))]
     if val is not None:
         probe = val.probe(k_val)
@@ -274,12 +285,13 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
         from .. import distributed
         comm = distributed.as_comm(comm)
         lead = comm.rank == 0
-        plan = (train.n, batch_size, per_epoch, target)
-        plans = comm.gather_all(plan)
-        if plans != [plan] * comm.size:
-            raise ValueError("fit: every rank must pass the same data, batch_size and "
-                             f"epochs/steps; (examples, batch_size, steps per epoch, target) "
-                             f"per rank: {plans}")
+        mine = ranks.described(
+            train=train, val=val, probe=probe_train, loss_name=loss.name,
+            batch_size=batch_size, per_epoch=per_epoch, target=target, key=key, lr=lr,
+            optimizer=optimizer, ts=ts, given_state=train_state is not None, shuffle=shuffle,
+            drop_last=drop_last, checkpointing=checkpoint_path is not None, every=every,
+            val_batch=val_batch, metrics=list(fns), callbacks=cbs)
+        ranks.agree(comm.gather_all(mine, "fit's argument check"))
         ts = distributed.broadcast(comm, ts)
         shard = (comm.rank, comm.size)
     info = TrainInfo(tuple(history), ts.step, target, per_epoch, directions, lead)
@@ -329,7 +341,8 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
     def verified(state: TrainState, value: float) -> None:
         """Raise unless ``state`` is finite (on every rank); else remember it as good."""
         where = non_finite_path(state)
-        if comm is not None and comm.any(where is not None) and where is None:
+        if comm is not None and comm.any(where is not None, "fit's finite-state check") \
+                and where is None:
             where = "the train state of another rank"
         if where is not None:
             raise NonFiniteLossError(good[0].step, value, good[0], history, where)
@@ -380,13 +393,15 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
                 if not math.isfinite(value):  # the loss is the same on every rank
                     sums.sums = before
                     where = non_finite_path(ts)
-                    if comm is not None and comm.any(where is not None) and where is None:
+                    if comm is not None and comm.any(where is not None,
+                                                     "fit's finite-state check") \
+                            and where is None:
                         where = "the train state of another rank"
                     if where is None:
                         good[0] = ts
                     checkpoint(good[0], sums.sums if good[0] is ts else None)
                     if comm is not None:
-                        comm.barrier()  # the checkpoint is on disk before any rank goes on
+                        comm.barrier("fit's checkpoint barrier")  # on disk before any rank goes on
                     if where is None:
                         raise NonFiniteLossError(ts.step, value, ts, history, "loss")
                     # ts came from a step with a finite loss and non-finite results
@@ -400,13 +415,13 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
                     for i, cb in per_batch:
                         halt = control(cb.on_batch_end(ts, logs), i, cb, "on_batch_end") or halt
                     if comm is not None:
-                        halt = comm.any(halt)
+                        halt = comm.any(halt, "fit's per-batch callbacks' stop flag")
                     if halt:
                         stop = True
                         break
                 if every is not None and ts.step % every == 0:
                     checkpoint(ts, sums.sums)
-            total = sums.sums if comm is None else comm.sum(sums.sums)
+            total = sums.sums if comm is None else comm.sum(sums.sums, "fit's epoch sums")
             logs: Dict[str, Any] = {"epoch": epoch + 1, "step": ts.step, **sums.logs(total),
                                     "lr": float(rate)}
             if val is not None:
@@ -422,12 +437,13 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
                     if control(cb.on_epoch_end(ts, dict(logs)), i, cb, "on_epoch_end"):
                         stop = True
             if comm is not None:
-                stop = comm.any(stop)
+                stop = comm.any(stop, "fit's stop flag")
             checkpoint(ts, np.zeros_like(sums.sums) if ended_epoch else sums.sums)
     finally:
         bar.close()
     if comm is not None:
-        comm.barrier()  # rank 0's last checkpoint is written before fit returns anywhere
+        comm.barrier("fit's last barrier")  # rank 0's last checkpoint is on disk before any
+        # rank returns
     for i, cb in enumerate(cbs):
         end = cb.on_train_end(ts)
         if end is not None:

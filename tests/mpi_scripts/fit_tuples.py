@@ -1,7 +1,7 @@
-"""Run under ``mpiexec -n N`` (N = 2 or 3: 36 examples in global batches of 12 split evenly;
-distributed.make_step scales a tuple output gradient only for even parts, see the report):
-fit(comm=) with a two-input, two-output model and with a data source equals one process.
-Writes ``OUT/rank_<r>.json``; tests/test_fit_mpi.py asserts on it."""
+"""Run under ``mpiexec -n N`` (N = 2 or 3; 36 examples in global batches of 12): fit(comm=) with
+a two-input, two-output model and with a data source equals one process.  (Uneven parts and a
+combined loss with a ratio part: tests/mpi_scripts/exact.py.)  Writes ``OUT/rank_<r>.json``;
+tests/test_fit_mpi.py asserts on it."""
 
 from __future__ import annotations
 
