@@ -150,3 +150,34 @@ def test_onnx_export_example_quick(tmp_path):
     assert re.search(r"gru: .*\n  ONNX ops: .*GRU,.*\n.*predictions agree on 100\.0%", out.stdout)
     assert re.search(r"worst relative difference: \d\.\de-(0[6-9]|[1-9]\d)", out.stdout), out.stdout
     assert (tmp_path / "models" / "mnist1d_gru.onnx").exists()
+
+
+def test_fine_tune_example_quick(tmp_path):
+    for package in ("torch", "mnist1d"):
+        pytest.importorskip(package, reason=f"the optional {package} package is not installed")
+    env = dict(_checkout_env(), FUNDL_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "fine_tune.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    port = re.search(r"ported to fundl: test accuracy (\d\.\d+), max \|fundl - torch\| "
+                     r"(\d\.\de[-+]\d\d)", out.stdout)
+    assert port and float(port.group(1)) > 0.5 and float(port.group(2)) < 1e-4, out.stdout
+    tuned = re.search(r"digits 5-9: test accuracy (\d\.\d+) \(the same head on a random body: "
+                      r"(\d\.\d+)\); the body's params and batch-norm statistics bit-identical",
+                      out.stdout)
+    assert tuned and float(tuned.group(1)) > float(tuned.group(2)) + 0.1, out.stdout
+    assert "rebuilt by fl.io.load_model: serial(eval_mode(serial(conv1d(16, 5" in out.stdout
+    assert "the same outputs: True" in out.stdout
+
+
+def test_fine_tune_example_skips_cleanly_without_torch(tmp_path):
+    # the example asks importlib whether torch is installed: answer no
+    code = ("import importlib.util, runpy, sys\n"
+            "find = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else find(name, *a)\n"
+            "sys.argv = ['fine_tune.py', '--quick']\n"
+            f"runpy.run_path({str(ROOT / 'examples' / 'fine_tune.py')!r}, run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env=_checkout_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("skipped: this example needs torch"), out.stdout
