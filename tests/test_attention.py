@@ -557,3 +557,15 @@ def test_cached_decoding_leaves_its_inputs_alone_and_names_bad_ones():
         attend_cached(layer, params, cache, x.astype(np.float64))
     with pytest.raises(LayerError, match=r"expected input of shape \(batch, \?, 4\)"):
         attend_cached(layer, params, cache, x[..., :3])
+
+
+def test_readme_generation_block_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "attend_cached" in b)
+    namespace = {}
+    exec(compile("import numpy as np\nimport fundl as fl\n" + block, "README.md", "exec"),
+         namespace)
+    assert namespace["cache"].k.shape == (4, 2, 7, 4)

@@ -268,3 +268,18 @@ def test_a_two_rank_sync_batch_norm_checkpoint_loads_into_the_batch_norm_model(t
     for a, b in zip(fl.tree.leaves((ts.params, ts.state)), fl.tree.leaves((single.params,
                                                                            single.state))):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def readme_block(marker):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if marker in b)
+
+
+def test_readme_whole_model_block_runs(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors.numpy", reason="needs safetensors")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile("import numpy as np\nimport fundl as fl\n" + readme_block("load_model("),
+                 "README.md", "exec"), namespace)
+    assert isinstance(namespace["ts2"], fl.TrainState)
+    assert fl.tree.all_equal(namespace["tree"]["params"], namespace["ts"].params)

@@ -297,3 +297,17 @@ def test_fine_tuning_keeps_the_body_statistics_and_optionally_its_params(freeze)
     assert fl.tree.all_equal(ts.state, state)                   # batch norm: frozen statistics
     assert not fl.tree.all_equal(ts.params["dense_1"], params["dense_1"])
     assert fl.tree.all_equal(ts.params["eval_mode_0"], params["eval_mode_0"]) == freeze
+
+
+def test_readme_fine_tuning_block_runs():
+    import pathlib
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "surgery.first_layers" in b)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    ts, body_params = namespace["ts"], namespace["body_params"]
+    assert fl.tree.all_equal(ts.params["eval_mode_0"], body_params)   # frozen by freeze
+    assert ts.step == 24 and list(namespace["p"]) == ["dense_0", "batch_norm_1", "relu_2",
+                                                      "dense_3"]
+    assert namespace["p"]["dense_3"]["w"].shape == (64, 3)
