@@ -23,7 +23,7 @@ from ..validate import SpecError
 from .architecture import model_from_record, params_and_state
 from .checkpoint import load_with_model
 from .files import CheckpointError, PathLike
-from .safetensors_io import _MODEL_KEY, load_safetensors, read_safetensors
+from .safetensors_io import _MODEL_KEY, read_safetensors
 
 __all__ = ["load_model"]
 
@@ -51,8 +51,7 @@ def load_model(path: PathLike, *, builders: Iterable[Callable[..., Layer]] = (),
     if is_zip:
         tree, record = load_with_model(file, types=types)
     else:
-        _, meta = read_safetensors(file)
-        tree = load_safetensors(file)
+        tree, meta = read_safetensors(file)
         text = meta.get(_MODEL_KEY)
         try:
             record = None if text is None else json.loads(text)

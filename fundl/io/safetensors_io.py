@@ -162,10 +162,12 @@ def _header(file: str, data: bytes) -> Dict[str, Any]:
     return header
 
 
-def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    """``(tensors, metadata)``: the file's tensors by name (new arrays, in tree order when
-    fundl wrote the file) and its metadata (a dict of strings; ``{}`` when it has none)."""
-    return _read(os.fspath(path))
+def read_safetensors(path: PathLike) -> Tuple[Any, Dict[str, Any]]:
+    """``(tree, metadata)``: the tree :func:`load_safetensors` returns without ``like`` and
+    the file's metadata (a dict of strings; ``{}`` when it has none), from one read."""
+    file = os.fspath(path)
+    tensors, meta = _read(file)
+    return _tree_of(file, tensors, meta), meta
 
 
 def _read(file: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -208,6 +210,13 @@ def _nest(file: str, tensors: Dict[str, np.ndarray]) -> Dict[str, Any]:
             raise CheckpointError(f"{file}: '{name}' is both a tensor and a prefix of another")
         node[parts[-1]] = value
     return root
+
+
+def _tree_of(file: str, tensors: Dict[str, np.ndarray], meta: Dict[str, Any]) -> Any:
+    """The saved tree (from the ``fundl.tree`` metadata), or nested dicts of the names."""
+    if isinstance(meta.get(_TREE_KEY), str):
+        return _rebuild(file, meta[_TREE_KEY], tensors)
+    return _nest(file, tensors)
 
 
 def _rebuild(file: str, text: str, tensors: Dict[str, np.ndarray]) -> Any:
@@ -273,9 +282,7 @@ def load_safetensors(path: PathLike, like: Optional[Any] = None) -> Any:
     file = os.fspath(path)
     tensors, meta = _read(file)
     if like is None:
-        if isinstance(meta.get(_TREE_KEY), str):
-            return _rebuild(file, meta[_TREE_KEY], tensors)
-        return _nest(file, tensors)
+        return _tree_of(file, tensors, meta)
     want = flatten_with_paths(like)
     for leaf_path, ref in want:
         if leaf_path not in tensors:
