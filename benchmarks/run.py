@@ -39,7 +39,10 @@ FRAMEWORKS = ("fundl", "numpy", "torch", "jax")
 #: The workloads (see :mod:`benchmarks.workloads`).
 KINDS = ("mlp", "cnn", "cnn_bn", "lstm", "gru_paper", "gru128", "transformer")
 #: Which thread pool each implementation's heavy work runs on.
-THREAD_POOL = {"fundl": "numpy BLAS", "numpy": "numpy BLAS", "torch": "torch", "jax": "xla"}
+THREAD_POOL = {"fundl": "numpy BLAS", "numpy": "numpy BLAS", "torch": "torch", "jax": "xla",
+               "before": "numpy BLAS"}
+#: The row of the fundl of another checkout (``--against PATH``), timed with the others.
+BEFORE = "before"
 
 
 # --- machine facts ----------------------------------------------------------
@@ -132,8 +135,10 @@ def _peak_bytes(fn) -> int:
 
 
 def measure_workload(wl, which, repeats: int, target_s: float,
-                     clock=time.perf_counter, settle_s: float = 0.25) -> Dict[str, Any]:
+                     clock=time.perf_counter, settle_s: float = 0.25,
+                     extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     impls = wl.implementations(which)
+    impls.update(extra or {})   # e.g. another checkout's fundl (--against), interleaved too
     names = list(impls)
     # warm-up (JIT compiles, caches, allocator) and calibrate steps per measurement
     inner: Dict[str, int] = {}
@@ -177,7 +182,7 @@ def measure_workload(wl, which, repeats: int, target_s: float,
                    "steps_per_sample": inner[k], "samples": len(s)}
     # peak memory: numpy allocations only (tracemalloc sees numpy's data buffers)
     for k in names:
-        if k in ("fundl", "numpy"):
+        if k in ("fundl", "numpy", BEFORE):
             rows[k]["peak_infer_bytes"] = _peak_bytes(impls[k].infer)
             rows[k]["peak_step_bytes"] = _peak_bytes(impls[k].step)
     return rows
@@ -211,16 +216,26 @@ def worker(args) -> Dict[str, Any]:
             if why:
                 result["skipped"][name] = why
     mlp_batches, cnn_batch = _batches(args)
-    for wl in workloads(batches=tuple(mlp_batches), cnn_batch=cnn_batch,
-                        size=getattr(args, "size", "full"),
-                        names=getattr(args, "workloads", None) or None,
-                        optimizers=getattr(args, "optimizers", None) or ("sgd", "adam")):
+    spec = dict(batches=tuple(mlp_batches), cnn_batch=cnn_batch,
+                size=getattr(args, "size", "full"), names=getattr(args, "workloads", None) or None,
+                optimizers=getattr(args, "optimizers", None) or ("sgd", "adam"))
+    befores = [None] * 1000
+    if getattr(args, "against", None):
+        from .versions import load, workloads_for
+        befores = workloads_for(load(args.against, "before")).workloads(**spec)
+        result["against"] = args.against
+    for wl, before in zip(workloads(**spec), befores):
         entry = {"name": wl.name, "opt": wl.optimizer, "batch": wl.batch, "flops": wl.flops,
                  "fundl_skip": wl.fundl_skip}
         entry["check"] = _check_against_reference(wl, which)
+        extra = {}
+        if before is not None and before.fundl_skip is None:
+            extra[BEFORE] = before.implementations(("fundl",))["fundl"]
+            entry["check"]["loss"][BEFORE] = float(
+                before.implementations(("fundl",))["fundl"].step())
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         entry["rows"] = measure_workload(wl, which, args.repeats, args.target_ms / 1e3, clock,
-                                         settle_s=0.25 if args.repeats > 2 else 0.0)
+                                         settle_s=0.25 if args.repeats > 2 else 0.0, extra=extra)
         entry["notes"] = {k: v for k, v in wl.notes.items()
                           if k in which and k not in result["skipped"]}
         result["workloads"].append(entry)
@@ -269,7 +284,7 @@ def format_table(results: List[Dict[str, Any]]) -> str:
             ref = rows.get("numpy", {}).get("step_s")
             gemm = res["sgemm_gflops"]["median"]
             lead = f"{name:<12}{opt:<5}{batch:>6} {alloc:<8}"
-            for impl in FRAMEWORKS:
+            for impl in FRAMEWORKS + (BEFORE,):
                 if impl not in rows:
                     continue
                 r = rows[impl]
@@ -299,6 +314,28 @@ def format_table(results: List[Dict[str, Any]]) -> str:
                  "(tracemalloc) during one apply / one training step, above what was live before.")
     lines.append("")
     lines.append(format_torch_table(results))
+    if first.get("against"):
+        lines.append("")
+        lines.append(format_before_table(results))
+    return "\n".join(lines)
+
+
+def format_before_table(results: List[Dict[str, Any]]) -> str:
+    """This checkout's fundl against the one of ``--against``, timed interleaved."""
+    hdr = (f"{'workload':<12}{'opt':<5}{'batch':>6} {'alloc':<8}{'fundl ms':>10}{'before ms':>10}"
+           f"{'before/fundl':>13}{'loss fundl':>12}{'loss before':>12}")
+    lines = [f"fundl (this checkout) against fundl at {results[0]['against']} "
+             "(before/fundl > 1: this checkout is faster)", hdr, "-" * len(hdr)]
+    for (name, opt, batch), per_alloc in _groups(results).items():
+        for alloc, (_, wl) in per_alloc.items():
+            rows = wl["rows"]
+            if "fundl" not in rows or BEFORE not in rows:
+                continue
+            tf, tb = rows["fundl"]["step_s"], rows[BEFORE]["step_s"]
+            loss = wl["check"]["loss"]
+            lines.append(f"{name:<12}{opt:<5}{batch:>6} {alloc:<8}{tf * 1e3:>10.3f}{tb * 1e3:>10.3f}"
+                         f"{tb / tf:>12.3f}x{loss.get('fundl', float('nan')):>12.6f}"
+                         f"{loss.get(BEFORE, float('nan')):>12.6f}")
     return "\n".join(lines)
 
 
@@ -368,6 +405,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: time.perf_counter (default); cpu: time.process_time, robust to "
                         "other load on the machine but meaningful only with --threads 1")
+    p.add_argument("--against", metavar="PATH",
+                   help="also time the fundl of the checkout at PATH (e.g. a git worktree of an "
+                        "older commit), interleaved with this one: a before/after table")
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -391,6 +431,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                "--size", args.size, "--frameworks", *args.frameworks,
                "--mlp-batches", *map(str, mlp_batches), "--cnn-batch", str(cnn_batch),
                "--gemm-n", str(args.gemm_n), "--clock", args.clock]
+        if args.against:
+            cmd += ["--against", os.path.abspath(args.against)]
         env = dict(os.environ)
         if args.threads:
             for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

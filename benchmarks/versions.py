@@ -13,6 +13,7 @@ import importlib.util
 import pathlib
 import sys
 from types import ModuleType
+from typing import Dict
 
 
 def load(path: str, tag: str = "other") -> ModuleType:
@@ -28,4 +29,31 @@ def load(path: str, tag: str = "other") -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def workloads_for(other: ModuleType) -> ModuleType:
+    """A copy of :mod:`benchmarks.workloads` whose models, steps and optimizers are those of
+    the fundl module ``other`` (as :func:`load` imported it): its source runs once with
+    ``fundl`` and its submodules standing for ``other``'s, then they are put back."""
+    prefix = other.__name__ + "."
+    stand_ins: Dict[str, ModuleType] = {"fundl": other}
+    stand_ins.update({"fundl." + name[len(prefix):]: module
+                      for name, module in list(sys.modules.items()) if name.startswith(prefix)})
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    here = pathlib.Path(__file__).resolve().parent
+    name = f"benchmarks.workloads_{other.__name__}"
+    try:
+        sys.modules.update(stand_ins)
+        spec = importlib.util.spec_from_file_location(name, here / "workloads.py")
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = "benchmarks"
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        for key, was in saved.items():
+            if was is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = was
     return module

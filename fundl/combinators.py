@@ -54,7 +54,8 @@ def combinator(compose: Callable[[Children], Any], children: Children, name: str
     _named(name, [c for _, c in children])
     traits = Traits(uses_key=any(c.traits.uses_key for _, c in children),
                     fresh=frozenset(fresh), compose=compose)
-    return Layer(*compose(children), name, children, traits=traits)
+    init, apply, vjp = compose(children)
+    return Layer(init, apply, vjp, name, children, traits=traits)
 
 
 def key_splitter(children: Children) -> Callable[[Any], Tuple[Any, ...]]:
@@ -330,7 +331,7 @@ def fan_out(n: int, *, name: str = "fan_out") -> Layer:
 
         return (x,) * n, pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 def _data_shapes(xs: Sequence[Any]) -> str:
@@ -394,7 +395,7 @@ def fan_in_sum(*, name: str = "fan_in_sum") -> Layer:
         xs = check(x)
         return forward(xs), lambda dy: ({}, (dy,) * len(xs) if need_dx else None)
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 @builder
@@ -463,7 +464,7 @@ def fan_in_concat(axis: int = -1, *, name: str = "fan_in_concat") -> Layer:
 
         return np.concatenate(xs, axis=d), pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("dparams",))
 
 
 def _zero_cotangent(x: Any) -> Any:
@@ -514,7 +515,7 @@ def take(index: int, *, name: str = "take") -> Layer:
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, fresh=("dparams",))
 
 
 @builder
@@ -530,4 +531,4 @@ def identity() -> Layer:
     def vjp(params, x):
         return x, lambda dy: ({}, dy)
 
-    return stateless_layer("identity", init, apply, vjp)
+    return stateless_layer("identity", init, apply, vjp, fresh=("dparams",))

@@ -142,6 +142,7 @@ class Layer:
     kind: str
     config: Mapping[str, Any]
     traits: Traits
+    _plan: Any   # the layer's plan (fundl.plan.of), made at its first checked use
 
     def __init__(self, init: InitFn, apply: ApplyFn, vjp: VjpFn, name: str = "layer",
                  children: Iterable[Tuple[str, "Layer"]] = (), *, kind: str = "",
@@ -231,7 +232,8 @@ def stateless_layer(
             return apply(params, x, key=key, train=train)
 
         def bind(**hints: bool) -> VjpFn:
-            def layer_vjp(params, state, x, *, key=None, train=True):
+            def layer_vjp(params: Params, state: State, x: Any, *, key: Key = None,
+                          train: bool = True) -> Tuple[Any, State, Any]:
                 y, pullback = vjp(params, x, key=key, train=train, **hints)
                 return y, state, pullback
             return layer_vjp

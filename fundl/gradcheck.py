@@ -204,8 +204,8 @@ def check_vjp(
             m_params = m_in["params"] if check_params else params
             numeric = (_inner(u, forward(p_params, p_in["x"]))
                        - _inner(u, forward(m_params, m_in["x"]))) / (2 * eps)
-            err = abs(analytic - numeric) / max(abs(analytic), abs(numeric), noise / tol, 1e-300)
-            errors[path] = max(errors.get(path, 0.0), err)
+            rel = abs(analytic - numeric) / max(abs(analytic), abs(numeric), noise / tol, 1e-300)
+            errors[path] = max(errors.get(path, 0.0), rel)
 
     if not errors:
         raise GradCheckError("nothing to check: no floating-point input or parameter leaves")

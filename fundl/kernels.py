@@ -2,9 +2,9 @@
 
 Each takes an array and returns a new one, or writes into ``out`` (which may be
 the input itself: that is how a layer works in place on an array it owns).
-Constants are Python floats, so float32 stays float32.  ``np.where`` and
-``np.logaddexp`` measured 20-100x slower than plain arithmetic on (128, 512)
-float32 here, so every branch is a ``max``/``min``.
+Constants are Python floats, so float32 stays float32.  Every branch is a
+``max``/``min``: ``np.where`` and ``np.logaddexp`` are much slower than plain
+arithmetic (benchmarks/README.md, "Measurements behind the code").
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ def log_softmax(x: Array, axis: int = -1) -> Array:
 
 def column_sums(a: Array) -> Array:
     """The sums of ``a`` over every axis but the last: shape ``(C,)``, as ``ones @ a2`` on
-    the 2-D view ``a2`` (a BLAS gemv): 2-4x faster than ``a2.sum(axis=0)`` (dense's bias
-    gradient; 0.31 against 1.39 ms on (64, 32, 32, 32) float32), and closer to the float64
-    sum in float32."""
+    the 2-D view ``a2`` (a BLAS gemv, faster than ``a2.sum(axis=0)``, and closer to the
+    float64 sum in float32)."""
     c = a.shape[-1]
     return np.ones(a.size // c if c else 0, a.dtype) @ a.reshape(-1, c)
 
@@ -81,8 +80,8 @@ def row_sums(a: Array) -> Array:
     """The sums of ``a`` over its last axis: shape ``a.shape[:-1]``, as one BLAS gemv
     ``a2 @ ones`` on the 2-D view ``a2`` when ``a`` is C-contiguous (else ``a.sum(-1)``).
 
-    Short rows are where numpy's reduction is slowest: the attention scores' rows of 64
-    (32, 4, 64, 64) float32, 0.018 against 0.178 ms.  A row's sum depends on its own
+    Short rows (the attention scores') are where numpy's reduction is slowest.  A row's
+    sum depends on its own
     values alone, not on the other rows' (for one shape: like any BLAS product, its
     rounding may change with the number of rows, e.g. for fewer than four).
     """

@@ -5,9 +5,7 @@ params) every step and frees them at the end of it.  glibc's ``malloc`` serves
 blocks above its mmap threshold with fresh ``mmap`` calls and returns them to
 the OS on ``free``; the next step then page-faults every page of them back in
 (the kernel zeroes each 4 KiB page).  For numpy training loops that is often
-the single largest overhead: on a 2-core machine a hand-written numpy MLP step
-at batch 128 ran ~1.6x faster, and a small CNN step ~1.9x faster, once the
-process kept its freed memory.
+the single largest overhead (benchmarks/README.md has the measurements).
 
 :func:`keep_freed_memory` is an explicit call: make it once at the start of a
 training script::
@@ -19,16 +17,8 @@ It changes the whole process (every library in it) and cannot be undone
 exactly (glibc has no call that reads the settings back, and setting its
 defaults again does not restore its dynamic threshold), so nothing calls it on
 import and :func:`fundl.fit` calls it only when told
-(``fit(..., keep_freed_memory=True)``); the examples call it in their ``main``.  Measured on 2026-12-03 in fresh processes (``python3 -m
-benchmarks.alloc``, 2 rounds, SGD): with glibc as it comes, a step page-faulted
-2,500-4,400 times; kept, none -- CNN 25.1 -> 19.3 ms per step, CNN with batch
-norm 53.8 -> 47.4, LSTM 21.0 -> 16.8, GRU-128 38.5 -> 35.3, transformer 68.4 ->
-62.9, MLP with Adam 4.80 -> 3.55 (its SGD step, without faults, unchanged).
-(An earlier comparison inside ``benchmarks.run``'s worker saw no difference:
-glibc trims only free memory at the top of the heap, and there PyTorch's live
-allocations sit above fundl's, so fundl's freed memory was reused anyway -- cnn_bn
-measured 3,586 page faults per fundl step alone, 54 with PyTorch's model stepped
-in the same process.)  The cost is memory: freed blocks
+(``fit(..., keep_freed_memory=True)``); the examples call it in their ``main``
+(``python3 -m benchmarks.alloc`` measures it).  The cost is memory: freed blocks
 stay in the process's heap for reuse instead of going back to the OS, so the
 resident size stays near the peak of a step rather than dropping between
 steps.

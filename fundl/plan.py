@@ -34,11 +34,11 @@ import numpy as np
 
 from . import random, tree
 from .checks import LayerError
-from .core import Layer, Params, State
-from .validate import SpecError, TreeSpec, data_shapes
+from .core import Layer, Params, Pullback, State
+from .validate import TreeSpec, data_shapes
 
 __all__ = ["Plan", "Node", "Spec", "of", "specialise", "trace", "fresh_results",
-           "share_sites", "tie", "check_cotangent"]
+           "share_sites", "tie", "fill_shared", "gather_shared", "check_cotangent"]
 
 Path = Tuple[str, ...]
 _MAX_POOLS = ("max_pool1d", "max_pool2d")
@@ -128,7 +128,7 @@ class Plan:
                                                           train=train)) from None
 
     def vjp(self, params: Params, state: State, x: Any, *, key: Any = None, train: bool = True,
-            need_dx: bool = True) -> Tuple[Any, State, Callable[[Any], Tuple[Params, Any]]]:
+            need_dx: bool = True) -> Tuple[Any, State, Pullback]:
         """``layer.vjp``: checked, run as planned; the pullback checks its ``dy``."""
         self.check(params, state, x)
         try:
@@ -189,14 +189,14 @@ class Plan:
             if spec.params.matches(params) and spec.state.matches(state):
                 self.last = spec
                 return
-        spec = self.spec_for(data_shapes(x))
-        if spec is None:
+        found = self.spec_for(data_shapes(x))
+        if found is None:
             if not candidates:
                 return  # init cannot take these shapes and never ran: nothing to check against
-            spec = candidates[-1]
-        spec.params.check(params, "params")
-        spec.state.check(state, "state")
-        self.last = spec
+            found = candidates[-1]
+        found.params.check(params, "params")
+        found.state.check(state, "state")
+        self.last = found
 
     def _record(self, in_shape: Any, params: Params, state: State, out_shape: Any,
                 nodes: List[Any]) -> None:
@@ -251,7 +251,9 @@ def _pairs(y: Any, dy: Any, path: str) -> List[Tuple[str, Any, Any]]:
 
 def rebuild(layer: Layer, children: Tuple[Tuple[str, Layer], ...]) -> Layer:
     """``layer`` (a combinator) over other ``children``, by its own ``compose``."""
-    init, apply, vjp = layer.traits.compose(children)
+    compose = layer.traits.compose
+    assert compose is not None, f"{layer.kind} is not a combinator"
+    init, apply, vjp = compose(children)
     return layer.replace(init_fn=init, apply_fn=apply, vjp_fn=vjp, children=children)
 
 
@@ -460,28 +462,34 @@ def _add(a: Any, b: Any) -> Any:
     return tree.map(np.add, a, b)
 
 
+def fill_shared(params: Params, groups: Groups) -> Params:
+    """``params`` with each shared layer's params (held at its group's first place) at its
+    other places too: the same arrays, new dicts along the paths, nothing written."""
+    for first, *others in groups:
+        shared = _get(params, first)
+        for p in others:
+            params = _put(params, p, shared)
+    return params
+
+
+def gather_shared(grads: Params, groups: Groups) -> Params:
+    """``grads`` with each group's gradients summed at its first place and ``{}`` at the
+    others (the inverse of :func:`fill_shared` for gradients)."""
+    for first, *others in groups:
+        total = _get(grads, first)
+        for p in others:
+            total = _add(total, _get(grads, p))
+            grads = _put(grads, p, {})
+        grads = _put(grads, first, total)
+    return grads
+
+
 def tie(layer: Layer, groups: Groups) -> Layer:
     """``layer`` whose shared params live at each group's first place: ``init`` leaves
-    ``{}`` at the other places, a run fills them in, and the pullback sums their
-    gradients into the first place's (``{}`` at the others)."""
+    ``{}`` at the other places, a run fills them in (:func:`fill_shared`), and the
+    pullback sums their gradients into the first place's (:func:`gather_shared`)."""
     if not groups:
         return layer
-
-    def fill(params):
-        for first, *others in groups:
-            shared = _get(params, first)
-            for p in others:
-                params = _put(params, p, shared)
-        return params
-
-    def gather(grads):
-        for first, *others in groups:
-            total = _get(grads, first)
-            for p in others:
-                total = _add(total, _get(grads, p))
-                grads = _put(grads, p, {})
-            grads = _put(grads, first, total)
-        return grads
 
     def init(key, in_shape):
         params, state, out_shape = layer.init_fn(key, in_shape)
@@ -496,14 +504,15 @@ def tie(layer: Layer, groups: Groups) -> Layer:
         return params, state, out_shape
 
     def apply(params, state, x, *, key=None, train=False):
-        return layer.apply_fn(fill(params), state, x, key=key, train=train)
+        return layer.apply_fn(fill_shared(params, groups), state, x, key=key, train=train)
 
     def vjp(params, state, x, *, key=None, train=True):
-        y, new_state, pullback = layer.vjp_fn(fill(params), state, x, key=key, train=train)
+        y, new_state, pullback = layer.vjp_fn(fill_shared(params, groups), state, x, key=key,
+                                              train=train)
 
         def tied_pullback(dy):
             grads, dx = pullback(dy)
-            return gather(grads), dx
+            return gather_shared(grads, groups), dx
 
         return y, new_state, tied_pullback
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple, Union
 
 import numpy as np
@@ -11,7 +12,7 @@ from .core import Layer, Params, State
 from .losses import Loss, LossError
 from .optim.base import Optimizer, as_lr
 from .optim.schedules import Schedule
-from .validate import SpecError, TreeSpec, data_shapes
+from .validate import SpecError, TreeSpec
 
 __all__ = ["TrainState", "make_step", "value_and_grad", "Schedule", "check_parts",
            "StepHook", "exclusive_grads"]
@@ -96,7 +97,10 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, *, train: bool = T
             x, y = batch
         else:
             x, y = _check_batch(batch, empty_ok=hook is not None)
-        rate = as_lr(lr(ts.step) if callable(lr) else lr)
+        if type(lr) is float and 0.0 <= lr < math.inf:  # the common case: no call
+            rate = lr
+        else:
+            rate = as_lr(lr(ts.step) if callable(lr) else lr)
         fresh_state = ts is not trusted[0]
         if fresh_state:
             checked(ts, x)
@@ -114,12 +118,13 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, *, train: bool = T
             raise planned.diagnose(err, lambda t: t.vjp_fn(ts.params, ts.state, x, key=sub,
                                                            train=train)) from None
         if hook is None:
-            value, dout = loss.value_and_grad(out, y)
-            metrics = {"loss": float(value)}
+            loss_value, dout = loss.value_and_grad(out, y)
+            metrics: Dict[str, Any] = {"loss": float(loss_value)}
         else:
-            value, dout, share, more = hook.loss(loss, out, y)
-            metrics = {"loss": value, **more}
-        _check_loss_grad(loss, out, dout)
+            global_value, dout, share, more = hook.loss(loss, out, y)
+            metrics = {"loss": global_value, **more}
+        if type(dout) is not np.ndarray or dout.shape != out.shape or dout.dtype != out.dtype:
+            _check_loss_grad(loss, out, dout)
         try:
             grads, _ = pullback(dout)
         except Exception as err:  # noqa: BLE001

@@ -181,7 +181,7 @@ def _writeable_copy(t: Any) -> Any:
 def _scribble(layer: Layer, what: str, t: Any, others: Any) -> None:
     """Overwrite every array of ``t`` (declared fresh as ``what``) with NaN, after
     checking it is writeable and shares no memory with ``others`` or another array of ``t``."""
-    seen = []
+    seen: list = []
     for a in tree.leaves(t):
         if not isinstance(a, np.ndarray):
             continue

@@ -60,7 +60,7 @@ def _node_paths(t: Any, prefix: str = "") -> List[str]:
             out.append(p)
             out.extend(_node_paths(v, p))
     elif isinstance(t, (list, tuple)):
-        names = t._fields if tree.is_namedtuple(t) else [str(i) for i in range(len(t))]
+        names = getattr(t, "_fields", None) or [str(i) for i in range(len(t))]
         for name, v in zip(names, t):
             p = tree.join_path(prefix, name)
             out.append(p)
@@ -166,7 +166,7 @@ def _kind_mismatch(skeleton: Any, t: Any, path: str = "") -> Tuple[str, Any, Any
             if found[0] is not None:
                 return found
     elif isinstance(skeleton, (list, tuple)):
-        names = skeleton._fields if tree.is_namedtuple(skeleton) else range(len(skeleton))
+        names = getattr(skeleton, "_fields", None) or range(len(skeleton))
         for name, a, b in zip(names, skeleton, t):
             found = _kind_mismatch(a, b, tree.join_path(path, str(name)))
             if found[0] is not None:
@@ -182,8 +182,7 @@ def _exact_test(t: Any) -> Optional[Callable[[Any], bool]]:
     The walk is planned once: a flat list of the dicts (each found in its parent) and of the
     leaves (each found in its dict), so a test is two loops, with no call per node, no list of
     leaves and no exception; a tree without arrays (a state of empty dicts) is tested by
-    dict equality.  The guard of every ``apply``/``vjp`` runs it; measured on a 5-layer
-    MLP: its params 2.52 -> 1.14 us, its state 0.82 -> 0.42 (planned) -> 0.13 (equality).
+    dict equality.  Every checked ``apply``/``vjp`` of a model runs it first.
     """
     dicts: List[Tuple[int, Any, int]] = []            # (parent's index in nodes, key, len)
     leaves: List[Tuple[int, Any, Any, Any]] = []      # (dict's index in nodes, key, shape, dtype)

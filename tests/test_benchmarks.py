@@ -2,9 +2,12 @@
 naive loops, and the harness produces rows.  No timing is asserted."""
 
 import argparse
+import pathlib
 
 import numpy as np
 import pytest
+
+import fundl as fl
 
 from benchmarks import reference as ref
 from benchmarks import run
@@ -353,3 +356,27 @@ def test_overhead_runs_the_same_training_both_ways(capsys):
     assert losses[0][0] != losses[2][0]      # and both train
     overhead.main(["--repeats", "1", "--steps", "5"])
     assert "ratio" in capsys.readouterr().out
+
+
+def test_another_checkout_runs_beside_this_one(capsys):
+    """``--against PATH`` (here: this checkout under another module name) times a second
+    fundl interleaved with this one; the same code trains to the same losses and params."""
+    from benchmarks import overhead, same_results, versions
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    other = versions.load(root, "test_copy")
+    assert other is not fl and other.serial is not fl.serial
+    rows = same_results.compare(other, steps=3)
+    assert [name for name, *_ in rows] == ["mlp adam", "cnn bn dropout momentum",
+                                           "lstm residual layer_norm adamw"]
+    assert all(params == 0.0 and leaves == 0 and loss == 0.0 for _, params, leaves, loss in rows)
+    overhead.main(["--repeats", "2", "--steps", "3", "--against", root])
+    assert overhead.measure(1, 2, against=root).keys() == {"this", "other"}
+    args = argparse.Namespace(allocator="default", frameworks=["fundl"], workloads=["mlp"],
+                              optimizers=["sgd"], size="full", mlp_batches=[8], cnn_batch=2,
+                              repeats=2, target_ms=1.0, gemm_n=64, clock="wall", against=root)
+    res = run.worker(args)
+    (w,) = res["workloads"]
+    assert set(w["rows"]) == {"fundl", "before"}
+    assert w["check"]["loss"]["before"] == w["check"]["loss"]["fundl"]
+    table = run.format_table([res])
+    assert "before/fundl" in table

@@ -11,9 +11,7 @@ from fundl.combinators import (child_keys, fan_in_concat, fan_in_sum, fan_out, i
                                residual, serial)
 from fundl.gradcheck import GradCheckError, check_vjp
 from fundl.layers.activations import relu, sigmoid, tanh
-from fundl.layers.conv import conv2d
 from fundl.layers.dense import dense
-from fundl.layers.pool import avg_pool2d, max_pool1d, max_pool2d
 from fundl.losses import mse
 from fundl.optim import sgd
 from fundl.testing import check_layer, read_only

@@ -23,7 +23,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: t
                                                 "tests need the real runtime")
 
 from fundl.export import ExportError, to_onnx  # noqa: E402
-from fundl.export.site import CONVERTERS, converts  # noqa: E402
+from fundl.export.site import CONVERTERS  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5          # max |onnx - fundl| / max |fundl|, per output

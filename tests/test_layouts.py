@@ -26,7 +26,7 @@ Every other layer runs its sums on C-ordered arrays and is exact.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pytest

@@ -14,7 +14,7 @@ once.  This module imports ``onnx``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -87,7 +87,7 @@ def export(model: Layer, params: Any, state: Any, in_shape: Any,
                          f"(no batch axis)")
     spec.params.check(params, "params")
     spec.state.check(state, "state")
-    params = _fill_shared(params, plan.share_sites(model))
+    params = plan.fill_shared(params, plan.share_sites(model))
 
     g = Graph(opset, _float_dtype(params, state))
     nodes = {(n.path, id(n.layer)): n for n in spec.nodes}
@@ -133,28 +133,3 @@ def _outputs(g: Graph, y: Any, shape: Any, name: str) -> None:
             _outputs(g, yi, si, f"{name}_{i}")
         return
     g.add_output(y, name, tuple(shape))
-
-
-def _get(t: Any, path: Path) -> Any:
-    for k in path:
-        t = t[k]
-    return t
-
-
-def _put(t: Any, path: Path, value: Any) -> Any:
-    """``t`` with ``value`` at ``path`` (new dicts along the path; nothing written)."""
-    if not path:
-        return value
-    out = dict(t)
-    out[path[0]] = _put(t[path[0]], path[1:], value)
-    return out
-
-
-def _fill_shared(params: Any, groups: Tuple[Tuple[Path, ...], ...]) -> Any:
-    """The params with each shared layer's params (held at its first place) at its other
-    places too, as the same arrays: their initializers are made once."""
-    for first, *others in groups:
-        shared: List[Any] = _get(params, first)
-        for p in others:
-            params = _put(params, p, shared)
-    return params

@@ -34,8 +34,7 @@ def _local_grad_layer(name: str, forward: Callable[[Array], Array],
 
     ``forward(x) -> y``; ``forward_and_grad(x) -> (y, g)``; the pullback is ``dy * g``.
     Used where the derivative shares work with the forward (gelu, silu).  Both run
-    in cache-sized blocks (:func:`fundl.kernels.blockwise`): the same bits, and the
-    exact gelu of the benchmark transformer 2-3x faster.
+    in cache-sized blocks (:func:`fundl.kernels.blockwise`): the same bits, faster.
     """
     def init(key, in_shape):
         return {}, as_shape(in_shape)
@@ -49,7 +48,8 @@ def _local_grad_layer(name: str, forward: Callable[[Array], Array],
         y, g = kernels.blockwise(forward_and_grad, x)
         return y, lambda dy: ({}, dy * g)
 
-    return stateless_layer(name, init, apply, vjp)
+    # y and dx are new arrays that the pullback does not keep (it keeps g)
+    return stateless_layer(name, init, apply, vjp, fresh=("y", "dx", "dparams"))
 
 
 def _mask(cond_fn, a, b):
@@ -372,7 +372,7 @@ def _axis_layer(name: str, axis: int, forward, backward) -> Layer:
         y = forward(np.ascontiguousarray(x), ax)
         return y, lambda dy: ({}, backward(y, np.ascontiguousarray(dy), ax))
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, fresh=("dx", "dparams"))
 
 
 def _softmax_backward(y, dy, ax):

@@ -43,8 +43,8 @@ _CAUSAL_BIAS: Dict[Tuple[int, int, str], Array] = {}
 
 def _causal_bias_key_major(s: int, t: int, dtype: Any) -> Array:
     """A read-only ``(s, t)`` matrix, ``-inf`` where key ``j`` > query ``i``, else 0: added
-    to the key-major scores (0.09 ms on (32, 4, 64, 64) float32, against 0.35 ms for
-    ``np.copyto(where=triu)``).  Cached per shape and dtype (a constant)."""
+    to the key-major scores (faster than ``np.copyto(where=triu)``).  Cached per shape and
+    dtype (a constant)."""
     k = (s, t, np.dtype(dtype).str)
     bias = _CAUSAL_BIAS.get(k)
     if bias is None:
@@ -371,13 +371,13 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         return stateless_layer(
             name, init, lambda params, x: run_apply(params, x, None, False),
             lambda params, x, need_dx=True: run_vjp(params, x, None, False, need_dx),
-            takes=("need_dx",))
+            takes=("need_dx",), fresh=("y", "dx", "dparams"))
 
     # Attention dropout uses the key (in training).
     return stateless_layer(
         name, init, lambda params, x, *, key, train: run_apply(params, x, key, train),
         lambda params, x, *, key, train, need_dx=True: run_vjp(params, x, key, train, need_dx),
-        uses_key=True, takes=("need_dx",))
+        uses_key=True, takes=("need_dx",), fresh=("y", "dx", "dparams"))
 
 
 # --- incremental decoding: a key/value cache ----------------------------------------------------

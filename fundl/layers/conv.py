@@ -50,14 +50,11 @@ def _im2col(xp: np.ndarray, kernel, dilation, out_hw, strides,
     with ``ones_column`` one more last column of ones (the bias's input).
 
     Many channels: one strided copy of a window view, so ``cols`` is written once,
-    front to back with C-long pieces (a copy per kernel offset was measured 2-3x
-    slower: it sweeps ``cols`` kh*kw times).  At most :data:`FEW_CHANNELS`
-    channels: those pieces are a few floats, so ``cols`` is built transposed
-    instead, one contiguous row of N*OH*OW per kernel offset and channel, and
-    returned as the (Fortran-ordered) transpose; both matmuls take it as it is.
-    With one channel (the benchmark CNN's first conv) that cut im2col from 0.97
-    to 0.13 ms and im2col + both matmuls from 2.4 to 1.4 ms; with 8 channels the
-    transposed layout was slower (8.0 against 6.4 ms).
+    front to back with C-long pieces (not a copy per kernel offset, which sweeps
+    ``cols`` kh*kw times).  At most :data:`FEW_CHANNELS` channels: those pieces are
+    a few floats, so ``cols`` is built transposed instead, one contiguous row of
+    N*OH*OW per kernel offset and channel, and returned as the (Fortran-ordered)
+    transpose; both matmuls take it as it is.
     """
     n, c = xp.shape[0], xp.shape[3]
     (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, strides
@@ -101,10 +98,9 @@ def _input_grad(dy2: np.ndarray, w: np.ndarray, x_shape, pads: Pads, kernel, dil
     reused buffer whose outputs with a real input cell are added into ``dx`` through
     a strided slice (no padded buffer).  An offset that reaches every input cell
     from every output (the centre of an odd kernel with stride 1 and "same"
-    padding) is multiplied straight into ``dx``, so ``dx`` needs no zeroing.  One
-    big ``dcols = dy2 @ W.T`` of shape (N*OH*OW, kh*kw*C) instead was ~1.5 ms
-    slower per step of the benchmark CNN: it is 9x the size of ``dx``, so every
-    read of it for the adds misses the cache.
+    padding) is multiplied straight into ``dx``, so ``dx`` needs no zeroing.  (One
+    big ``dcols = dy2 @ W.T``, kh*kw times the size of ``dx``, misses the cache on
+    every read of it for the adds.)
     """
     n, h, wd, c = x_shape
     (oh, ow), (sh, sw) = out_hw, strides
@@ -380,9 +376,8 @@ def conv2d(features: int, kernel_size: Union[int, Tuple[int, int]], *,
 
     Memory: ``vjp`` keeps the im2col matrix for dW, ``kh * kw`` times the size of
     the (padded) input, plus a column of ones with a bias (14 MB for
-    64 x 14 x 14 x 32 and a 3x3 kernel, float32);
-    recomputing it in the backward instead was measured ~8% slower per training
-    step of a small CNN.
+    64 x 14 x 14 x 32 and a 3x3 kernel, float32), which is faster than
+    recomputing it in the backward.
     """
     return _conv("conv2d", 2, features, kernel_size, stride, padding, dilation,
                  use_bias, w_init, b_init, dtype, groups)

@@ -62,4 +62,4 @@ def dropout(rate: float, *, name: str = "dropout") -> Layer:
         mask = scaled_mask(x, key)
         return x * mask, lambda dy: ({}, dy * mask)
 
-    return stateless_layer(name, init, apply, vjp, uses_key=True)
+    return stateless_layer(name, init, apply, vjp, uses_key=True, fresh=("dparams",))

@@ -89,7 +89,7 @@ def embedding(vocab_size: int, features: int, *, w_init: Initializer = normal(1.
 
         return y, pullback
 
-    return stateless_layer(name, init, apply, vjp, takes=("need_dx",))
+    return stateless_layer(name, init, apply, vjp, takes=("need_dx",), fresh=("y", "dparams"))
 
 
 

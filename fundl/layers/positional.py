@@ -67,7 +67,7 @@ def positional_embedding(max_len: int, *, init: Initializer = normal(0.02),
 
         return x + pos[:steps], pullback
 
-    return stateless_layer(name, init_fn, apply, vjp)
+    return stateless_layer(name, init_fn, apply, vjp, fresh=("y", "dparams"))
 
 
 def sinusoid_table(steps: int, features: int, base: float = 10000.0) -> Array:
@@ -115,4 +115,4 @@ def sinusoidal_positions(*, base: float = 10000.0,
         check(x)
         return forward(x), lambda dy: ({}, dy)
 
-    return stateless_layer(name, init, apply, vjp)
+    return stateless_layer(name, init, apply, vjp, fresh=("y", "dparams"))

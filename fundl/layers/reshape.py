@@ -41,7 +41,7 @@ def flatten() -> Layer:
         shape = x.shape
         return y, lambda dy: ({}, dy.reshape(shape))
 
-    return stateless_layer("flatten", init, apply, vjp)
+    return stateless_layer("flatten", init, apply, vjp, fresh=("dparams",))
 
 
 def _resolve(target: Shape, in_shape: Shape) -> Shape:
@@ -87,4 +87,4 @@ def reshape(shape: Sequence[int]) -> Layer:
         shape_in = x.shape
         return y, lambda dy: ({}, dy.reshape(shape_in))
 
-    return stateless_layer("reshape", init, apply, vjp)
+    return stateless_layer("reshape", init, apply, vjp, fresh=("dparams",))

@@ -72,14 +72,14 @@ def sgd() -> Optimizer:
 
 
 _DIFFERENT = object()
+_ARRAY = np.ndarray   # one global lookup, not two, per leaf
 
 
 def _descend_into_grads(params: Any, grads: Any, lr: float) -> Any:
     """The new params ``p - lr * g``, each written into its ``g``, in one walk of both trees
     (``_DIFFERENT`` where two dicts' keys differ).
 
-    Dicts and arrays are walked here, with no call per leaf (the tiny MLP's update:
-    9.7 -> 7.6 us, against 7.0 for ``p - lr * g`` by hand); any other subtree, and a
+    Dicts and arrays are walked here, with no call per leaf; any other subtree, and a
     gradient of another dtype, go through :func:`fundl.tree.map`.
     """
     if type(params) is not dict or type(grads) is not dict:
@@ -91,7 +91,7 @@ def _descend_into_grads(params: Any, grads: Any, lr: float) -> Any:
         g = grads.get(k, _DIFFERENT)   # equal lengths and every key found: the same keys
         if g is _DIFFERENT:
             return _DIFFERENT
-        if type(p) is np.ndarray and type(g) is np.ndarray and g.dtype == p.dtype \
+        if type(p) is _ARRAY and type(g) is _ARRAY and (g.dtype is p.dtype or g.dtype == p.dtype) \
                 and g.shape == p.shape:
             g *= -lr
             g += p
