@@ -311,3 +311,17 @@ def test_readme_fine_tuning_block_runs():
     assert ts.step == 24 and list(namespace["p"]) == ["dense_0", "batch_norm_1", "relu_2",
                                                       "dense_3"]
     assert namespace["p"]["dense_3"]["w"].shape == (64, 3)
+
+
+def test_no_call_changes_what_it_is_given():
+    import copy
+    model = cnn()
+    params, state = trained(model, (10, 2))
+    before = copy.deepcopy((params, state))
+    keys = (list(params), list(state))
+    surgery.first_layers(model, params, state, -2)
+    surgery.child(model, params, state, "batch_norm_1")
+    surgery.replace(model, params, state, "dense_6", fl.dense(8), key=KEY, in_shape=(10, 2))
+    surgery.graft(params, state, "dense_6", params, state, source_path="dense_6")
+    assert fl.tree.all_equal((params, state), before) and (list(params), list(state)) == keys
+    assert repr(model) == repr(cnn())

@@ -111,8 +111,9 @@ def _encode_init(fn: Any) -> Dict[str, Any]:
         if fn is getattr(initializers, name):
             return {"$init": name}
     code = getattr(fn, "__code__", None)
-    factory = _factory_codes().get(code) if code is not None else None
-    if factory is not None and getattr(fn, "__module__", None) == initializers.__name__:
+    factory = None if code is None else _factory_codes().get(code)
+    if code is not None and factory is not None \
+            and getattr(fn, "__module__", None) == initializers.__name__:
         cells = fn.__closure__ or ()
         args = {n: c.cell_contents for n, c in zip(code.co_freevars, cells)}
         if all(type(v) in (int, float, str, bool) for v in args.values()):
@@ -351,7 +352,7 @@ def params_and_state(tree: Any) -> Optional[Tuple[Any, Any]]:
     fields) or a dict with the keys ``"params"`` and ``"state"``; None for another tree."""
     if isinstance(tree, tuple) and hasattr(tree, "_fields") \
             and {"params", "state"} <= set(tree._fields):
-        return tree.params, tree.state
+        return getattr(tree, "params"), getattr(tree, "state")
     if isinstance(tree, dict) and "params" in tree and "state" in tree:
         return tree["params"], tree["state"]
     return None
