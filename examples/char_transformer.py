@@ -16,7 +16,11 @@ epoch prints the training and validation loss in bits per character (nats /
 ln 2), next to the unigram baseline (the held-out text's cross-entropy under
 the training text's character frequencies); at the end the model writes about
 300 characters from a prompt, each drawn with ``fl.random.categorical`` from
-its logits divided by a temperature.  Every key is fixed: the same run gives
+its logits divided by a temperature.  It samples twice, with the same keys: with
+a key/value cache in each attention layer (:func:`decode`: one new position per
+character) and recomputing its whole window for every character (``model.apply``),
+prints the characters per second of each and checks that both drew the same text
+from the same logits (to float32 rounding).  Every key is fixed: the same run gives
 the same numbers and the same text.
 
 Run:  python3 examples/char_transformer.py           (about 1-2 minutes on 2 cores)
@@ -36,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 import fundl as fl
+from fundl.layers.attention import attend_cached, kv_cache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)
@@ -84,15 +89,85 @@ def transformer(vocab: int, context: int, width: int, heads: int, blocks: int) -
     return fl.serial(*layers)
 
 
+#: Layers that act on each position alone: on new positions they run as they are.
+POSITIONWISE = {"embedding", "dense", "layer_norm", "rms_norm", "gelu", "relu", "silu", "tanh",
+                "sigmoid", "dropout"}
+
+
+def decode(model: fl.Layer, params: Any, state: Any, caches: Dict[Tuple[str, ...], Any],
+           ids: np.ndarray, start: int) -> Tuple[np.ndarray, Dict[Tuple[str, ...], Any]]:
+    """``(logits, caches)``: the model's logits ``(batch, new, vocab)`` at the positions
+    ``start .. start + new - 1`` of ``ids`` ``(batch, new)``, given ``caches`` (by layer
+    path) of the positions before, and the caches grown by the new positions.
+
+    The model runs on the new positions only: each causal attention layer through its
+    key/value cache (``attend_cached``), the position embedding at those positions,
+    the position-wise layers as they are, residuals and serials as their loops.
+    ``decode(model, params, state, {}, ids, 0)`` gives ``model.apply(params, state, ids)``
+    (to float rounding) and the caches of every position."""
+    grown = dict(caches)
+
+    def run(layer, p, s, x, path):
+        if layer.kind == "serial":
+            for k, child in layer.children:
+                x = run(child, p[k], s[k], x, path + (k,))
+            return x
+        if layer.kind == "residual":
+            ((k, child),) = layer.children
+            return x + run(child, p[k], s[k], x, path + (k,))
+        if layer.kind == "multi_head_attention":
+            cache = grown.get(path)
+            if cache is None:
+                cache = kv_cache(layer, p, x.shape[0])
+            y, grown[path] = attend_cached(layer, p, cache, x)
+            return y
+        if layer.kind == "positional_embedding":
+            return x + p["pos"][start:start + x.shape[1]]
+        if layer.kind in POSITIONWISE:
+            return layer.apply(p, s, x)
+        raise ValueError(f"decode: no incremental form for the {layer.kind} at "
+                         f"'{'/'.join(path)}'")
+
+    return run(model, params, state, ids, ()), grown
+
+
 def sample(model: fl.Layer, params: Any, state: Any, prompt_ids: np.ndarray, n: int,
-           context: int, temperature: float, key: Any) -> np.ndarray:
+           context: int, temperature: float, key: Any, *, cached: bool = True,
+           logits: Optional[List[np.ndarray]] = None) -> np.ndarray:
     """``n`` character ids drawn one at a time after ``prompt_ids``, each from
-    ``softmax(logits / temperature)`` at the last position of the latest ``context`` ids."""
-    ids = list(prompt_ids)
+    ``softmax(logits / temperature)`` at the last position of the model's window.
+
+    The window is the text from a start position on, at most ``context`` ids; when a
+    new id would overflow it, it restarts at the last ``context // 2`` ids.  With
+    ``cached`` (the default) the model runs through :func:`decode`: the window's ids
+    once, then one new position per id (time per id proportional to the window's
+    length); otherwise ``model.apply`` recomputes the whole window for every id
+    (proportional to its square).  Both draw the same ids from the same logits (to
+    float rounding); ``logits``, a list, receives the logits each id was drawn from.
+    """
+    ids = [int(i) for i in prompt_ids]
+    start = max(0, len(ids) - context)
+
+    def refill():
+        out, caches = decode(model, params, state, {}, np.asarray([ids[start:]], np.int64), 0)
+        return out[0, -1], caches
+
+    if cached:
+        last, caches = refill()
     for i in range(n):
-        window = np.asarray(ids[-context:], np.int64)[None]
-        logits = model.apply(params, state, window)[0, -1]
-        ids.append(int(fl.random.categorical(fl.random.fold_in(key, i), logits / temperature)))
+        if not cached:
+            last = model.apply(params, state, np.asarray([ids[start:]], np.int64))[0, -1]
+        if logits is not None:
+            logits.append(last)
+        ids.append(int(fl.random.categorical(fl.random.fold_in(key, i), last / temperature)))
+        if len(ids) - start > context:
+            start = len(ids) - context // 2
+            if cached and i < n - 1:
+                last, caches = refill()
+        elif cached and i < n - 1:
+            out, caches = decode(model, params, state, caches,
+                                 np.asarray([ids[-1:]], np.int64), len(ids) - 1 - start)
+            last = out[0, -1]
     return np.asarray(ids[len(prompt_ids):], np.int64)
 
 
@@ -148,12 +223,26 @@ def run(*, epochs: int = 8, context: int = 64, width: int = 64, heads: int = 4,
     say(f"\ntrained {ts.step} steps in {seconds:.1f} s ({fl.tree.size(ts.params):,} params)")
 
     prompt = "".join(c for c in prompt if c in lookup) or text[:1]
-    drawn = sample(model, ts.params, ts.state, np.array([lookup[c] for c in prompt]),
-                   sample_chars, context, temperature, k_sample)
-    generated = "".join(alphabet[i] for i in drawn)
+    prompt_ids = np.array([lookup[c] for c in prompt])
+    drawn, speed, logits = {}, {}, {}
+    for way in ("cached", "recomputed"):
+        logits[way] = []
+        start = time.perf_counter()
+        drawn[way] = sample(model, ts.params, ts.state, prompt_ids, sample_chars, context,
+                            temperature, k_sample, cached=way == "cached", logits=logits[way])
+        speed[way] = sample_chars / (time.perf_counter() - start)
+    generated = "".join(alphabet[i] for i in drawn["cached"])
+    same_text = bool(np.array_equal(drawn["cached"], drawn["recomputed"]))
+    logit_diff = (max(float(np.abs(a - b).max()) for a, b in
+                      zip(logits["cached"], logits["recomputed"])) if same_text else float("inf"))
     say(f"sample (temperature {temperature}):\n{prompt}{generated}")
+    say(f"\nsampling: {speed['cached']:.0f} chars/s with the key/value cache, "
+        f"{speed['recomputed']:.0f} chars/s recomputing the window for every character; "
+        f"the same text: {same_text}, max |cached - recomputed logit| {logit_diff:.1e}")
     return {"history": history, "train_bits": train_bits, "val_bits": val_bits,
-            "unigram_bits": baseline, "sample": generated, "seconds": seconds,
+            "unigram_bits": baseline, "sample": generated,
+            "sample_recomputed": "".join(alphabet[i] for i in drawn["recomputed"]),
+            "logit_diff": logit_diff, "chars_per_second": speed, "seconds": seconds,
             "params": ts.params, "model": model}
 
 

@@ -4,8 +4,8 @@ See README.md for a tour.  Every layer is a :class:`Layer` of pure functions
 ``(init, apply, vjp)``; models are built with combinators such as
 :func:`serial`; training is a pure step function.
 
-The submodules ``io``, ``datasets``, ``interop``, ``testing``, ``perf`` and
-``export`` are imported when first used (``fl.io.save(...)`` works after
+The submodules ``io``, ``datasets``, ``interop``, ``testing``, ``perf``, ``export``
+and ``surgery`` are imported when first used (``fl.io.save(...)`` works after
 ``import fundl as fl``); ``fundl.distributed`` needs ``import fundl.distributed``
 (and mpi4py).
 """
@@ -34,7 +34,7 @@ from .step import TrainState, make_step, value_and_grad
 
 from ._version import __version__ as __version__
 
-_LAZY = ("io", "datasets", "interop", "testing", "perf", "export")
+_LAZY = ("io", "datasets", "interop", "testing", "perf", "export", "surgery")
 
 
 def __getattr__(name: str) -> Any:
@@ -64,4 +64,5 @@ __all__ = [
     "Callback", "Control", "TrainInfo", "EarlyStopping", "ReduceLROnPlateau", "CSVLogger",
     "ModelCheckpoint", "lr_find", "LRFindResult", "NonFiniteLossError", "summary",
     "data", "datasets", "io", "metrics", "perf", "plan", "interop", "testing", "export",
+    "surgery",
 ]

@@ -496,3 +496,76 @@ def test_matches_torch_key_padding_mask(cross):
     np.testing.assert_allclose(b[e:2 * e], 0.0, atol=1e-12)   # torch's key bias: zero gradient
     for k in grads:
         np.testing.assert_allclose(grads[k], want[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+# --- incremental decoding with a key/value cache ----------------------------------------------
+
+from fundl.layers.attention import KVCache, attend_cached, kv_cache  # noqa: E402
+from fundl.testing import read_only  # noqa: E402
+
+
+def _decode(layer, params, x, chunks):
+    """``layer`` over ``x`` through the cache, ``chunks`` positions per call."""
+    cache = kv_cache(layer, params, x.shape[0])
+    out, t = [], 0
+    for size in chunks:
+        y, cache = attend_cached(layer, params, cache, x[:, t:t + size])
+        out.append(y)
+        t += size
+    assert t == x.shape[1] and cache.k.shape[2] == t
+    return np.concatenate(out, axis=1), cache
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+@pytest.mark.parametrize("heads,head_dim,use_bias", [(1, None, True), (2, None, True),
+                                                     (4, 3, False)])
+@pytest.mark.parametrize("chunks", [[1] * 7, [7], [3, 1, 1, 2], [2, 5]])
+def test_cached_decoding_equals_the_full_layer(dtype, tol, heads, head_dim, use_bias, chunks):
+    layer = multi_head_attention(heads, head_dim=head_dim, causal=True, use_bias=use_bias,
+                                 dropout=0.2)
+    params, _, _ = layer.init(random.key(2), (7, 8))
+    params = read_only(tree.cast(params, dtype))
+    if use_bias:   # non-zero biases, so that they are exercised
+        params = read_only({k: (v + 0.1 if k.startswith("b_") else v) for k, v in params.items()})
+    x = read_only(random.normal(random.key(3), (3, 7, 8), dtype))
+    want = layer.apply(params, {}, x)
+    got, cache = _decode(layer, params, x, chunks)
+    assert got.dtype == dtype and isinstance(cache, KVCache)
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= tol * scale, np.abs(got - want).max()
+
+
+def test_cached_decoding_leaves_its_inputs_alone_and_names_bad_ones():
+    layer = multi_head_attention(2, causal=True)
+    params, _, _ = layer.init(random.key(0), (5, 4))
+    params = read_only(params)
+    x = read_only(random.normal(random.key(1), (2, 3, 4), np.float32))
+    cache = kv_cache(layer, params, 2)
+    y, grown = attend_cached(layer, params, cache, x)
+    assert cache.k.shape == (2, 2, 0, 2) and grown.k.shape == (2, 2, 3, 2)
+    y2, grown2 = attend_cached(layer, params, grown, x[:, :1])
+    assert grown.k.shape == (2, 2, 3, 2) and grown2.v.shape == (2, 2, 4, 2)
+    with pytest.raises(ValueError, match="needs causal self-attention"):
+        attend_cached(multi_head_attention(2), params, cache, x)
+    with pytest.raises(ValueError, match="masked=True"):
+        kv_cache(multi_head_attention(2, causal=True, masked=True), params, 2)
+    with pytest.raises(TypeError, match="takes a multi_head_attention layer, got a dense"):
+        kv_cache(dense(3), params, 2)
+    with pytest.raises(LayerError, match=r"expected the cache's k of shape \(3, 2, t, 2\)"):
+        attend_cached(layer, params, cache, random.normal(random.key(1), (3, 1, 4), np.float32))
+    with pytest.raises(LayerError, match=r"input dtype float64 does not match"):
+        attend_cached(layer, params, cache, x.astype(np.float64))
+    with pytest.raises(LayerError, match=r"expected input of shape \(batch, \?, 4\)"):
+        attend_cached(layer, params, cache, x[..., :3])
+
+
+def test_readme_generation_block_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "attend_cached" in b)
+    namespace = {}
+    exec(compile("import numpy as np\nimport fundl as fl\n" + block, "README.md", "exec"),
+         namespace)
+    assert namespace["cache"].k.shape == (4, 2, 7, 4)

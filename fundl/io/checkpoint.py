@@ -53,11 +53,13 @@ import math
 import os
 import struct
 import zipfile
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from ..core import Layer
 from ..tree import is_namedtuple, join_path
+from .architecture import known_in_shape, model_record
 from .files import CheckpointError, PathLike, atomic_write
 
 __all__ = ["save", "load", "CheckpointError"]
@@ -66,7 +68,8 @@ __all__ = ["save", "load", "CheckpointError"]
 _STRUCT_KEY = "__fundl_structure__"
 _STRUCT_MEMBER = _STRUCT_KEY + ".npy"
 _FORMAT = "fundl.io"
-_VERSION = 2  # 2: leaves record their exact member name; 1 (still read): name + ".npy"
+_VERSION = 3  # 3: a "model" record beside the tree (written only with model=); 2: leaves
+#             record their exact member name; 1 (still read): name + ".npy"
 _ROOT_NAME = "<root>"
 _MAX_DEPTH = 128  # containers nested in containers; far beyond any real pytree
 _NPY_MAGIC = b"\x93NUMPY"
@@ -200,7 +203,8 @@ def _write_npz(f: Any, arrays: Dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
 
 
-def save(path: PathLike, tree: Any) -> None:
+def save(path: PathLike, tree: Any, *, model: Optional[Layer] = None,
+         in_shape: Any = None) -> None:
     """Write ``tree`` (any pytree: params, state, a whole ``TrainState``) to ``path``.
 
     The file is written exactly at ``path`` (no suffix is added) and atomically:
@@ -216,12 +220,28 @@ def save(path: PathLike, tree: Any) -> None:
     lost -- a ``np.ma.MaskedArray``'s mask, a ``np.matrix``; a ``np.memmap`` is
     stored as its data), non-string dict keys, or a tree nested deeper than 128
     levels.
+
+    ``model=``: the file also carries the model's architecture
+    (:func:`fundl.io.model_record`: kinds, configurations and children) and its
+    per-example ``in_shape`` (found from the model's ``init`` when ``tree`` holds the
+    params it made in this process), so that :func:`fundl.io.load_model` rebuilds the
+    model with no code at hand.  A layer whose configuration has no safe encoding
+    (your own function as an initializer, an MPI communicator) is a
+    :class:`CheckpointError` naming its path and argument, before anything is written.
     """
     file = os.fspath(path)
+    record = None
+    if model is not None:
+        if in_shape is None:
+            in_shape = known_in_shape(model, tree)
+        record = model_record(model, in_shape)
     enc = _Encoder(file)
     spec = enc.encode(tree, "")
+    fields: Dict[str, Any] = {"format": _FORMAT, "version": 2, "tree": spec}
+    if record is not None:
+        fields.update(version=3, model=record)
     try:
-        meta = json.dumps({"format": _FORMAT, "version": _VERSION, "tree": spec})
+        meta = json.dumps(fields)
     except ValueError as err:  # an int beyond Python's int-to-text limit
         raise CheckpointError(f"{file}: cannot save the tree: {err}") from None
     arrays = dict(enc.arrays)
@@ -373,9 +393,10 @@ def _check_meta(file: str, meta: Any) -> int:
     if version > _VERSION:
         raise CheckpointError(f"{file}: written by a newer fundl (format version {version}, "
                               f"this one reads {_VERSION})")
-    if set(meta) != {"format", "version", "tree"}:
+    want = {"format", "version", "tree"} | ({"model"} if version >= 3 else set())
+    if set(meta) != want:
         raise CheckpointError(f"{file}: corrupt checkpoint: the structure record has fields "
-                              f"{sorted(meta)}, expected format, version, tree")
+                              f"{sorted(meta)}, expected {', '.join(sorted(want))}")
     return version
 
 
@@ -662,12 +683,21 @@ def load(path: PathLike, like: Optional[Any] = None, *, types: Iterable[type] = 
     written by :func:`save`, also raises :class:`CheckpointError` naming ``path``
     (``FileNotFoundError`` if there is no file at all).
     """
+    return _load_checked(path, like, types, False)
+
+
+def load_with_model(path: PathLike, *, types: Iterable[type] = ()) -> Tuple[Any, Any]:
+    """``(tree, model record or None)`` of a checkpoint (:func:`fundl.io.load_model`)."""
+    return _load_checked(path, None, types, True)
+
+
+def _load_checked(path: PathLike, like: Any, types: Iterable[type], with_model: bool) -> Any:
     file = os.fspath(path)
     allowed = _allowed_types(types)
     if not os.path.exists(file):
         raise FileNotFoundError(f"no checkpoint at {file}")
     try:
-        return _load(file, like, allowed)
+        return _load(file, like, allowed, with_model)
     except (CheckpointError, MemoryError):
         raise
     except Exception as err:  # whatever a damaged zip or record makes the readers raise
@@ -675,7 +705,7 @@ def load(path: PathLike, like: Optional[Any] = None, *, types: Iterable[type] = 
                               f"({type(err).__name__}: {err})") from err
 
 
-def _load(file: str, like: Any, types: Dict[str, type]) -> Any:
+def _load(file: str, like: Any, types: Dict[str, type], with_model: bool = False) -> Any:
     with open(file, "rb") as fh:
         if fh.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
             raise CheckpointError(f"{file}: not a fundl checkpoint (a single .npy array, "
@@ -695,5 +725,6 @@ def _load(file: str, like: Any, types: Dict[str, type]) -> Any:
             if unused:
                 raise CheckpointError(f"{file}: member {unused[0]!r} is not used by the structure "
                                       "record (the file was altered)")
-            return _Decoder(file, archive, types, version).decode(meta["tree"], "", like,
+            tree = _Decoder(file, archive, types, version).decode(meta["tree"], "", like,
                                                                  like is not None)
+            return (tree, meta.get("model")) if with_model else tree

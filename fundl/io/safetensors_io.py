@@ -2,15 +2,22 @@
 
 ::
 
-    fundl.io.save_safetensors("model.safetensors", {"params": ts.params, "state": ts.state})
-    tree = fundl.io.load_safetensors("model.safetensors")               # nested dicts
+    fundl.io.save_safetensors("model.safetensors", {"params": ts.params, "state": ts.state},
+                              model=model)                            # a whole model
+    tree = fundl.io.load_safetensors("model.safetensors")     # the same tree, no like= needed
+    model, tree = fundl.io.load_model("model.safetensors")    # and the model rebuilt
     params = fundl.io.load_safetensors("params.safetensors", like=params)  # checked
 
 Each array leaf is one tensor named by its tree path (``"dense_0/w"``), with its
 dtype and shape; a file written by PyTorch (``"0.weight"``) loads as a flat
 dict of those names, ready for :func:`fundl.interop.torch.load_state_dict`.
-Only arrays are stored: safetensors holds tensors, not Python values, so a whole
-``TrainState`` (its ``step`` is an int) belongs in :func:`fundl.io.save`.
+fundl records the tree's structure in the file's metadata (``fundl.tree``: its
+dicts in order, the empty ones a layer without params has, its lists and tuples),
+so the tree loads back exactly as saved without ``like=``; with ``model=`` the
+metadata also holds the model's architecture (``fundl.model``,
+:func:`fundl.io.model_record`).  Only arrays are stored: safetensors holds
+tensors, not Python values, so a whole ``TrainState`` (its ``step`` is an int)
+belongs in :func:`fundl.io.save`.
 Needs the ``safetensors`` package (``pip install "fundl[safetensors]"``),
 imported only when these functions run.
 """
@@ -19,17 +26,22 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..tree import TreeError, flatten_with_paths, unflatten_from_paths
+from ..core import Layer
+from ..tree import TreeError, flatten_with_paths, is_namedtuple, join_path, unflatten_from_paths
+from .architecture import known_in_shape, model_record
 from .files import CheckpointError, PathLike, atomic_write
 
-__all__ = ["save_safetensors", "load_safetensors"]
+__all__ = ["save_safetensors", "load_safetensors", "read_safetensors"]
 
 
 _ORDER_KEY = "fundl.paths"  # metadata: the leaf paths in tree order (JSON)
+_TREE_KEY = "fundl.tree"    # metadata: the tree's containers, leaves by tensor name (JSON)
+_MODEL_KEY = "fundl.model"  # metadata: the model's architecture (JSON), with model=
+_MAX_DEPTH = 128
 _DTYPE_KINDS = "biuf"       # bool, signed/unsigned ints, floats: what safetensors stores
 #: The safetensors dtypes numpy represents, hence the ones a file may hold to be loaded.
 _LOADABLE = {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64", "I64", "F64",
@@ -56,7 +68,28 @@ def _leaf_error(file: str, path: str, leaf: Any) -> CheckpointError:
                            f"it is a {type(leaf).__name__}, not a numpy array{hint}")
 
 
-def save_safetensors(path: PathLike, tree: Any) -> None:
+def _skeleton(node: Any, path: str, depth: int = 0) -> Dict[str, Any]:
+    """The containers of ``node`` as JSON (a named tuple as a dict of its fields); each leaf
+    as its tensor's name, its path."""
+    if depth > _MAX_DEPTH:
+        raise CheckpointError(f"cannot save '{path}': the tree is nested deeper than "
+                              f"{_MAX_DEPTH} levels")
+    if node is None:
+        return {"t": "none"}
+    if isinstance(node, dict) or is_namedtuple(node):
+        keys = list(node._fields) if is_namedtuple(node) else [str(k) for k in node]
+        values = list(node) if is_namedtuple(node) else list(node.values())
+        return {"t": "dict", "keys": keys,
+                "items": [_skeleton(v, join_path(path, k), depth + 1) for k, v in zip(keys, values)]}
+    if isinstance(node, (tuple, list)):
+        return {"t": "tuple" if isinstance(node, tuple) else "list",
+                "items": [_skeleton(v, join_path(path, str(i)), depth + 1)
+                          for i, v in enumerate(node)]}
+    return {"t": "tensor", "name": path}
+
+
+def save_safetensors(path: PathLike, tree: Any, *, model: Optional[Layer] = None,
+                     in_shape: Any = None) -> None:
     """Write the array leaves of ``tree`` to ``path`` as safetensors, named by tree path.
 
     ``tree`` is nested dicts (lists/tuples too: their items are named ``0``, ``1``...)
@@ -65,10 +98,23 @@ def save_safetensors(path: PathLike, tree: Any) -> None:
     leaf raises :class:`fundl.io.CheckpointError` naming its path.  Written atomically as
     :func:`fundl.io.save` writes: a temporary file in the same directory, fsynced, then
     ``os.replace`` (:func:`fundl.io.atomic_write`).
-    The metadata entry ``fundl.paths`` records the tree order of the names.
+    The metadata entries ``fundl.paths`` and ``fundl.tree`` record the tree order of
+    the names and the tree's structure (so :func:`load_safetensors` rebuilds the tree
+    exactly, empty dicts included, without ``like=``; a named tuple comes back as a
+    dict of its fields).
+
+    ``model=``: the metadata entry ``fundl.model`` also holds the model's architecture
+    and per-example ``in_shape`` (as :func:`fundl.io.save` does): save
+    ``{"params": params, "state": state}`` and :func:`fundl.io.load_model` rebuilds
+    the model and that tree with no code at hand.
     """
     st = _safetensors_numpy()
     file = os.fspath(path)
+    metadata: Dict[str, str] = {}
+    if model is not None:
+        record = model_record(model, known_in_shape(model, tree) if in_shape is None
+                              else in_shape)
+        metadata[_MODEL_KEY] = json.dumps(record)
     tensors: Dict[str, np.ndarray] = {}
     for leaf_path, leaf in flatten_with_paths(tree):
         if not isinstance(leaf, np.ndarray):
@@ -83,7 +129,9 @@ def save_safetensors(path: PathLike, tree: Any) -> None:
             raise CheckpointError(f"{file}: two leaves share the name '{leaf_path}' "
                                   "(a dict key with '/' in it?)")
         tensors[leaf_path] = np.asarray(leaf, dtype=leaf.dtype.newbyteorder("<"), order="C")
-    data = st.save(tensors, metadata={_ORDER_KEY: json.dumps(list(tensors))})
+    metadata[_ORDER_KEY] = json.dumps(list(tensors))
+    metadata[_TREE_KEY] = json.dumps(_skeleton(tree, ""))
+    data = st.save(tensors, metadata=metadata)
 
     atomic_write(file, lambda f: f.write(data))
 
@@ -115,8 +163,17 @@ def _header(file: str, data: bytes) -> Dict[str, Any]:
     return header
 
 
-def _read(file: str) -> Dict[str, np.ndarray]:
-    """The file's tensors as new arrays, in tree order when fundl wrote the file."""
+def read_safetensors(path: PathLike) -> Tuple[Any, Dict[str, Any]]:
+    """``(tree, metadata)``: the tree :func:`load_safetensors` returns without ``like`` and
+    the file's metadata (a dict of strings; ``{}`` when it has none), from one read."""
+    file = os.fspath(path)
+    tensors, meta = _read(file)
+    return _tree_of(file, tensors, meta), meta
+
+
+def _read(file: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """The file's tensors as new arrays, in tree order when fundl wrote the file, and the
+    metadata."""
     st = _safetensors_numpy()
     if not os.path.exists(file):
         raise FileNotFoundError(f"no safetensors file at {file}")
@@ -135,7 +192,8 @@ def _read(file: str) -> Dict[str, np.ndarray]:
         except (ValueError, TypeError, RecursionError):
             order = []
     names = order + [n for n in tensors if n not in set(order)]
-    return {n: np.array(tensors[n], copy=True) for n in names}
+    return ({n: np.array(tensors[n], copy=True) for n in names},
+            meta if isinstance(meta, dict) else {})
 
 
 def _nest(file: str, tensors: Dict[str, np.ndarray]) -> Dict[str, Any]:
@@ -155,10 +213,64 @@ def _nest(file: str, tensors: Dict[str, np.ndarray]) -> Dict[str, Any]:
     return root
 
 
+def _tree_of(file: str, tensors: Dict[str, np.ndarray], meta: Dict[str, Any]) -> Any:
+    """The saved tree (from the ``fundl.tree`` metadata), or nested dicts of the names."""
+    if isinstance(meta.get(_TREE_KEY), str):
+        return _rebuild(file, meta[_TREE_KEY], tensors)
+    return _nest(file, tensors)
+
+
+def _rebuild(file: str, text: str, tensors: Dict[str, np.ndarray]) -> Any:
+    """The tree of the ``fundl.tree`` metadata, each tensor used exactly once."""
+    try:
+        skeleton = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{file}: the {_TREE_KEY} metadata is not JSON "
+                              f"({type(err).__name__})") from None
+    used: Dict[str, str] = {}
+
+    def build(node: Any, path: str, depth: int) -> Any:
+        where = path or "<root>"
+        if depth > _MAX_DEPTH or not isinstance(node, dict) or not isinstance(node.get("t"), str):
+            raise CheckpointError(f"{file}: malformed {_TREE_KEY} metadata at '{where}'")
+        kind, fields = node["t"], set(node)
+        if kind == "none" and fields == {"t"}:
+            return None
+        if kind == "tensor" and fields == {"t", "name"} and isinstance(node["name"], str):
+            name = node["name"]
+            if name not in tensors:
+                raise CheckpointError(f"{file}: the {_TREE_KEY} metadata names the tensor "
+                                      f"'{name}', which the file does not hold")
+            if name in used:
+                raise CheckpointError(f"{file}: the tensor '{name}' is used twice in the "
+                                      f"{_TREE_KEY} metadata")
+            used[name] = where
+            return tensors[name]
+        items = node.get("items")
+        if kind in ("tuple", "list") and fields == {"t", "items"} and isinstance(items, list):
+            out = [build(v, join_path(path, str(i)), depth + 1) for i, v in enumerate(items)]
+            return tuple(out) if kind == "tuple" else out
+        keys = node.get("keys")
+        if kind == "dict" and fields == {"t", "keys", "items"} and isinstance(items, list) \
+                and isinstance(keys, list) and len(keys) == len(items) \
+                and all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys):
+            return {k: build(v, join_path(path, k), depth + 1) for k, v in zip(keys, items)}
+        raise CheckpointError(f"{file}: malformed {_TREE_KEY} metadata at '{where}'")
+
+    tree = build(skeleton, "", 0)
+    unused = [n for n in tensors if n not in used]
+    if unused:
+        raise CheckpointError(f"{file}: the tensor '{unused[0]}' is not in the {_TREE_KEY} "
+                              "metadata (the file was altered)")
+    return tree
+
+
 def load_safetensors(path: PathLike, like: Optional[Any] = None) -> Any:
     """Read a safetensors file: nested dicts, or a tree shaped like ``like``.
 
-    Without ``like``, the names' ``/`` separated paths become nested dicts
+    Without ``like``, a file fundl wrote comes back as the tree it saved (its
+    structure is in the metadata, empty dicts and tuples included); in any other
+    file the names' ``/`` separated paths become nested dicts
     (``"dense_0/w"`` -> ``tree["dense_0"]["w"]``; a PyTorch name such as
     ``"0.weight"`` stays one key), in the saved tree order.  With ``like`` (e.g.
     freshly initialised params) the result has ``like``'s structure and
@@ -169,9 +281,9 @@ def load_safetensors(path: PathLike, like: Optional[Any] = None) -> Any:
     naming the tensor and its dtype; so is any malformed file.
     """
     file = os.fspath(path)
-    tensors = _read(file)
+    tensors, meta = _read(file)
     if like is None:
-        return _nest(file, tensors)
+        return _tree_of(file, tensors, meta)
     want = flatten_with_paths(like)
     for leaf_path, ref in want:
         if leaf_path not in tensors:

@@ -12,7 +12,8 @@ from .embedding import embedding, tied_output
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 from .positional import positional_embedding, sinusoidal_positions
 from .pool import avg_pool1d, avg_pool2d, global_avg_pool, max_pool1d, max_pool2d
-from .recurrent import bidirectional, gru, lstm, rnn
+from .attention import KVCache, attend_cached, kv_cache
+from .recurrent import bidirectional, cell, gru, lstm, rnn, zero_carry
 from .reshape import flatten, reshape
 from .upsample import upsample2d
 
@@ -29,4 +30,5 @@ __all__ = [
     "embedding", "tied_output", "positional_embedding", "sinusoidal_positions",
     "rnn", "gru", "lstm", "bidirectional",
     "multi_head_attention",
+    "cell", "zero_carry", "KVCache", "kv_cache", "attend_cached",
 ]

@@ -10,7 +10,7 @@ heads, examples or positions.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..checks import (Array, LayerError, check_input_tuple, as_shape, check_floa
 from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, glorot_uniform, zeros
 
-__all__ = ["multi_head_attention"]
+__all__ = ["multi_head_attention", "KVCache", "kv_cache", "attend_cached"]
 
 
 
@@ -378,3 +378,92 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
         name, init, lambda params, x, *, key, train: run_apply(params, x, key, train),
         lambda params, x, *, key, train, need_dx=True: run_vjp(params, x, key, train, need_dx),
         uses_key=True, takes=("need_dx",), fresh=("y", "dx", "dparams"))
+
+
+# --- incremental decoding: a key/value cache ----------------------------------------------------
+
+class KVCache(NamedTuple):
+    """The keys and values of the positions a causal self-attention layer has seen:
+    ``k`` and ``v``, each ``(batch, heads, time_so_far, head_dim)`` (the keys unscaled, the
+    values with their bias), in the layer's params' dtype."""
+
+    k: Array
+    v: Array
+
+
+def _decoding_layer(layer: Layer) -> Tuple[int, bool]:
+    """``(heads, use_bias)`` of a causal self-attention layer; a TypeError otherwise."""
+    if not isinstance(layer, Layer) or layer.kind != "multi_head_attention":
+        got = layer.kind if isinstance(layer, Layer) else type(layer).__name__
+        raise TypeError(f"incremental decoding takes a multi_head_attention layer, got a {got}")
+    config = layer.config
+    if not config["causal"] or config["cross"] or config["masked"]:
+        raise ValueError("incremental decoding needs causal self-attention "
+                         "(multi_head_attention(..., causal=True), without cross= or masked=): "
+                         "a new position must not change the outputs at earlier ones; got "
+                         f"causal={config['causal']}, cross={config['cross']}, "
+                         f"masked={config['masked']}")
+    return int(config["num_heads"]), bool(config["use_bias"])
+
+
+def kv_cache(layer: Layer, params: Dict[str, Array], batch: int) -> KVCache:
+    """The empty cache of the causal self-attention ``layer`` for ``batch`` sequences:
+    ``k`` and ``v`` of shape ``(batch, heads, 0, head_dim)`` in the params' dtype."""
+    heads, _ = _decoding_layer(layer)
+    n = int(batch)
+    d = params["w_q"].shape[1] // heads
+    empty = np.zeros((n, heads, 0, d), params["w_q"].dtype)
+    return KVCache(empty, empty)
+
+
+def attend_cached(layer: Layer, params: Dict[str, Array], cache: KVCache, x: Array
+                  ) -> Tuple[Array, KVCache]:
+    """``(y, cache)``: the causal self-attention ``layer``'s output at new positions, and
+    the cache grown by them.
+
+    ``x`` ``(batch, new, features)`` is the input at positions ``t .. t + new - 1``
+    after the ``t`` positions ``cache`` holds (:func:`kv_cache` for ``t = 0``); ``y``
+    ``(batch, new, features)`` equals ``layer.apply`` on the whole sequence at those
+    positions (to float rounding: the sums run in another order), in eval mode (no
+    attention dropout).  One call on a prompt fills the cache; then one call per new
+    token costs time proportional to ``t`` instead of recomputing all ``t`` positions.
+    The cache is never written: the new one holds new arrays.
+    """
+    heads, use_bias = _decoding_layer(layer)
+    check_float_input(x)
+    w_q = params["w_q"]
+    check_trailing_shape(x, (None, w_q.shape[0]))
+    check_param_dtype(x, w_q)
+    n, t_new, f = x.shape
+    width = w_q.shape[1]
+    d = width // heads
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be a KVCache (attention.kv_cache), got {type(cache).__name__}")
+    for name, a in zip(("k", "v"), cache):
+        if not isinstance(a, np.ndarray) or a.ndim != 4 or a.shape[:2] != (n, heads) \
+                or a.shape[3] != d or a.dtype != x.dtype or a.shape[2] != cache.k.shape[2]:
+            got = f"shape {tuple(a.shape)} {a.dtype}" if isinstance(a, np.ndarray) else \
+                type(a).__name__
+            raise LayerError(f"expected the cache's {name} of shape ({n}, {heads}, t, {d}) and "
+                             f"dtype {x.dtype} (batch {n}, {heads} heads), got {got}")
+    t0 = cache.k.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    w_in = np.concatenate([w_q * scale, params["w_k"], params["w_v"]], axis=1)
+    qkv = x.reshape(n * t_new, f) @ w_in
+    if use_bias:
+        qkv += np.concatenate([params["b_q"] * scale, np.zeros_like(params["b_v"]),
+                               params["b_v"]])
+    qkv = qkv.reshape(n, t_new, 3, heads, d)
+    q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))   # (N, h, new, d)
+    keys = np.concatenate([cache.k, k], axis=2)                        # (N, h, t0 + new, d)
+    values = np.concatenate([cache.v, v], axis=2)
+    scores = q @ keys.transpose(0, 1, 3, 2)                            # (N, h, new, t0 + new)
+    if t_new > 1:   # query i (position t0 + i) sees keys j <= t0 + i
+        later = np.arange(t0 + t_new)[None, :] > (t0 + np.arange(t_new))[:, None]
+        scores[..., later] = -np.inf
+    kernels.softmax(scores, axis=-1, out=scores)
+    o = (scores @ values).transpose(0, 2, 1, 3).reshape(n * t_new, width)
+    y = o @ params["w_o"]
+    if use_bias:
+        y += params["b_o"]
+    return y.reshape(n, t_new, f), KVCache(keys, values)

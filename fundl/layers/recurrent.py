@@ -59,7 +59,7 @@ from ..combinators import combinator, key_splitter
 from ..core import Layer, builder, stateless_layer
 from ..initializers import Initializer, glorot_uniform, orthogonal, zeros
 
-__all__ = ["rnn", "gru", "lstm", "bidirectional"]
+__all__ = ["rnn", "gru", "lstm", "bidirectional", "cell", "zero_carry"]
 
 
 
@@ -915,3 +915,77 @@ def _bidirectional(children, merge: str):
         return combine(y_f, y_b), {"forward": s_f, "backward": s_b}, pullback
 
     return init, apply, vjp
+
+
+# --- one step at a time: generation ------------------------------------------------------------
+
+_STEPPED = ("rnn", "gru", "lstm")
+
+
+def cell(layer: Layer) -> Layer:
+    """One time step of the ``rnn``/``gru``/``lstm`` ``layer``, with the same params.
+
+    A Layer ``(x_t, carry) -> carry``: ``x_t`` ``(batch, features)`` is one step of
+    the layer's input and ``carry`` the state before it, ``h`` ``(batch, hidden)``
+    (the LSTM's pair ``(h, c)``); the output is the state after the step, whose
+    ``h`` (``carry[0]`` for the LSTM) is the layer's output at that step.  Stepping
+    through a sequence from ``zero_carry`` gives the layer's outputs step by step
+    (a padded step of ``with_lengths`` is the caller's to skip).  ``init``'s
+    ``in_shape`` is ``((features,), (hidden,))`` (LSTM ``((features,), ((hidden,),
+    (hidden,)))``) and its params are the layer's own (``w_x``, ``w_h``, ``b`` ...);
+    ``vjp`` gives the exact gradient for the params, ``x_t`` and ``carry``.  It is the
+    layer itself run over one step with ``with_initial_state=True`` and
+    ``return_state=True``: a sampler calls it once per generated token.
+    """
+    if not isinstance(layer, Layer) or layer.kind not in _STEPPED:
+        got = layer.kind if isinstance(layer, Layer) else type(layer).__name__
+        raise TypeError(f"cell takes an rnn, gru or lstm layer, got a {got}")
+    config = dict(layer.config, return_sequences=False, with_lengths=False,
+                  with_initial_state=True, return_state=True)
+    inner = {"rnn": rnn, "gru": gru, "lstm": lstm}[layer.kind](**config)
+    hidden = int(config["hidden"])
+    state_shape = ((hidden,), (hidden,)) if layer.kind == "lstm" else (hidden,)
+    forms = "(x_t, (h, c))" if layer.kind == "lstm" else "(x_t, h)"
+
+    def init(key, in_shape):
+        if is_shape(in_shape) or not isinstance(in_shape, (tuple, list)) or len(in_shape) != 2 \
+                or not is_shape(in_shape[0]) or len(as_shape(in_shape[0])) != 1:
+            raise LayerError(f"expected the input shapes {forms} as ((features,), "
+                             f"{state_shape}), got {in_shape!r}")
+        params, _, _ = inner.init_fn(key, ((1,) + as_shape(in_shape[0]), in_shape[1]))
+        return params, state_shape
+
+    def one_step(inp):
+        x_t, carry = check_input_tuple(inp, 2, forms)
+        check_float_input(x_t, "input x_t")
+        if x_t.ndim != 2:
+            raise LayerError(f"expected one time step x_t of shape (batch, features), got shape "
+                             f"{tuple(x_t.shape)}")
+        return x_t[:, None, :], carry
+
+    def apply(params, inp):
+        return inner.apply_fn(params, {}, one_step(inp))[1]
+
+    def vjp(params, inp):
+        (h, carry), _, pullback = inner.vjp_fn(params, {}, one_step(inp))
+
+        def cell_pullback(dcarry):
+            dparams, (dx, dcarry0) = pullback((np.zeros_like(h), dcarry))
+            return dparams, (dx[:, 0], dcarry0)
+
+        return carry, cell_pullback
+
+    return stateless_layer(f"{layer.kind}_cell", init, apply, vjp)
+
+
+def zero_carry(layer: Layer, batch: int, dtype: Any = None) -> Any:
+    """The zero state an ``rnn``/``gru``/``lstm`` ``layer`` starts from, for :func:`cell`:
+    ``(batch, hidden)`` zeros of ``dtype`` (the layer's by default), a pair for the LSTM."""
+    if not isinstance(layer, Layer) or layer.kind not in _STEPPED:
+        got = layer.kind if isinstance(layer, Layer) else type(layer).__name__
+        raise TypeError(f"zero_carry takes an rnn, gru or lstm layer, got a {got}")
+    shape = (int_arg("zero_carry", "batch", batch, minimum=0), int(layer.config["hidden"]))
+    dtype = np.dtype(layer.config["dtype"] if dtype is None else dtype)
+    if layer.kind == "lstm":
+        return np.zeros(shape, dtype), np.zeros(shape, dtype)
+    return np.zeros(shape, dtype)
