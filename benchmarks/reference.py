@@ -232,9 +232,9 @@ class CNNReference:
     def __init__(self, params: Dict) -> None:
         layers = [p for p in params.values() if "w" in p]
         (c1, c2, d) = layers
-        self.k1 = np.array(c1["w"]); self.b1 = np.array(c1["b"])
-        self.k2 = np.array(c2["w"]); self.b2 = np.array(c2["b"])
-        self.w3 = np.array(d["w"]); self.b3 = np.array(d["b"])
+        self.k1, self.b1 = np.array(c1["w"]), np.array(c1["b"])
+        self.k2, self.b2 = np.array(c2["w"]), np.array(c2["b"])
+        self.w3, self.b3 = np.array(d["w"]), np.array(d["b"])
 
     def params_list(self) -> List[np.ndarray]:
         """The weights in fundl's leaf order: w, b of conv 1, conv 2 and the dense layer."""

@@ -263,7 +263,8 @@ def format_table(results: List[Dict[str, Any]]) -> str:
         lines.append(f"{k}: skipped, {v}")
     for res in results:
         g = res["sgemm_gflops"]
-        lines.append(f"[{res['allocator']}] sgemm {res.get('gemm_n', 1024)}^3: {g['median']:.1f} GFLOP/s median, "
+        lines.append(f"[{res['allocator']}] sgemm {res.get('gemm_n', 1024)}^3: "
+                     f"{g['median']:.1f} GFLOP/s median, "
                      f"{g['best']:.1f} best; load average {res['loadavg_start'][0]:.2f} -> "
                      f"{res['loadavg_end'][0]:.2f}")
     load = max(r["loadavg_start"][0] for r in results + [first])

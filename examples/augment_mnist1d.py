@@ -23,8 +23,8 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import fundl as fl
-from fundl.fit import ReduceLROnPlateau
+import fundl as fl  # noqa: E402
+from fundl.fit import ReduceLROnPlateau  # noqa: E402
 
 
 def shift_and_noise(key, batch):

@@ -111,7 +111,7 @@ def plot(curves: Dict[str, List], path: str) -> bool:
     ax_loss.set(xlabel="step", ylabel="train loss (epoch mean)", yscale="log",
                 title="MNIST-1D: training loss")
     ax_acc.set(xlabel="step", ylabel="test accuracy (%)", title="MNIST-1D: test accuracy")
-    for name, acc in PAPER.items():
+    for acc in PAPER.values():
         ax_acc.axhline(acc, ls=":", lw=0.8, color="gray")
     ax_loss.legend()
     ax_acc.legend()

@@ -32,7 +32,7 @@ from .fit import (CSVLogger, Callback, Control, EarlyStopping, LRFindResult, Mod
                   NonFiniteLossError, ReduceLROnPlateau, TrainInfo, evaluate, fit, lr_find, predict)
 from .step import TrainState, make_step, value_and_grad
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 _LAZY = ("io", "datasets", "interop", "testing", "perf", "export", "surgery")
 

@@ -418,7 +418,8 @@ def global_norm(tree: Any) -> float:
     for leaf in leaves(tree):
         a = np.asarray(leaf)
         flat = a.reshape(-1)
-        total += float(np.dot(flat, flat)) if a.dtype.kind == "f" else float(np.sum(np.square(a, dtype=np.float64)))
+        total += (float(np.dot(flat, flat)) if a.dtype.kind == "f"
+                  else float(np.sum(np.square(a, dtype=np.float64))))
     return float(np.sqrt(total))
 
 

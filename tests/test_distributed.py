@@ -216,9 +216,9 @@ def test_the_example_trains_on_two_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "2 rank(s), global batch 100 (50-50 per rank)" in lines[0]   # rank 0 prints alone
-    accuracy = float(next(l for l in lines if l.startswith("test accuracy")).split()[2][:-1])
+    accuracy = float(next(ln for ln in lines if ln.startswith("test accuracy")).split()[2][:-1])
     assert accuracy > 30.0                                     # 10 classes: chance is 10%
-    assert any("examples/s on 2 rank(s)" in l and l.endswith("for 40 steps)") for l in lines)
+    assert any("examples/s on 2 rank(s)" in ln and ln.endswith("for 40 steps)") for ln in lines)
 
 
 def test_scaling_benchmark_smoke():
@@ -227,7 +227,7 @@ def test_scaling_benchmark_smoke():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--smoke"], cwd=ROOT,
                           env=mpi_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [l.split() for l in proc.stdout.splitlines()]
+    rows = [ln.split() for ln in proc.stdout.splitlines()]
     for config in ("1x1", "1x2", "2x1"):
         assert sum(len(r) > 2 and r[2] == config for r in rows) == 2   # mlp and cnn
     assert "gradient averaging alone" in proc.stdout and "N=64" in proc.stdout

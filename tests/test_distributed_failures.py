@@ -61,8 +61,8 @@ def test_a_rank_that_finished_its_script_ends_the_job(tmp_path, n):
     assert (f"rank {short} finished its script after 2 training steps, but rank ") in err
     assert "waits in the loss reduction of train step 2 (after starting 3 training steps" in err
     for r in range(n):
-        assert any(f"rank {short} finished its script after 2 training steps" in l
-                   for l in lines_of(err, r, n)), err
+        assert any(f"rank {short} finished its script after 2 training steps" in line
+                   for line in lines_of(err, r, n)), err
     assert f"  rank {short}: finished its script after 2 training steps" in err
     assert "  rank 0: waiting" in err and "started 3 training steps" in err
 
@@ -74,7 +74,7 @@ def test_a_rank_in_another_collective_ends_the_job(tmp_path):
     assert "rank 1 waits in evaluate's batch count" in err
     assert "at the same point of their sequences of collectives (#12)" in err
     for r in range(2):
-        assert any("evaluate's batch count" in l for l in lines_of(err, r, 2)), err
+        assert any("evaluate's batch count" in line for line in lines_of(err, r, 2)), err
 
 
 def test_a_rank_whose_collective_pairs_with_the_loss_reduction(tmp_path):
@@ -84,7 +84,7 @@ def test_a_rank_whose_collective_pairs_with_the_loss_reduction(tmp_path):
     assert code != 0 and seconds < BOUND
     assert ("distributed.make_step: the ranks are not at the same step: rank 0 is at train "
             "step 2") in err
-    assert any("ending the job because of rank 0: ValueError" in l for l in lines_of(err, 1, 2))
+    assert any("ending the job because of rank 0: ValueError" in line for line in lines_of(err, 1, 2))
 
 
 def test_a_rank_that_never_comes_hits_the_deadline(tmp_path):
@@ -93,7 +93,7 @@ def test_a_rank_that_never_comes_hits_the_deadline(tmp_path):
     assert "rank 0 waited 3 s in the loss reduction of train step 2" in err
     assert ("  rank 1: running outside fundl's collectives (started 2 training steps, the last "
             "at train step 1)") in err
-    assert any("ending the job because of rank 0" in l for l in lines_of(err, 1, 2))
+    assert any("ending the job because of rank 0" in line for line in lines_of(err, 1, 2))
 
 
 def test_gradients_that_change_structure_on_one_rank(tmp_path):
@@ -103,7 +103,7 @@ def test_gradients_that_change_structure_on_one_rank(tmp_path):
     assert "rank 0 waits in the Allreduce of mean_gradients (bucket 1 of 1)" in err
     assert "changed structure while the others' did not" in err
     for r in range(2):
-        assert any("structure check" in l for l in lines_of(err, r, 2)), err
+        assert any("structure check" in line for line in lines_of(err, r, 2)), err
     assert "double free" not in err and "MPI_ERR" not in err
 
 

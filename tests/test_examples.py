@@ -111,7 +111,8 @@ def test_variable_length_padding_changes_nothing():
 
 
 @pytest.mark.parametrize("script,expect", [
-    ("variable_length.py", r"max \|logit difference\| (\d\.\d\de-(0[6-9]|[1-9]\d)|0\.00e\+00)\n.*test accuracy: 0\.[89]"),
+    ("variable_length.py", r"max \|logit difference\| (\d\.\d\de-(0[6-9]|[1-9]\d)|0\.00e\+00)\n"
+                           r".*test accuracy: 0\.[89]"),
     ("char_transformer.py", r"sampling: \d+ chars/s with the key/value cache, \d+ chars/s "
                             r"recomputing the window for every character; the same text: True, "
                             r"max \|cached - recomputed logit\| \d\.\de-0[5-9](.|\n)*"

@@ -9,7 +9,8 @@ from fundl.gradcheck import GradCheckError, check_vjp
 def buggy_dense(bug):
     """dense with a deliberate gradient slip: 'half_dw', 'dx_from_y' (the seed's) or 'transpose'."""
     def init(key, in_shape):
-        return {"w": fl.random.normal(key, (in_shape[0], in_shape[0])), "b": np.zeros(in_shape[0], np.float32)}, in_shape
+        n = in_shape[0]
+        return {"w": fl.random.normal(key, (n, n)), "b": np.zeros(n, np.float32)}, in_shape
 
     def apply(params, x):
         return x @ params["w"] + params["b"]

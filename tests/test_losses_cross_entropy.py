@@ -193,7 +193,8 @@ def test_option_errors_are_clear():
     with pytest.raises(LossError, match=r"cross_entropy: labels must lie in \[0, 3\) or equal "
                                         r"ignore_index=-100, got other values in \[-1, 0\]"):
         cross_entropy(ignore_index=-100)(x, np.array([-1, 0]))
-    with pytest.raises(LossError, match=r"cross_entropy: labels must lie in \[0, 3\), got values in \[0, 3\]"):
+    with pytest.raises(LossError,
+                       match=r"cross_entropy: labels must lie in \[0, 3\), got values in \[0, 3\]"):
         cross_entropy(label_smoothing=0.1).value_and_grad(x, np.array([0, 3]))
     with pytest.raises(LossError, match=r"weights must have shape \(3,\), one per class .* got \(2,\)"):
         cross_entropy(weights=[1.0, 2.0])(x, np.array([0, 1]))

@@ -76,8 +76,11 @@ def test_cross_entropy_labels(shape, eps, weighted, ignore):
     loss = losses.cross_entropy(label_smoothing=eps, weights=w, ignore_index=ignore)
     labels = _labels(shape, ignore)
     wt = None if w is None else torch.tensor(w)
-    fn = lambda a, b: F.cross_entropy(a, b, weight=wt, label_smoothing=eps,
-                                      ignore_index=-100 if ignore is None else ignore)
+
+    def fn(a, b):
+        return F.cross_entropy(a, b, weight=wt, label_smoothing=eps,
+                               ignore_index=-100 if ignore is None else ignore)
+
     _check(loss, _x(shape), labels, fn, _tlabels(labels))
 
 
@@ -89,7 +92,10 @@ def test_cross_entropy_probability_targets(shape, eps, weighted):
     loss = losses.cross_entropy(label_smoothing=eps, weights=w)
     t = _probs(shape)
     wt = None if w is None else torch.tensor(w)
-    fn = lambda a, b: F.cross_entropy(a, b, weight=wt, label_smoothing=eps)
+
+    def fn(a, b):
+        return F.cross_entropy(a, b, weight=wt, label_smoothing=eps)
+
     _check(loss, _x(shape), t, fn, _class_first(t))
 
 
@@ -109,7 +115,10 @@ def test_kl_divergence_batchmean(shape):
     t[0, ..., 0] = 0.0  # 0 log 0 = 0 in both
     # torch's batchmean divides by the size of axis 0; fundl by every leading position
     per = int(np.prod(shape[1:-1]))
-    fn = lambda a, b: F.kl_div(a, b, reduction="batchmean") / per
+
+    def fn(a, b):
+        return F.kl_div(a, b, reduction="batchmean") / per
+
     _check(losses.kl_divergence, log_q, t, fn, _class_first(t))
 
 
@@ -122,5 +131,8 @@ def test_binary_cross_entropy_with_logits(shape, pos_weight):
     x, t = _x(shape), fl.random.uniform(fl.random.key(6), shape, np.float64)
     t[..., 0] = 1.0
     pw = None if pos_weight is None else torch.tensor(np.asarray(pos_weight, np.float64))
-    fn = lambda a, b: F.binary_cross_entropy_with_logits(a, b, pos_weight=pw)
+
+    def fn(a, b):
+        return F.binary_cross_entropy_with_logits(a, b, pos_weight=pw)
+
     _check(loss, x, t, fn, torch.tensor(t), classes=False)

@@ -52,7 +52,7 @@ def test_regression_metrics_and_cross_entropy():
     assert mae(p, t) == pytest.approx(3.0 / 4)
     # hand-computed: -log softmax of the label's logit, averaged
     z = LOGITS.astype(np.float64)
-    expect = np.mean([np.log(np.exp(r).sum()) - r[l] for r, l in zip(z, LABELS)])
+    expect = np.mean([np.log(np.exp(r).sum()) - r[c] for r, c in zip(z, LABELS)])
     assert cross_entropy(LOGITS, LABELS) == pytest.approx(expect, rel=1e-12)
     assert cross_entropy(LOGITS, LABELS) == pytest.approx(
         float(losses.softmax_cross_entropy(LOGITS, LABELS)), rel=1e-6)

@@ -531,4 +531,4 @@ def test_reusing_a_layer_with_params_without_sharing_is_an_error_that_says_how_t
     with pytest.raises(ValueError, match="nested sharing is not supported"):
         inner = fl.shared(dense(2))
         fl.shared(serial(inner, inner))
-        plan.of(serial(fl.shared(serial(inner, inner)))).groups
+        _ = plan.of(serial(fl.shared(serial(inner, inner)))).groups

@@ -264,7 +264,8 @@ def test_graft_checks_structure_shapes_and_dtypes_by_path():
                                                   "source lacks ['bias'], the model lacks []")):
         surgery.graft(params, state, "batch_norm_1",
                       {"scale": params["batch_norm_1"]["scale"]}, state["batch_norm_1"])
-    with pytest.raises(SpecError, match=re.escape("state/batch_norm_1/mean: the model has shape (4,) float32, the source (5,)")):
+    with pytest.raises(SpecError, match=re.escape(
+            "state/batch_norm_1/mean: the model has shape (4,) float32, the source (5,)")):
         surgery.graft(params, state, "batch_norm_1", params["batch_norm_1"], os_["batch_norm_1"])
     with pytest.raises(SpecError, match="source params: has no 'dense_9'"):
         surgery.graft(params, state, "dense_2", op, os_, source_path="dense_9")

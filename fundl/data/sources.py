@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from ..data.batching import flatten_data, iter_batches, num_batches
 from ..losses import Loss
 from ..metrics import Metric, MetricSpec, loss_metric, probabilities, resolve
 from .checks import check_batch_size
-from .inputs import Caster, Data, float_dtype, inputs, take
+from .inputs import Caster, Data, float_dtype, inputs
 
 __all__ = ["evaluate", "predict"]
 

@@ -209,8 +209,9 @@ class Data:
         """How errors describe x and y: the whole arrays, or a source's first batch."""
         if self.arrays:
             return describe(self.x), describe(self.y)
+        second = probe[1] if not isinstance(probe[1], list) else tuple(probe[1])
         return (f"its first batch: {describe(probe[0])}",
-                f"its first batch: {describe(probe[1] if not isinstance(probe[1], list) else tuple(probe[1]))}")
+                f"its first batch: {describe(second)}")
 
     def probe(self, key: Any) -> Tuple[Any, Any, int]:
         """``(x, y, rows)``: a few examples to run the model, loss and metrics on."""

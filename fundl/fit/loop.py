@@ -16,7 +16,7 @@ from ..metrics import Metric, MetricSpec, loss_metric, resolve
 from ..optim.base import Optimizer, as_lr
 from ..step import Schedule, TrainState, check_parts, make_step
 from ..validate import data_shapes
-from .callbacks import Callback, Control, TrainInfo, decision, resolve_callbacks
+from .callbacks import Callback, TrainInfo, decision, resolve_callbacks
 from .checks import (check_batch_size, check_checkpoint_path, check_count, check_train_state,
                      non_finite_path, preflight, rethrow)
 from .errors import NonFiniteLossError

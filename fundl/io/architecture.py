@@ -233,7 +233,7 @@ def model_record(model: Layer, in_shape: Any = None) -> Dict[str, Any]:
 
 
 def _first_difference(a: Any, b: Any, path: str) -> str:
-    for (ka, ca), (kb, cb) in zip(a.get("children", []), b.get("children", [])):
+    for (ka, ca), (_, cb) in zip(a.get("children", []), b.get("children", [])):
         if ca != cb:
             return _first_difference(ca, cb, f"{path}/{ka}".strip("/") if ka else path)
     return path
@@ -352,7 +352,8 @@ def params_and_state(tree: Any) -> Optional[Tuple[Any, Any]]:
     fields) or a dict with the keys ``"params"`` and ``"state"``; None for another tree."""
     if isinstance(tree, tuple) and hasattr(tree, "_fields") \
             and {"params", "state"} <= set(tree._fields):
-        return getattr(tree, "params"), getattr(tree, "state")
+        named: Any = tree                   # a named tuple with these fields
+        return named.params, named.state
     if isinstance(tree, dict) and "params" in tree and "state" in tree:
         return tree["params"], tree["state"]
     return None

@@ -94,9 +94,10 @@ def save_safetensors(path: PathLike, tree: Any, *, model: Optional[Layer] = None
 
     ``tree`` is nested dicts (lists/tuples too: their items are named ``0``, ``1``...)
     with numpy arrays of bool, integer or float dtypes at the leaves; dtype and
-    shape are kept (a big-endian array is stored, and loads, little-endian).  Any other leaf raises :class:`fundl.io.CheckpointError` naming
-    its path.  Written atomically as :func:`fundl.io.save` writes: a temporary file
-    in the same directory, fsynced, then ``os.replace`` (:func:`fundl.io.atomic_write`).
+    shape are kept (a big-endian array is stored, and loads, little-endian).  Any other
+    leaf raises :class:`fundl.io.CheckpointError` naming its path.  Written atomically as
+    :func:`fundl.io.save` writes: a temporary file in the same directory, fsynced, then
+    ``os.replace`` (:func:`fundl.io.atomic_write`).
     The metadata entries ``fundl.paths`` and ``fundl.tree`` record the tree order of
     the names and the tree's structure (so :func:`load_safetensors` rebuilds the tree
     exactly, empty dicts included, without ``like=``; a named tuple comes back as a

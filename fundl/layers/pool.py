@@ -113,8 +113,8 @@ def _windows(name: str, d: int, window, stride, padding, pad_value: float) -> _W
         """dx of shape ``x4_shape``: ``write(k, view, accumulate)`` puts offset k's share
         into ``view`` (adding when windows overlap, else assigning: each cell once)."""
         n, h, w, c = x4_shape
-        (t, b), (l, r) = pads
-        hp, wp = h + t + b, w + l + r
+        (t, b), (left, r) = pads
+        hp, wp = h + t + b, w + left + r
         covered = (strides == window2 and out_hw[0] * strides[0] == hp
                    and out_hw[1] * strides[1] == wp)
         if overlap or not covered:
@@ -123,7 +123,7 @@ def _windows(name: str, d: int, window, stride, padding, pad_value: float) -> _W
             dxp = np.empty((n, hp, wp, c), dtype)  # every cell is written exactly once
         for k, di, dj in offs:
             write(k, offset_view(dxp, di, dj, out_hw, strides), overlap)
-        return dxp[:, t:t + h, l:l + w]
+        return dxp[:, t:t + h, left:left + w]
 
     return _Windows(init, prepare, scatter, offs, strides, window2, overlap)
 

@@ -45,20 +45,20 @@ def _segment_sum(v: np.ndarray, idx: np.ndarray, size: int, axis: int) -> np.nda
     return out
 
 
-def _interp(x, axis, i0, i1, l):
+def _interp(x, axis, i0, i1, frac):
     shape = [1] * x.ndim
-    shape[axis] = len(l)
-    lw = l.astype(x.dtype).reshape(shape)
+    shape[axis] = len(frac)
+    lw = frac.astype(x.dtype).reshape(shape)
     lo = np.take(x, i0, axis=axis)
     lo *= 1 - lw
     lo += np.take(x, i1, axis=axis) * lw
     return lo
 
 
-def _interp_t(dy, axis, i0, i1, l, size):
+def _interp_t(dy, axis, i0, i1, frac, size):
     shape = [1] * dy.ndim
-    shape[axis] = len(l)
-    lw = l.astype(dy.dtype).reshape(shape)
+    shape[axis] = len(frac)
+    lw = frac.astype(dy.dtype).reshape(shape)
     return _segment_sum(dy * (1 - lw), i0, size, axis) + _segment_sum(dy * lw, i1, size, axis)
 
 

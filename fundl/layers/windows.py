@@ -147,14 +147,14 @@ def check_spatial_in_shape(in_shape: Any, d: int) -> Shape:
 
 def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     """``x`` (N, H, W, C) padded on H and W; ``x`` itself when all pads are zero."""
-    (t, b), (l, r) = pads
-    if t == b == l == r == 0:
+    (t, b), (left, r) = pads
+    if t == b == left == r == 0:
         return x
     n, h, w, c = x.shape
-    xp = np.empty((n, h + t + b, w + l + r, c), x.dtype)
-    for border in (xp[:, :t], xp[:, h + t:], xp[:, t:h + t, :l], xp[:, t:h + t, w + l:]):
+    xp = np.empty((n, h + t + b, w + left + r, c), x.dtype)
+    for border in (xp[:, :t], xp[:, h + t:], xp[:, t:h + t, :left], xp[:, t:h + t, w + left:]):
         border[...] = value
-    xp[:, t:h + t, l:w + l] = x
+    xp[:, t:h + t, left:w + left] = x
     return xp
 
 

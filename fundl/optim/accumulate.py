@@ -20,7 +20,8 @@ __all__ = ["accumulate", "AccumulateState"]
 
 
 class AccumulateState(NamedTuple):
-    """``count`` (calls since the last step, 0-d int64), ``grad_sum`` (like params), ``inner`` (the wrapped optimizer's state)."""
+    """``count`` (calls since the last step, 0-d int64), ``grad_sum`` (like params),
+    ``inner`` (the wrapped optimizer's state)."""
 
     count: np.ndarray
     grad_sum: Any
