@@ -134,16 +134,20 @@ def _serial(children: Children):
             x = child.apply_fn(params[k], state[k], x, key=sub, train=train)
         return x
 
+    vjps = [child.vjp_fn for _, child in children]
+    backwards = keys[::-1]
+
     def vjp(params, state, x, *, key=None, train=True):
         new_state, pullbacks = dict.fromkeys(keys), []
-        for (k, child), sub in zip(children, split(key)):
-            x, new_state[k], pullback = child.vjp_fn(params[k], state[k], x, key=sub, train=train)
-            pullbacks.append((k, pullback))
+        for k, child_vjp, sub in zip(keys, vjps, split(key)):
+            x, new_state[k], child_pullback = child_vjp(params[k], state[k], x, key=sub,
+                                                        train=train)
+            pullbacks.append(child_pullback)
         pullbacks.reverse()
 
         def pullback(dy):
             grads = dict.fromkeys(keys)
-            for k, child_pullback in pullbacks:
+            for k, child_pullback in zip(backwards, pullbacks):
                 grads[k], dy = child_pullback(dy)
             return grads, dy
 

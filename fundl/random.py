@@ -16,6 +16,7 @@ layer), so a key's children are unrelated to the numbers it draws itself.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 _MASK64 = (1 << 64) - 1
+_pack_words = struct.Struct("=QQ").pack   # two native uint64 words
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
@@ -49,9 +51,7 @@ def _derive(a: int, b: int, salt: int) -> Key:
     s = _SALTS[salt] if salt < 256 else _mix64(salt & _MASK64)
     hi = _mix64(a ^ s)
     lo = _mix64(b ^ hi)
-    words = np.array((hi, lo), dtype=np.uint64)
-    words.setflags(write=False)
-    return words
+    return np.frombuffer(_pack_words(hi, lo), _UINT64)   # read-only: made from bytes
 
 
 def _frozen(words: np.ndarray) -> Key:

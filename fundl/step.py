@@ -43,6 +43,9 @@ class TrainState(NamedTuple):
         return cls(params, state, optimizer.init(params), k_train, 0)
 
 
+_new_train_state = tuple.__new__
+
+
 class StepHook(Protocol):
     """What a data-parallel step adds to :func:`make_step` (:mod:`fundl.distributed`).
 
@@ -137,7 +140,8 @@ def make_step(model: Layer, loss: Loss, optimizer: Optimizer, *, train: bool = T
         if copy_first:
             grads = exclusive_grads(grads, (ts.params, ts.state, ts.opt_state, new_state, batch))
         params, opt_state = update(ts.params, grads, ts.opt_state, rate)
-        new = TrainState(params, new_state, opt_state, key, ts.step + 1)
+        # tuple.__new__: the named tuple's own __new__ is a Python-level call
+        new = _new_train_state(TrainState, (params, new_state, opt_state, key, ts.step + 1))
         if fresh_state and hook is not None:
             hook.updated(new)
         trusted[0] = new
