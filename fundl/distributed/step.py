@@ -107,10 +107,10 @@ class DataParallel:
         n = _rows(out)
         parts = getattr(loss, "parts", None)   # a combination: each part is its own ratio
         if n:
-            value, dout = loss.value_and_grad(out, y)
+            local, dout = loss.value_and_grad(out, y)   # this rank's loss
             if parts is None:
                 weight = loss.weight_of(out, y)
-                sums = [float(value) * weight if weight else 0.0, weight]
+                sums = [float(local) * weight if weight else 0.0, weight]
             else:
                 sums = []
                 for i, part, _ in parts:

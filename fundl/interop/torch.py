@@ -78,7 +78,7 @@ the dropped key bias gets zeros.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def load_state_dict(params: Any, state: Any, state_dict: Mapping[str, Any],
     aside) and every param leaf covered; otherwise :class:`InteropError` lists them.
     """
     entries = _entries(mapping)
-    used = set()
+    used: Set[str] = set()
     new_params, new_state = params, state
     for entry in entries:
         prefix = entry.torch + "." if entry.torch else ""
@@ -251,7 +251,7 @@ def to_state_dict(params: Any, state: Any, mapping: Sequence[Any], *, gradients:
         s = None if state is None else _subtree(state, entry.fundl, "state")
         sd = KINDS[entry.kind][1](p, s, gradients=gradients, **dict(entry.options))
         for k, v in sd.items():
-            out[prefix + k] = torch.from_numpy(v) if as_tensors else v
+            out[prefix + k] = torch.from_numpy(v) if torch is not None else v  # as_tensors
     return out
 
 
