@@ -145,7 +145,7 @@ class DataParallel:
                     value += w_i * total / total_weight
                 scale = size * mine[4 + 2 * j] / total_weight if total_weight else 0.0
                 if n and scale != 1.0:
-                    grads[i] = tree.map(lambda g: np.multiply(g, scale), grads[i])
+                    grads[i] = tree.map(lambda g, s=scale: np.multiply(g, s), grads[i])
             dout = type(dout)(grads) if isinstance(dout, tuple) else grads
         return value, dout, n / examples, {"examples": int(examples)}
 

@@ -332,7 +332,7 @@ def sequential_mapping(model: Layer, module: Any, in_shape: Any) -> List[LayerMa
             f"the models do not line up: {want} torch layers with weights "
             f"({', '.join(f'{t.prefix or _ROOT}:{t.found.kind}' for t in torch_side)}) but "
             f"{len(fundl_side)} fundl layers with params "
-            f"({', '.join(f'{p}:{l.kind}' for p, l in fundl_side)})")
+            f"({', '.join(f'{p}:{layer.kind}' for p, layer in fundl_side)})")
     out, i, seen_conv = [], 0, False
     for prefix, found, kernel in torch_side:
         kind, options = found.kind, found.options
