@@ -142,12 +142,12 @@ def cnn_model(relu_layer: Callable[[], Layer] = relu,
               pool: Optional[Callable[[], Layer]] = None) -> Layer:
     """conv 3x3 32 same, relu, max-pool 2, conv 3x3 64 same, relu, max-pool 2, flatten, dense 10
     (``benchmarks.gap`` varies the ReLU and the pool)."""
-    from fundl.layers.conv import conv2d
-    from fundl.layers.pool import max_pool2d
-    pool = pool or (lambda: max_pool2d(2))
-    return fundl.serial(conv2d(32, (3, 3), padding="same"), relu_layer(), pool(),
-                        conv2d(64, (3, 3), padding="same"), relu_layer(), pool(),
-                        _flatten(), dense(10))
+    # fundl's names through the module (not imported here): benchmarks.versions can then
+    # build this model with another checkout's fundl
+    pool = pool or (lambda: fundl.max_pool2d(2))
+    return fundl.serial(fundl.conv2d(32, (3, 3), padding="same"), relu_layer(), pool(),
+                        fundl.conv2d(64, (3, 3), padding="same"), relu_layer(), pool(),
+                        fundl.flatten(), dense(10))
 
 
 def cnn_bn_model(c1: int = 32, c2: int = 64, classes: int = 10, **_: int) -> Layer:

@@ -10,7 +10,6 @@ The totals are exact: ``fundl.tree.size(params)`` and ``fundl.tree.size(state)``
 
 from __future__ import annotations
 
-import html
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from . import plan, random, tree
@@ -68,6 +67,7 @@ class Summary(str):
         return str(self)
 
     def _repr_html_(self) -> str:
+        import html
         head = "".join(f"<th>{h}</th>" for h in ("Layer", "Kind", "Output shape", "Params"))
         body = "".join(
             f"<tr><td><code>{html.escape(r.path)}</code></td><td>{html.escape(r.kind)}</td>"

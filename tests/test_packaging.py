@@ -77,3 +77,20 @@ def test_the_changes_live_in_the_changelog():
     assert section.strip() == "What changed between versions is in [CHANGELOG.md](CHANGELOG.md)."
     assert changelog.startswith("# Changelog\n")
     assert "## Unreleased" in changelog and "One argument order for updates" in changelog
+
+
+def test_import_fundl_loads_no_optional_part(tmp_path):
+    """``import fundl`` loads the core only: io, perf, interop, export and datasets, and the
+    standard modules for files, hashing and processes they need, load on first use."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy; before = set(sys.modules); import fundl; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(fundl.__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "fundl.step" in out and "fundl.fit" in out
+    for lazy in ("fundl.io", "fundl.perf", "fundl.interop", "fundl.export", "fundl.datasets",
+                 "fundl.surgery", "fundl.testing", "json", "csv", "hashlib", "socket", "secrets",
+                 "subprocess", "html"):
+        assert lazy not in out, f"import fundl loaded {lazy}"

@@ -203,10 +203,9 @@ def broadcast(comm: Any, tree: Any, root: int = 0) -> Any:
     return tree if comm.rank == root else treedef.unflatten(out)
 
 
-def in_sync(comm: Any, tree: Any) -> bool:
-    """True on every rank when ``tree`` is bit-identical on every rank (same structure,
-    dtypes, shapes and bytes); a check for tests and debugging (hashes each leaf)."""
-    comm = as_comm(comm)
+def fingerprint(tree: Any) -> str:
+    """A sha256 hex digest of ``tree``: its structure and every leaf's dtype, shape and
+    bytes (equal on two ranks exactly when the trees are bit-identical)."""
     digest = hashlib.sha256()
     leaves, treedef = _tree.flatten(tree)
     digest.update(repr(treedef).encode())
@@ -215,5 +214,12 @@ def in_sync(comm: Any, tree: Any) -> bool:
         digest.update(f"{a.dtype.str}{a.shape}".encode())
         digest.update(np.ascontiguousarray(a).tobytes() if a.dtype.kind != "O"
                       else repr(a).encode())
-    mine: Optional[str] = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def in_sync(comm: Any, tree: Any) -> bool:
+    """True on every rank when ``tree`` is bit-identical on every rank (same structure,
+    dtypes, shapes and bytes); a check for tests and debugging (hashes each leaf)."""
+    comm = as_comm(comm)
+    mine: Optional[str] = fingerprint(tree)
     return len(set(comm.gather_all(mine, "in_sync"))) == 1

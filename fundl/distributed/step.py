@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -18,7 +17,7 @@ from ..step import Schedule, TrainState, check_parts
 from ..step import make_step as _make_step
 from . import guard
 from .buckets import Fusion
-from .comm import as_comm
+from .comm import as_comm, fingerprint
 
 __all__ = ["make_step", "DataParallel"]
 
@@ -169,8 +168,8 @@ class DataParallel:
     def agree(self, ts: TrainState, lr: float) -> None:
         self.next_step = int(ts.step)
         mine = {"step": int(ts.step), "lr": repr(lr), "loss": self.loss_id,
-                "key": _fingerprint(ts.key), "params": _fingerprint(ts.params),
-                "state": _fingerprint(ts.state), "opt_state": _fingerprint(ts.opt_state)}
+                "key": fingerprint(ts.key), "params": fingerprint(ts.params),
+                "state": fingerprint(ts.state), "opt_state": fingerprint(ts.opt_state)}
         every = self.comm.gather_all(mine, "the train-state check")
         wrong = [name for name in mine if any(d[name] != every[0][name] for d in every)]
         if wrong:
@@ -185,26 +184,12 @@ class DataParallel:
                 f"lr, key and loss")
 
     def updated(self, ts: TrainState) -> None:
-        every = self.comm.gather_all(_fingerprint(ts.params), "the params check")
+        every = self.comm.gather_all(fingerprint(ts.params), "the params check")
         if len(set(every)) > 1:
             raise ValueError(
                 "distributed.make_step: after one step the ranks' params differ: the optimizer "
                 "does not average the gradients across ranks; use "
                 "fl.optim.chain(dist.mean_gradients(comm), <optimizer>)")
-
-
-def _fingerprint(*trees: Any) -> str:
-    """A digest of ``trees`` (structure, dtypes, shapes and bytes of every leaf), 16 hex."""
-    digest = hashlib.sha256()
-    for t in trees:
-        leaves, treedef = tree.flatten(t)
-        digest.update(repr(treedef).encode())
-        for leaf in leaves:
-            a = np.asarray(leaf)
-            digest.update(f"{a.dtype.str}{a.shape}".encode())
-            digest.update(np.ascontiguousarray(a).tobytes() if a.dtype.kind != "O"
-                          else repr(a).encode())
-    return digest.hexdigest()[:16]
 
 
 def _rows(x: Any) -> int:

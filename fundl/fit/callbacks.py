@@ -24,14 +24,12 @@ return value is never silently ignored.  A callback object keeps the state of on
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import io
 from ..metrics import higher_is_better
 from ..step import TrainState
 
@@ -422,6 +420,7 @@ class CSVLogger(Callback):
         self.lead, self.names = info.lead, list(info.names)
         if not self.lead:
             return
+        import csv
         kept: List[List[str]] = []
         if info.start_step > 0 and os.path.exists(self.path):
             with open(self.path, newline="") as f:
@@ -438,6 +437,7 @@ class CSVLogger(Callback):
     def on_epoch_end(self, train_state: TrainState, logs: Mapping[str, Any]) -> Decision:
         if not self.lead:
             return None
+        import csv
         names = self.names or list(logs)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([repr(logs[k]) if isinstance(logs.get(k), float) else
@@ -492,6 +492,7 @@ class ModelCheckpoint(Callback):
                 return None
             self.tracker.best = value
         if self.lead:
+            from .. import io
             file = self.path.format(epoch=logs.get("epoch"), step=logs.get("step"))
             io.save(file, train_state if self.what == "train_state" else train_state.params)
             self.saved.append(file)

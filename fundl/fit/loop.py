@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .. import io, perf, random
+from .. import random
 from ..core import Layer
 from ..losses import Loss
 from ..losses.combine import CombinedLoss
@@ -327,6 +327,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
         return ts, history
 
     if keep_freed_memory:
+        from .. import perf
         perf.keep_freed_memory()
     per_batch = [(i, cb) for i, cb in enumerate(cbs) if cb.per_batch]
     saved = [-1]  # the step last written, so that one step is not saved twice
@@ -360,6 +361,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
                 loop.write(state, {"lr_scale": scale, "sums": loop_sums,
                                    "kinds": [type(cb).__name__ for cb in stateful],
                                    "states": [cb.get_state() for cb in stateful]})
+            from .. import io
             io.save(checkpoint_path, state)
         saved[0] = state.step
 

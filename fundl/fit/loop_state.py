@@ -12,14 +12,13 @@ fit takes the record whose step and digest match the train state it is given.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .. import io, tree
+from .. import tree
 from ..step import TrainState
 
 __all__ = ["loop_path", "digest", "LoopFile"]
@@ -35,6 +34,7 @@ def loop_path(path: Any) -> str:
 
 def digest(ts: TrainState) -> str:
     """A digest of every array and number of ``ts`` (its bytes, dtypes and shapes)."""
+    import hashlib
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(int(ts.step)).encode())
     for leaf in tree.leaves((ts.params, ts.state, ts.opt_state, ts.key)):
@@ -60,6 +60,7 @@ class LoopFile:
     def write(self, ts: TrainState, record: Dict[str, Any]) -> None:
         """Save ``record`` for the checkpoint of ``ts``, keeping the previous record."""
         entry = dict(record, step=int(ts.step), digest=digest(ts))
+        from .. import io
         records: List[Dict[str, Any]] = [r for r in (self.last,) if r is not None]
         io.save(self.path, {"format": _FORMAT, "records": records + [entry]})
         self.last = entry
@@ -69,6 +70,7 @@ class LoopFile:
         when the file exists but holds none for it)."""
         if not self.exists():
             return None
+        from .. import io
         try:
             data = io.load(self.path)
             records = data["records"] if data.get("format") == _FORMAT else None

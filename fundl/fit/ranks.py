@@ -11,7 +11,6 @@ naming each argument that differs and its value on each rank.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -26,6 +25,7 @@ LR_SAMPLES = 64
 
 
 def _digest(*parts: Any) -> str:
+    import hashlib
     h = hashlib.sha256()
     for p in parts:
         if isinstance(p, np.ndarray):
