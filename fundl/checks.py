@@ -7,7 +7,7 @@ message a user sees names the layer's path in the model.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -133,7 +133,8 @@ def check_param_dtype(x: np.ndarray, param: np.ndarray) -> None:
             f"(fundl.tree.cast(params, np.{x.dtype}))")
 
 
-def check_trailing_shape(x: np.ndarray, expected: Shape, what: str = "input") -> None:
+def check_trailing_shape(x: np.ndarray, expected: Sequence[Optional[int]], what: str = "input"
+                         ) -> None:
     """Raise :class:`LayerError` unless ``x`` is ``(batch, *expected)``.
 
     ``None`` entries in ``expected`` match any size.

@@ -166,7 +166,7 @@ def check_vjp(
     leaf_paths = tree.paths(inputs)
 
     errors: Dict[str, float] = {}
-    for j, k_proj in enumerate(random.split(k_dirs, projections)):
+    for k_proj in random.split(k_dirs, projections):
         k_u, k_v = random.split(k_proj)
         u = _random_like(k_u, y)
         scale = float(sum(np.sum(np.abs(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
@@ -178,7 +178,8 @@ def check_vjp(
             try:
                 tree.map(lambda a, b: None, params, dparams)
             except tree.TreeError as err:
-                raise GradCheckError(f"dparams does not match the structure of params: {err}")
+                raise GradCheckError(
+                    f"dparams does not match the structure of params: {err}") from None
         for i, (path, leaf) in enumerate(zip(leaf_paths, flat)):
             if not (isinstance(leaf, np.ndarray) and leaf.dtype.kind == "f"):
                 continue

@@ -9,7 +9,7 @@ arithmetic (benchmarks/README.md, "Measurements behind the code").
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union, overload
 
 import numpy as np
 
@@ -94,21 +94,26 @@ def row_sums(a: Array) -> Array:
 Outputs = Union[Array, Tuple[Optional[Array], ...]]
 
 
-def blockwise(fn: Callable[[Array], Outputs], x: Array) -> Outputs:
+@overload
+def blockwise(fn: Callable[[Array], Array], x: Array) -> Array: ...
+@overload
+def blockwise(fn: Callable[[Array], Tuple[Optional[Array], ...]], x: Array
+              ) -> Tuple[Optional[Array], ...]: ...
+def blockwise(fn: Callable[[Array], Outputs], x: Array) -> Union[Optional[Array], Outputs]:
     """``fn(x)`` for an elementwise ``fn`` (returning an array or a tuple of arrays or
     ``None``), computed over cache-sized blocks of ``x``: the same values, bit for bit,
     with each of ``fn``'s many passes over memory running in the cache."""
     if x.size <= 2 * BLOCK:
         return fn(x)
     flat = np.ascontiguousarray(x).reshape(-1)
-    outs = None
+    outs: List[Optional[Array]] = []
     for lo in range(0, flat.size, BLOCK):
         part = fn(flat[lo:lo + BLOCK])
         parts = part if isinstance(part, tuple) else (part,)
-        if outs is None:
+        if not outs:
             outs = [None if a is None else np.empty(flat.size, a.dtype) for a in parts]
         for out, a in zip(outs, parts):
             if out is not None:
-                out[lo:lo + a.size] = a
+                out[lo:lo + BLOCK] = a   # the last block is shorter: the slice stops at the end
     shaped = tuple(None if out is None else out.reshape(x.shape) for out in outs)
     return shaped if isinstance(part, tuple) else shaped[0]

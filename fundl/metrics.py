@@ -374,7 +374,7 @@ def from_function(fn: Callable[[Any, Any], float], name: Optional[str] = None) -
             first = first[0]
         n = np.shape(first)[0] if np.ndim(first) else 1
         return np.array([float(fn(pred, target)) * n, n], np.float64)
-    label = name or getattr(fn, "__name__", type(fn).__name__)
+    label = name or str(getattr(fn, "__name__", type(fn).__name__))
     return Metric(stats, _ratio, label, _direction_of(label))
 
 
@@ -384,7 +384,7 @@ class Mean(NamedTuple):
     """A running weighted mean, as an immutable value: ``Mean().add(v, n).add(w, m).value``."""
 
     total: float = 0.0
-    count: float = 0.0
+    count: float = 0.0  # type: ignore[assignment]  # shadows tuple.count; the public name
 
     def add(self, value: float, weight: float = 1.0) -> "Mean":
         """A new Mean with ``value`` added ``weight`` times."""

@@ -149,14 +149,15 @@ def generator(k: Key) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=np.asarray(k, dtype=np.uint64)))
 
 
-def _float_dtype(dtype: DTypeLike) -> np.dtype:
+def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise TypeError(f"expected a floating dtype, got {dtype}")
     return dtype
 
 
-def _inside(dtype: np.dtype, low: float, high: float) -> Tuple[np.generic, np.generic]:
+def _inside(dtype: np.dtype[np.floating], low: float, high: float
+            ) -> Tuple[np.floating, np.floating]:
     """The smallest and the largest numbers of ``dtype`` in ``[low, high)`` (compared in
     float64: a float16 compared with a Python float would round the float first)."""
     down, up = dtype.type(-np.inf), dtype.type(np.inf)

@@ -9,6 +9,7 @@ in fewer passes over memory (31 against 55), accurate to a few float32 ulps.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -171,7 +172,7 @@ def _check_f32(a: Array) -> None:
         raise TypeError(f"expected a float32 array, got {getattr(a, 'dtype', type(a).__name__)}")
 
 
-def exp_neg_half_sq_f32(a: Array, out: Array = None) -> Array:
+def exp_neg_half_sq_f32(a: Array, out: Optional[Array] = None) -> Array:
     """``exp(-a**2 / 2)`` for a float32 array ``a``, rounded once to float32.
 
     The exponent and the exponential are formed in float64, where ``a**2 / 2`` is exact
@@ -189,7 +190,7 @@ def exp_neg_half_sq_f32(a: Array, out: Array = None) -> Array:
     return out
 
 
-def normal_tailx_f32(a: Array, out: Array = None) -> Array:
+def normal_tailx_f32(a: Array, out: Optional[Array] = None) -> Array:
     """``exp(a**2 / 2) * Phi(-a)`` for a float32 array ``a >= 0`` (inf gives 0), 14 passes.
 
     ``Phi(-a)`` is this times :func:`exp_neg_half_sq_f32`.  Max relative error 3.7e-7

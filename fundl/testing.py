@@ -119,7 +119,8 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
     try:
         tree.map(lambda a, b: None, state, new_state)
     except tree.TreeError as err:
-        raise ContractError(f"{layer.name}: vjp's new state has another structure: {err}")
+        raise ContractError(
+            f"{layer.name}: vjp's new state has another structure: {err}") from None
 
     dy = read_only(tree.map(lambda a: random.normal(random.fold_in(k_fwd, 7), a.shape, a.dtype), y_t))
     dy_before = copy.deepcopy(dy)
@@ -139,11 +140,12 @@ def check_layer(layer: Layer, in_shape: Any, *, x: Any = None, batch: int = 3,
         tree.map(lambda a, b: None, params, dparams_e)
     except tree.TreeError as err:
         raise ContractError(f"{layer.name}: eval-mode dparams differ in structure from params: "
-                            f"{err}")
+                            f"{err}") from None
     try:
         tree.map(lambda a, b: None, params, dparams)
     except tree.TreeError as err:
-        raise ContractError(f"{layer.name}: dparams differ in structure from params: {err}")
+        raise ContractError(
+            f"{layer.name}: dparams differ in structure from params: {err}") from None
     if _dtypes(dparams) - {np.dtype(np.float32)}:
         raise ContractError(f"{layer.name}: float32 params gave {_dtypes(dparams)} gradients")
     if x_float and dx is not None and _dtypes(dx) != {np.dtype(np.float32)}:

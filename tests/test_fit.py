@@ -5,6 +5,7 @@ import importlib
 import io as std_io
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -194,6 +195,68 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     assert hist["epoch"] == [1, 2]  # 8 steps per epoch: a full epoch and a partial one
     resumed, _ = _fit(steps=20, train_state=io.load(ckpt))
     assert tree.all_equal(straight, resumed)
+
+
+def _with_an_empty_param():
+    """dense(3) with an extra (0, 3) parameter that nothing uses: a zero in the shape."""
+    def init(key, in_shape):
+        w = random.normal(key, (in_shape[-1], 3), np.float32) * np.float32(0.3)
+        return {"w": w, "empty": np.zeros((0, 3), np.float32)}, (3,)
+
+    def apply(params, x):
+        return x @ params["w"]
+
+    def vjp(params, x):
+        return apply(params, x), lambda dy: ({"w": x.T @ dy, "empty": np.zeros((0, 3), dy.dtype)},
+                                             dy @ params["w"].T)
+
+    return fl.stateless_layer("with_empty", init, apply, vjp)
+
+
+def test_checkpoints_of_a_train_state_with_a_zero_size_array(tmp_path):
+    # the loop file (written for a callback with state) holds a digest of the train state,
+    # which once failed on an array of shape (0, 3): "memoryview: cannot cast view with
+    # zeros in shape or strides"
+    def run(steps, **kw):
+        return fit(_with_an_empty_param(), SCE, fl.optim.sgd(), _spiral_data(),
+                   key=random.key(5), batch_size=16, lr=0.2, progress=False, steps=steps,
+                   callbacks=[fl.EarlyStopping("loss", patience=100)], **kw)
+
+    straight, _ = run(20)
+    ckpt = tmp_path / "ckpt.npz"
+    run(11, checkpoint_path=ckpt, checkpoint_every=3)
+    loaded = io.load(ckpt)
+    assert loaded.params["empty"].shape == (0, 3) and loaded.step == 11
+    assert (tmp_path / "ckpt.loop.npz").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the loop file's record is found: no warning
+        resumed, _ = run(20, train_state=loaded, checkpoint_path=ckpt)
+    assert tree.all_equal(straight, resumed)
+
+
+def test_the_train_state_digest_is_of_shapes_dtypes_and_bytes():
+    import hashlib
+    from fundl.fit.loop_state import digest
+
+    def reference(ts):   # the bytes in C order, as the loop files written so far hold them
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(int(ts.step)).encode())
+        for leaf in tree.leaves((ts.params, ts.state, ts.opt_state, ts.key)):
+            if isinstance(leaf, np.ndarray):
+                h.update(f"{leaf.dtype.str}{leaf.shape}".encode() + leaf.tobytes())
+            else:
+                h.update(repr(leaf).encode())
+        return h.hexdigest()
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ts = TrainState({"w": w.T, "b": np.float64(2.5)}, {"n": np.array(3)}, (np.zeros((0, 3)),),
+                    random.key(1), 4)
+    assert digest(ts) == reference(ts)
+    for empty in [(0, 3), (3, 0), (2, 0, 5), (0,)]:
+        e = ts._replace(opt_state=(np.zeros(empty),))
+        assert digest(e) == reference(e)
+    assert digest(ts._replace(opt_state=(np.zeros((3, 0)),))) != digest(ts)
+    assert digest(ts._replace(params={"w": w, "b": np.float64(2.5)})) != digest(ts)
 
 
 def test_fit_with_schedule_and_nothing_left_to_do():

@@ -71,6 +71,8 @@ def _check_batch_size(batch_size: Any, who: str) -> int:
 
 
 class _ArraySource(Source):
+    length: int
+
     def __init__(self, data: Any, batch_size: int, shuffle: bool, drop_last: bool) -> None:
         self.leaves, self.rebuild = flatten_data(data, "from_arrays")
         self.batch_size = _check_batch_size(batch_size, "from_arrays")
@@ -137,6 +139,9 @@ def map_batches(source: Any, fn: Callable[[Any, Any], Any]) -> Source:
 
 
 class _Chunks(Source):
+    length: int
+    rebuild: Callable[[Sequence[Any]], Any]   # parts[0]'s (every part has its structure)
+
     def __init__(self, parts: Sequence[Any], batch_size: int, chunk_size: int,
                  cache_chunks: int, shuffle: bool, drop_last: bool) -> None:
         if isinstance(parts, (str, os.PathLike)) or not isinstance(parts, (list, tuple)) \
@@ -150,7 +155,6 @@ class _Chunks(Source):
         self.chunk_size, self.cache_chunks = int(chunk_size), int(cache_chunks)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.parts: List[List[np.ndarray]] = []
-        self.rebuild = None
         shapes = None
         for i, part in enumerate(parts):
             leaves, rebuild = flatten_data(_open(part), f"interleave: parts[{i}]")

@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["load_idx", "IdxError"]
 
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

@@ -106,10 +106,10 @@ class DataParallel:
         n = _rows(out)
         parts = getattr(loss, "parts", None)   # a combination: each part is its own ratio
         if n:
-            value, dout = loss.value_and_grad(out, y)
+            local, dout = loss.value_and_grad(out, y)   # this rank's loss
             if parts is None:
                 weight = loss.weight_of(out, y)
-                sums = [float(value) * weight if weight else 0.0, weight]
+                sums = [float(local) * weight if weight else 0.0, weight]
             else:
                 sums = []
                 for i, part, _ in parts:
@@ -144,7 +144,7 @@ class DataParallel:
                     value += w_i * total / total_weight
                 scale = size * mine[4 + 2 * j] / total_weight if total_weight else 0.0
                 if n and scale != 1.0:
-                    grads[i] = tree.map(lambda g: np.multiply(g, scale), grads[i])
+                    grads[i] = tree.map(lambda g, s=scale: np.multiply(g, s), grads[i])
             dout = type(dout)(grads) if isinstance(dout, tuple) else grads
         return value, dout, n / examples, {"examples": int(examples)}
 

@@ -97,7 +97,7 @@ def run_evaluate(model: Layer, params: Any, state: Any, d: Data, fns: Dict[str, 
         rows[b] = np.concatenate(parts)
     if comm is not None:
         return _shared(comm, fns, rows, count, lengths)
-    if not count:
+    if lengths is None:   # one process: no lengths <=> no batch
         raise ValueError("evaluate: the data source yielded no batch")
     total = np.zeros(sum(lengths), np.float64)
     for b in range(count):

@@ -114,7 +114,7 @@ class Data:
         self.source: Any = None
         self.x = self.y = None
         self.n = 0
-        self.cast: Optional[Caster] = None
+        self.cast = Caster(None, what)   # the identity until set_dtype
         self.lazy_cast = False
         if is_source(data):
             check_source(data, what)
@@ -192,7 +192,7 @@ class Data:
             if b >= count:
                 return
             batch = shard_batch((x, y), shard) if shard is not None else (x, y)
-            yield (self.cast(batch[0]) if self.cast is not None else batch[0]), batch[1]
+            yield self.cast(batch[0]), batch[1]
             b += 1
         if b < count:
             raise ValueError(f"{self.what}: the source yielded {b} batches in this epoch, "
@@ -220,5 +220,4 @@ class Data:
             x = take(self.x, rows)
             return (self.cast(x) if self.lazy_cast else x), take(self.y, rows), len(rows)
         x, y = self.first_batch(key)
-        x = self.cast(x) if self.cast is not None else x
-        return x, y, int(flatten_data(y)[0][0].shape[0])
+        return self.cast(x), y, int(flatten_data(y)[0][0].shape[0])

@@ -351,7 +351,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
 
     def checkpoint(state: TrainState, loop_sums: Optional[np.ndarray]) -> None:
         nonlocal keep_loop
-        if checkpoint_path is None or saved[0] == state.step:
+        if loop is None or saved[0] == state.step:   # loop: None without a checkpoint_path
             return
         if state is not good[0]:  # a checkpoint only ever holds a finite state
             verified(state, float("nan"))
@@ -412,10 +412,11 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
                 if bar.on:
                     bar.update(ts.step, epoch + 1, lambda: sums.logs(sums.sums))
                 if per_batch:
-                    logs = {"epoch": epoch + 1, "step": ts.step, "loss": value, "lr": rate}
+                    batch_logs = {"epoch": epoch + 1, "step": ts.step, "loss": value, "lr": rate}
                     halt = False
                     for i, cb in per_batch:
-                        halt = control(cb.on_batch_end(ts, logs), i, cb, "on_batch_end") or halt
+                        halt = control(cb.on_batch_end(ts, batch_logs), i, cb,
+                                       "on_batch_end") or halt
                     if comm is not None:
                         halt = comm.any(halt, "fit's per-batch callbacks' stop flag")
                     if halt:

@@ -40,7 +40,8 @@ def digest(ts: TrainState) -> str:
     for leaf in tree.leaves((ts.params, ts.state, ts.opt_state, ts.key)):
         if isinstance(leaf, np.ndarray):
             h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
-            h.update(memoryview(np.ascontiguousarray(leaf)).cast("B"))
+            # flat first: a view with a zero in its shape, e.g. (0, 3), cannot be cast to bytes
+            h.update(np.ascontiguousarray(leaf).reshape(-1).data.cast("B"))
         else:
             h.update(repr(leaf).encode())
     return h.hexdigest()

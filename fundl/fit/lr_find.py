@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -77,7 +77,8 @@ def lr_find(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *, 
     data.set_dtype(float_dtype(ts.params), "lr_find", [False])
     step = make_step(model, loss, optimizer)
     rates = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
-    raw, smooth = [], []
+    raw: List[float] = []
+    smooth: List[float] = []
     avg, best, i = 0.0, math.inf, 0
     epoch = 0
     while i < steps:

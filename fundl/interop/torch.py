@@ -78,7 +78,7 @@ the dropped key bias gets zeros.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def load_state_dict(params: Any, state: Any, state_dict: Mapping[str, Any],
     aside) and every param leaf covered; otherwise :class:`InteropError` lists them.
     """
     entries = _entries(mapping)
-    used = set()
+    used: Set[str] = set()
     new_params, new_state = params, state
     for entry in entries:
         prefix = entry.torch + "." if entry.torch else ""
@@ -251,7 +251,7 @@ def to_state_dict(params: Any, state: Any, mapping: Sequence[Any], *, gradients:
         s = None if state is None else _subtree(state, entry.fundl, "state")
         sd = KINDS[entry.kind][1](p, s, gradients=gradients, **dict(entry.options))
         for k, v in sd.items():
-            out[prefix + k] = torch.from_numpy(v) if as_tensors else v
+            out[prefix + k] = torch.from_numpy(v) if torch is not None else v  # as_tensors
     return out
 
 
@@ -332,7 +332,7 @@ def sequential_mapping(model: Layer, module: Any, in_shape: Any) -> List[LayerMa
             f"the models do not line up: {want} torch layers with weights "
             f"({', '.join(f'{t.prefix or _ROOT}:{t.found.kind}' for t in torch_side)}) but "
             f"{len(fundl_side)} fundl layers with params "
-            f"({', '.join(f'{p}:{l.kind}' for p, l in fundl_side)})")
+            f"({', '.join(f'{p}:{layer.kind}' for p, layer in fundl_side)})")
     out, i, seen_conv = [], 0, False
     for prefix, found, kernel in torch_side:
         kind, options = found.kind, found.options

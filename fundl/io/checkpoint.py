@@ -600,9 +600,9 @@ class _Decoder:
             value = self.read(spec)
             if value.ndim != 0:
                 raise self.fail(path, f"a numpy scalar entry has shape {value.shape}")
-            want = np.asarray(like).dtype if use_like else value.dtype  # as save stores it:
-            if value.dtype != want:  # np.bytes_(b"") is S0, its array S1
-                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {want}")
+            dtype = np.asarray(like).dtype if use_like else value.dtype  # as save stores it:
+            if value.dtype != dtype:  # np.bytes_(b"") is S0, its array S1
+                raise self.fail(path, f"the file has a {value.dtype} scalar, `like` a {dtype}")
             return value[()]
         if kind == "bool":
             return bool(spec["v"])
@@ -623,9 +623,10 @@ class _Decoder:
                                   "never imports the modules it names; pass the class, "
                                   f"load(path, types=({short},)), or a template: "
                                   "load(path, like=...)")
-        if list(cls._fields) != list(spec["fields"]):
+        fields = list(getattr(cls, "_fields", ()))   # a named tuple class: _allowed_types
+        if fields != list(spec["fields"]):
             raise self.fail(path, f"{qualified} is no longer a named tuple with fields "
-                                  f"{spec['fields']} (it has {list(cls._fields)}); pass a "
+                                  f"{spec['fields']} (it has {fields}); pass a "
                                   "template: load(path, like=...)")
         return cls
 

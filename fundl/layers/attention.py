@@ -286,7 +286,9 @@ def multi_head_attention(num_heads: int, *, head_dim: Optional[int] = None, caus
             y += params["b_o"]
         return y.reshape(n, t, f), (w_in, q, k, v, pT, drop, o)
 
-    def backward(params, x, ctx, res, dy, need_dx):
+    def backward(params: Dict[str, Array], x: Array, ctx: Optional[Array], res: Tuple[Any, ...],
+                 dy: Array, need_dx: bool
+                 ) -> Tuple[Dict[str, Array], Optional[Array], Optional[Array]]:
         w_in, q, k, v, pT, drop, o = res
         n, t, f = x.shape
         width = params["w_q"].shape[1]

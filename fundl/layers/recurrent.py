@@ -47,7 +47,7 @@ given in each layer's docstring.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, overload
 
 import numpy as np
 
@@ -146,7 +146,11 @@ def _last(h: Array) -> Array:
     return h.T.copy()
 
 
-def _add(a: Optional[Array], b: Optional[Array]) -> Array:
+@overload
+def _add(a: Array, b: Optional[Array]) -> Array: ...
+@overload
+def _add(a: Optional[Array], b: Array) -> Array: ...
+def _add(a: Optional[Array], b: Optional[Array]) -> Optional[Array]:
     """``a + b`` where either may be None (never both): a fresh array or one of them."""
     if a is None:
         return b
@@ -247,7 +251,9 @@ class _GradChunks:
                 part = d[rows].T @ self.w_x[:, cols].T
                 dx = part if dx is None else np.add(dx, part, out=dx)
         if dx is not None:
-            self.dx[:, t0:t0 + m] = dx.reshape(m, n_b, self.xt.shape[2]).swapaxes(0, 1)
+            # dx is made only when self.dx is an array (a check here would be per chunk)
+            self.dx[:, t0:t0 + m] = (  # type: ignore[index]
+                dx.reshape(m, n_b, self.xt.shape[2]).swapaxes(0, 1))
         if self.sums is not None:
             self.sums += d[self.sum_rows] @ ones
         dh = d[self.h_rows]

@@ -7,7 +7,7 @@ their backward reshapes ``dy`` back to the input's shape.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -60,14 +60,15 @@ def _resolve(target: Shape, in_shape: Shape) -> Shape:
 
 
 @builder
-def reshape(shape: Sequence[int]) -> Layer:
+def reshape(shape: Union[int, Sequence[int]]) -> Layer:
     """``(batch, *in_shape) -> (batch, *shape)``; ``shape`` is per-example, one ``-1`` allowed.
 
     Sizes must match: ``prod(shape) == prod(in_shape)``, else a LayerError naming both.
     Any dtype; no params.
     """
-    if int_or_none(shape) is not None:
-        shape = (shape,)
+    single = int_or_none(shape)
+    if single is not None:
+        shape = (single,)
     if not isinstance(shape, (tuple, list)) or any(int_or_none(d) is None for d in shape):
         raise TypeError(f"layer 'reshape': shape must be a sequence of ints (one may be -1), "
                         f"got {type(shape).__name__} {shape!r} (floats and bools are refused)")

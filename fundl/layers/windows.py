@@ -8,7 +8,7 @@ it -- never a copy per window, never a loop over examples or positions.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def _refuse_non_ints(value: Any, what: str, form: str, kind: str) -> None:
                         f"{value!r} (floats and bools are refused: fundl does not round sizes)")
 
 
-def _int_rows(value: Any, width: int) -> Optional[list]:
+def _int_rows(value: Any, width: int) -> Optional[List[tuple]]:
     """``value`` as a list of ``width``-tuples of ints if it is a sequence of such, else None."""
     if not isinstance(value, (tuple, list)):
         return None
@@ -83,14 +83,13 @@ def parse_padding(padding: Padding, d: int, kind: str) -> Union[str, Pads]:
     _refuse_non_ints(padding, "padding", form, kind)
     single = int_or_none(padding)
     if single is not None:
-        pads = [(single, single)] * d
-    elif d == 1 and _int_rows([padding], 2):
-        pads = _int_rows([padding], 2)                   # a bare (lo, hi) pair for 1-D
+        pads: List[tuple] = [(single, single)] * d
     else:
-        pads = _int_rows(padding, 2) or []
+        pair = _int_rows([padding], 2) if d == 1 else None   # a bare (lo, hi) pair for 1-D
+        pads = pair or _int_rows(padding, 2) or []
     if len(pads) != d or min(min(p) for p in pads) < 0:
         raise LayerError(f"padding must be {form}, got {padding!r}", kind)
-    return tuple(pads)  # type: ignore[return-value]
+    return tuple(pads)
 
 
 def resolve_padding(padding: Union[str, Pads], sizes: Sequence[int], extents: Sequence[int],

@@ -26,8 +26,10 @@ class Loss(NamedTuple):
     examples: ``W = pred.shape[0]`` (see :meth:`weight_of`).
     """
 
-    value: Callable[[np.ndarray, Any], np.ndarray]
-    value_and_grad: Callable[[np.ndarray, Any], Tuple[np.ndarray, np.ndarray]]
+    # pred is an array, or a tuple of arrays for a combined loss (fundl.losses.combine); the
+    # gradient has pred's structure
+    value: Callable[[Any, Any], np.ndarray]
+    value_and_grad: Callable[[Any, Any], Tuple[np.ndarray, Any]]
     name: str
     total_weight: Optional[Callable[[np.ndarray, Any], float]] = None
 

@@ -76,8 +76,8 @@ def _sce_value_and_grad(pred: np.ndarray, target: Any) -> Tuple[np.ndarray, np.n
         rows = np.arange(n)
         flat_labels = labels.reshape(-1)
         picked_sum = e[rows, flat_labels].sum()  # sum of the true classes' shifted logits
-    else:
-        t = onehot.reshape(-1, classes)
+    else:   # _targets gives probabilities whenever it gives no labels (no check per call)
+        t = onehot.reshape(-1, classes)  # type: ignore[union-attr]
         row_mass = t.sum(axis=-1, keepdims=True)
         cross = np.vdot(t, e)  # sum_i sum_c t_ic shifted_ic
     np.exp(e, out=e)

@@ -23,7 +23,7 @@ class AccumulateState(NamedTuple):
     """``count`` (calls since the last step, 0-d int64), ``grad_sum`` (like params),
     ``inner`` (the wrapped optimizer's state)."""
 
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count; a checkpointed name
     grad_sum: Any
     inner: Any
 

@@ -43,7 +43,7 @@ __all__ = ["adam", "adamw", "adamax", "scale_by_adam", "scale_by_adamax", "AdamS
 class AdamState(NamedTuple):
     """``count`` (updates done, 0-d int64), ``mu`` (m) and ``nu`` (v): trees shaped like params."""
 
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count; a checkpointed name
     mu: Any
     nu: Any
 
@@ -56,7 +56,7 @@ class AdamaxState(NamedTuple):
     means something else in each.
     """
 
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count; a checkpointed name
     mu: Any
     nu: Any
 

@@ -34,7 +34,8 @@ nobody may write into it; :func:`descend` allocates the new params.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union, Unpack,
+                    overload)
 
 import numpy as np
 
@@ -330,7 +331,7 @@ def _chain_rules(steps: List[PerLeaf]) -> PerLeaf:
     sizes = [len(s.trees) for s in steps]
     bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
 
-    def rule(p, g, *states, out=None):
+    def rule(p: Any, g: Any, *states: Any, out: Optional[Sequence[Any]] = None) -> Tuple[Any, ...]:
         new_states: List[Any] = []
         for s, lo, hi in zip(steps, bounds, bounds[1:]):
             if out is None:
@@ -348,7 +349,12 @@ def _chain_rules(steps: List[PerLeaf]) -> PerLeaf:
                    elementwise=all(s.elementwise for s in steps))
 
 
-def chain(*parts: Union[GradientTransform, Optimizer]) -> Union[GradientTransform, Optimizer]:
+@overload
+def chain(*parts: GradientTransform) -> GradientTransform: ...
+@overload
+def chain(*parts: Unpack[Tuple[Unpack[Tuple[GradientTransform, ...]], Optimizer]]
+          ) -> Optimizer: ...
+def chain(*parts: object) -> Union[GradientTransform, Optimizer]:
     """Compose transforms left to right; if the last part is an :class:`Optimizer`, so is the result.
 
     ``chain(t1, t2)`` is the transform applying ``t1`` then ``t2``; its state is
@@ -359,13 +365,15 @@ def chain(*parts: Union[GradientTransform, Optimizer]) -> Union[GradientTransfor
     """
     if not parts:
         raise ValueError("chain needs at least one transform")
-    *transforms, last = parts
-    for i, t in enumerate(transforms):
+    *others, last = parts
+    transforms: List[GradientTransform] = []
+    for i, t in enumerate(others):
         if not isinstance(t, GradientTransform):
             raise TypeError(f"chain: part {i} is a {type(t).__name__}; only the last part may be "
                             "an Optimizer, the others must be GradientTransforms")
+        transforms.append(t)
     if isinstance(last, GradientTransform):
-        return _chain_transforms(list(parts))
+        return _chain_transforms(transforms + [last])
     if not isinstance(last, Optimizer):
         raise TypeError(f"chain: the last part is a {type(last).__name__}, "
                         "not a GradientTransform or an Optimizer")
@@ -382,4 +390,5 @@ def chain(*parts: Union[GradientTransform, Optimizer]) -> Union[GradientTransfor
         params, opt_state = opt.update(params, grads, state[-1], lr)
         return params, pre_state + (opt_state,)
 
-    return Optimizer(init, update, "chain(" + ", ".join(t.name for t in parts) + ")")
+    names = [t.name for t in transforms] + [last.name]
+    return Optimizer(init, update, "chain(" + ", ".join(names) + ")")

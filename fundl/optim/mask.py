@@ -20,7 +20,7 @@ of :mod:`fundl.optim` (:func:`~fundl.optim.add_weight_decay`,
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Sequence, TypeGuard, Union
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def _show(v: Any) -> str:
     return f"{type(v).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
-def _is_globs(mask: Any) -> bool:
+def _is_globs(mask: Any) -> TypeGuard[Union[str, Sequence[str]]]:
     return isinstance(mask, str) or (
         isinstance(mask, (list, tuple)) and not tree.is_namedtuple(mask)
         and len(mask) > 0 and all(isinstance(m, str) for m in mask))

@@ -24,7 +24,7 @@ same paths as outside.  States are :class:`MaskedState` and
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple, Union
 
 import numpy as np
 
@@ -65,9 +65,11 @@ def _flatten(t: Any, where: str) -> Tuple[List[Any], tree.TreeDef, List[str]]:
     leaves, treedef = tree.flatten(t)
     paths = tree.paths(t)
     if len(set(paths)) != len(paths):
-        seen = set()
-        dup = next(p for p in paths if p in seen or seen.add(p))
-        raise MaskError(f"{where}: two parameters have the same path '{dup}'")
+        seen: Set[str] = set()
+        for dup in paths:
+            if dup in seen:
+                raise MaskError(f"{where}: two parameters have the same path '{dup}'")
+            seen.add(dup)
     return leaves, treedef, paths
 
 
@@ -276,8 +278,8 @@ def multi_transform(transforms: Dict[str, Part], labels: Labels) -> Part:
     group_of = labeller(labels, transforms, name)
     make_state = MultiTransformState
     inner_states = lambda state: state.inner  # noqa: E731
-    if any(isinstance(p, Optimizer) for p in transforms.values()):
+    plain = {k: v for k, v in transforms.items() if isinstance(v, GradientTransform)}
+    if len(plain) < len(transforms):   # an Optimizer among the parts
         parts = {k: _as_optimizer(v) for k, v in transforms.items()}
         return _grouped_optimizer(parts, group_of, make_state, inner_states, name)
-    return _grouped_transform(dict(transforms), group_of, make_state, inner_states, name,
-                              lambda g: g)
+    return _grouped_transform(plain, group_of, make_state, inner_states, name, lambda g: g)

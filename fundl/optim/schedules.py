@@ -12,7 +12,7 @@ Arguments are checked when the schedule is made.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -24,6 +24,12 @@ __all__ = ["Schedule", "constant", "piecewise_constant", "exponential_decay", "c
 Schedule = Callable[[int], float]
 
 
+# An int in gives an int out (the declared contract: steps are ints); a float step is
+# tolerated and stays a float.
+@overload
+def check_step(who: str, step: int) -> int: ...
+@overload
+def check_step(who: str, step: Any) -> Union[int, float]: ...
 def check_step(who: str, step: Any) -> Union[int, float]:
     """``step`` as a Python int (or float), checked to be a number ``>= 0``."""
     if type(step) is int and step >= 0:  # the common case, first
@@ -40,6 +46,10 @@ def check_step(who: str, step: Any) -> Union[int, float]:
     return value
 
 
+@overload
+def _steps(who: str, name: str, value: int, positive: bool = True) -> int: ...
+@overload
+def _steps(who: str, name: str, value: Any, positive: bool = True) -> Union[int, float]: ...
 def _steps(who: str, name: str, value: Any, positive: bool = True) -> Union[int, float]:
     """A step count argument: a finite number, ``> 0`` (or ``>= 0`` if not ``positive``)."""
     out = check_number(who, name, value)

@@ -16,7 +16,7 @@ al., 2013).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def _descend_into_grads(params: Any, grads: Any, lr: float) -> Any:
         return tree.map(lambda p, g: _descend_into_grad(p, g, lr), params, grads)
     if len(params) != len(grads):
         return _DIFFERENT
-    out = {}
+    out: Dict[Any, Any] = {}
     for k, p in params.items():
         g = grads.get(k, _DIFFERENT)   # equal lengths and every key found: the same keys
         if g is _DIFFERENT:
