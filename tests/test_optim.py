@@ -279,6 +279,26 @@ def test_state_round_trips_through_paths(name):
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
+def test_a_0d_parameter_updates_like_a_1_element_one(name):
+    """A scalar parameter (shape ``()``) gets the update of the same value in shape ``(1,)``,
+    as a 0-d array of its dtype (numpy's arithmetic gives scalars for 0-d arrays)."""
+    opt = ALL[name]
+    scalar = {"c": np.array(0.5, np.float32), "w": np.arange(3, dtype=np.float32)}
+    vector = {"c": scalar["c"].reshape(1), "w": scalar["w"]}
+    s0, s1 = opt.init(scalar), opt.init(vector)
+    for i in range(3):
+        g = np.float32(0.3 * (i + 1) - 0.5)
+        grads = {"c": np.array(g), "w": np.full(3, g)}
+        scalar, s0 = opt.update(scalar, grads, s0, 0.1)
+        vector, s1 = opt.update(vector, {"c": grads["c"].reshape(1), "w": grads["w"]}, s1, 0.1)
+    assert type(scalar["c"]) is np.ndarray and scalar["c"].shape == () \
+        and scalar["c"].dtype == np.float32
+    assert scalar["c"] == vector["c"][0] and scalar["c"] != 0.5
+    for a, b in zip(tree.leaves(s0), tree.leaves(s1)):
+        assert np.array_equal(np.ravel(a), np.ravel(b)) and np.shape(a) in ((), np.shape(b))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_float32_stays_float32(name):
     opt = ALL[name]
     params = tree.cast(P0, np.float32)

@@ -203,9 +203,18 @@ def _run_rule(step: PerLeaf, ps: Sequence[Any], gs: Sequence[Any],
     """The updates (a list in ``treedef``'s order) and the new state of one rule step."""
     check_grads(ps, gs, treedef)
     cols = [treedef.leaves_of(t) for t in step.trees]
-    outs = [step.rule(*xs) for xs in zip(ps, gs, *cols)]
+    outs = [step.rule(*xs) if np.ndim(xs[1]) else _rule_0d(step.rule, xs)
+            for xs in zip(ps, gs, *cols)]
     columns = list(zip(*outs)) if outs else [()] * (1 + len(cols))
     return list(columns[0]), step.rebuild([treedef.unflatten(c) for c in columns[1:]])
+
+
+def _rule_0d(rule: Callable[..., Tuple[Any, ...]], xs: Sequence[Any]) -> Tuple[Any, ...]:
+    """``rule`` on the 0-d leaves ``xs`` as arrays of shape ``(1,)``, its results reshaped to
+    ``()``: numpy gives scalars, not arrays, for arithmetic on 0-d arrays, and a rule's
+    ``out=`` cannot write into a scalar."""
+    outs = rule(*(np.reshape(x, (1,)) if isinstance(x, np.ndarray) else x for x in xs))
+    return tuple(np.reshape(o, ()) if isinstance(o, np.ndarray) else o for o in outs)
 
 
 def _descend_elementwise(step: PerLeaf, ps: Sequence[Any], gs: Sequence[Any],
@@ -238,6 +247,8 @@ def descend_leaf(p: np.ndarray, u: np.ndarray, lr: float, out: Optional[np.ndarr
                  ) -> np.ndarray:
     """``p - lr * u`` as one fresh array in ``p``'s dtype (``p`` and ``u`` are not written),
     or written into ``out``."""
+    if out is None and not p.ndim:  # numpy's result for 0-d arrays is a scalar
+        out = np.empty((), p.dtype)
     new = np.multiply(u, -lr, dtype=p.dtype, out=out)  # the one fresh array, in p's dtype
     new += p
     return new
@@ -258,7 +269,7 @@ def _descend_blocks(step: PerLeaf, p: np.ndarray, g: Any, states: Sequence[Any],
     block = max(1024, _BLOCK_BYTES // max(p.itemsize, 1))
     if (p.size <= block or not isinstance(g, np.ndarray)
             or any(not isinstance(s, np.ndarray) or s.shape != p.shape for s in states)):
-        u, *new_states = step.rule(p, g, *states)
+        u, *new_states = step.rule(p, g, *states) if p.ndim else _rule_0d(step.rule, (p, g, *states))
         return descend_leaf(p, u, lr), new_states
     flat = [a.reshape(-1) for a in (p, g, *states)]
     new_p = np.empty(p.size, p.dtype)
