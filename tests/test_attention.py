@@ -11,6 +11,7 @@ from fundl import LayerError
 from fundl.layers.attention import multi_head_attention
 from fundl.layers.dense import dense
 from fundl.testing import check_layer
+from readme_blocks import readme_block
 
 
 def ref_attention(p, x, heads, causal):
@@ -560,11 +561,7 @@ def test_cached_decoding_leaves_its_inputs_alone_and_names_bad_ones():
 
 
 def test_readme_generation_block_runs():
-    import pathlib
-    import re
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
-                 if "attend_cached" in b)
+    block = readme_block("attend_cached")
     namespace = {}
     exec(compile("import numpy as np\nimport fundl as fl\n" + block, "README.md", "exec"),
          namespace)

@@ -3,7 +3,6 @@ issue's models give fundl's eval-mode ``apply`` to 1e-5 relative (float32), at b
 sizes 1 and 3 from one exported model (its batch axis is dynamic)."""
 
 import pathlib
-import re
 import runpy
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from fundl import tree
 from fundl.core import BUILDERS
 
 from layer_cases import CASES, f32
+from readme_blocks import readme_block
 
 onnx = pytest.importorskip("onnx", reason="the optional onnx package is not installed "
                                           "(pip install 'fundl[onnx]')")
@@ -464,8 +464,7 @@ def test_two_block_pre_ln_transformer_with_causal_and_padding_masks():
 # --- the README's block ---------------------------------------------------------------------------
 
 def test_readme_export_block_runs(tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "to_onnx" in b)
+    block = readme_block("to_onnx")
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)

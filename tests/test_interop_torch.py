@@ -7,6 +7,7 @@ import pytest
 import fundl as fl
 from fundl.interop import torch as fit
 from fundl.testing import read_only
+from readme_blocks import readme_block
 
 torch = pytest.importorskip("torch", reason="the PyTorch weight-porting tests need torch")
 nn = torch.nn
@@ -488,11 +489,7 @@ def test_import_without_torch_and_the_error_naming_pip_install():
 
 
 def test_readme_snippet_runs():
-    import pathlib
-    import re
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
-                 if "sequential_mapping" in b)
+    block = readme_block("sequential_mapping")
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["y"].shape == (4, 10) and namespace["y"].dtype == np.float32

@@ -3,7 +3,6 @@
 import json
 import re
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 import fundl as fl
 from fundl.io import CheckpointError, load_model, model_from_record, model_record
 from layer_cases import CASES
+from readme_blocks import readme_block
 
 KEY = fl.random.key(0)
 RECORDABLE = sorted(c for c, case in CASES.items() if case.builder != "elementwise_layer")
@@ -268,11 +268,6 @@ def test_a_two_rank_sync_batch_norm_checkpoint_loads_into_the_batch_norm_model(t
     for a, b in zip(fl.tree.leaves((ts.params, ts.state)), fl.tree.leaves((single.params,
                                                                            single.state))):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
-
-
-def readme_block(marker):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    return next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if marker in b)
 
 
 def test_readme_whole_model_block_runs(tmp_path, monkeypatch):

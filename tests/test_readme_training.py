@@ -1,17 +1,12 @@
 """The README's training blocks (data sources, callbacks, two heads) run as shown, shortened."""
 
-import pathlib
-import re
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+from readme_blocks import readme_block
 
 
 def test_data_source_callbacks_and_two_heads_blocks_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    source = next(b for b in BLOCKS if "map_batches" in b)
-    heads = next(b for b in BLOCKS if "fl.losses.combine" in b)
+    source = readme_block("map_batches")
+    heads = readme_block("fl.losses.combine")
     code = (source + heads).replace("epochs=40", "epochs=3").replace("epochs=20", "epochs=2")
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)

@@ -9,6 +9,7 @@ import fundl as fl
 from fundl import surgery
 from fundl.testing import read_only
 from fundl.validate import SpecError
+from readme_blocks import readme_block
 
 KEY = fl.random.key(0)
 
@@ -301,10 +302,7 @@ def test_fine_tuning_keeps_the_body_statistics_and_optionally_its_params(freeze)
 
 
 def test_readme_fine_tuning_block_runs():
-    import pathlib
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
-                 if "surgery.first_layers" in b)
+    block = readme_block("surgery.first_layers")
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)
     ts, body_params = namespace["ts"], namespace["body_params"]
