@@ -212,3 +212,20 @@ def test_a_memmap_larger_than_the_cache_trains_with_flat_memory(tmp_path, mode):
     assert touched["growth"] > 0.8 * touched["size"]       # the measure sees mapped pages
     trained = run(mode)
     assert trained["growth"] < 0.25 * trained["size"], trained   # an epoch over all of it
+
+
+def test_fit_draws_a_sources_first_batch_once_before_training():
+    """The shapes and the pre-flight both use one first batch: a callable source is called
+    once for it and once per epoch (an augmentation or a file read is not done twice)."""
+    x, y = _signals()
+    batches = from_arrays((x, y), 16)
+    keys = []
+
+    def source(key):
+        keys.append(key)
+        return batches(key)
+
+    _, history = _run(source, epochs=2, steps_per_epoch=6)
+    assert len(history["loss"]) == 2
+    assert len(keys) == 3                                   # the first batch, then 2 epochs
+    assert np.array_equal(keys[0], keys[1])                 # epoch 0's key: the same batches

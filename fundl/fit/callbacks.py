@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -504,8 +504,3 @@ class ModelCheckpoint(Callback):
     def set_state(self, state: Any) -> None:
         self.tracker.best = state["best"]
 
-
-def states(callbacks: Sequence[Callback]) -> Dict[str, Any]:
-    """The checkpointable state of ``callbacks``: their kinds and states, in order."""
-    return {"kinds": [type(cb).__name__ for cb in callbacks if cb.has_state],
-            "states": [cb.get_state() for cb in callbacks if cb.has_state]}

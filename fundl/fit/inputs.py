@@ -50,10 +50,6 @@ def float_dtype(params: Any) -> Optional[np.dtype]:
     return None
 
 
-def _leaves(x: Any) -> List[Any]:
-    return list(x) if not isinstance(x, tuple) else [a for part in x for a in _leaves(part)]
-
-
 def _flat(x: Any) -> List[np.ndarray]:
     if isinstance(x, tuple):
         return [a for part in x for a in _flat(part)]
@@ -213,11 +209,12 @@ class Data:
         return (f"its first batch: {describe(probe[0])}",
                 f"its first batch: {describe(second)}")
 
-    def probe(self, key: Any) -> Tuple[Any, Any, int]:
-        """``(x, y, rows)``: a few examples to run the model, loss and metrics on."""
+    def probe(self, key: Any, first: Optional[Tuple[Any, Any]] = None) -> Tuple[Any, Any, int]:
+        """``(x, y, rows)``: a few examples to run the model, loss and metrics on (a source's
+        first batch of ``key``'s epoch, or ``first`` when the caller drew it already)."""
         if self.arrays:
             rows = probe_rows(self.y, self.n)
             x = take(self.x, rows)
             return (self.cast(x) if self.lazy_cast else x), take(self.y, rows), len(rows)
-        x, y = self.first_batch(key)
+        x, y = self.first_batch(key) if first is None else first
         return self.cast(x), y, int(flatten_data(y)[0][0].shape[0])

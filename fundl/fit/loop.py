@@ -236,10 +236,8 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
 
     k_init, k_data = random.split(key)
     k_val = random.fold_in(k_data, -1 % (2 ** 31))  # a val source's key: the same each epoch
-    if train.arrays:
-        in_shape = data_shapes(train.x)
-    else:
-        in_shape = data_shapes(train.first_batch(random.fold_in(k_data, 0))[0])
+    drawn = None if train.arrays else train.first_batch(random.fold_in(k_data, 0))
+    in_shape = data_shapes(train.x if drawn is None else drawn[0])
     if train_state is None:
         try:
             ts = TrainState.create(k_init, model, optimizer, in_shape)
@@ -259,7 +257,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
     train.set_dtype(dtype, "fit", warned)
     if val is not None:
         val.set_dtype(dtype, "fit", warned)
-    probe = probe_train = train.probe(random.fold_in(k_data, 0))
+    probe = probe_train = train.probe(random.fold_in(k_data, 0), drawn)
     sets = [("train_data", probe, train.shown(probe))]
     if val is not None:
         probe = val.probe(k_val)
@@ -339,12 +337,17 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
     good = [ts]
     last_value = float("nan")
 
-    def verified(state: TrainState, value: float) -> None:
-        """Raise unless ``state`` is finite (on every rank); else remember it as good."""
+    def non_finite_where(state: TrainState) -> Optional[str]:
+        """Where ``state`` is not finite (on this rank, or another rank's), or None."""
         where = non_finite_path(state)
         if comm is not None and comm.any(where is not None, "fit's finite-state check") \
                 and where is None:
             where = "the train state of another rank"
+        return where
+
+    def verified(state: TrainState, value: float) -> None:
+        """Raise unless ``state`` is finite (on every rank); else remember it as good."""
+        where = non_finite_where(state)
         if where is not None:
             raise NonFiniteLossError(good[0].step, value, good[0], history, where)
         good[0] = state
@@ -394,11 +397,7 @@ def fit(model: Layer, loss: Loss, optimizer: Optimizer, train_data: Any, *,
                 value = out["loss"]
                 if not math.isfinite(value):  # the loss is the same on every rank
                     sums.sums = before
-                    where = non_finite_path(ts)
-                    if comm is not None and comm.any(where is not None,
-                                                     "fit's finite-state check") \
-                            and where is None:
-                        where = "the train state of another rank"
+                    where = non_finite_where(ts)
                     if where is None:
                         good[0] = ts
                     checkpoint(good[0], sums.sums if good[0] is ts else None)
