@@ -76,6 +76,12 @@ class Spec(NamedTuple):
     out_shape: Any
     nodes: Tuple[Node, ...]
 
+    def check(self, params: Params, state: State) -> None:
+        """Raise :class:`~fundl.validate.SpecError` naming the path unless ``params`` and
+        ``state`` are what ``init`` made."""
+        self.params.check(params, "params")
+        self.state.check(state, "state")
+
 
 # --- the plan --------------------------------------------------------------------------------
 
@@ -177,6 +183,14 @@ class Plan:
                 self.specs[sig] = None
         return self.specs.get(sig)
 
+    def spec_of(self, params: Params, state: State) -> Optional[Spec]:
+        """The spec of an ``init`` in this process that made trees like ``params`` and
+        ``state`` (structure, shapes, dtypes up to a float cast), or None."""
+        for spec in self.specs.values():
+            if spec is not None and spec.params.matches(params) and spec.state.matches(state):
+                return spec
+        return None
+
     def check(self, params: Params, state: State, x: Any) -> None:
         """Raise :class:`SpecError` unless ``params`` and ``state`` are what ``init`` made
         (for ``x``'s per-example shapes, or any shape ``init`` saw)."""
@@ -184,18 +198,15 @@ class Plan:
         if last is not None and last.params.matches_exactly(params) \
                 and last.state.matches_exactly(state):
             return
-        candidates = [s for s in self.specs.values() if s is not None]
-        for spec in candidates:
-            if spec.params.matches(params) and spec.state.matches(state):
-                self.last = spec
-                return
-        found = self.spec_for(data_shapes(x))
+        found = self.spec_of(params, state)
         if found is None:
-            if not candidates:
-                return  # init cannot take these shapes and never ran: nothing to check against
-            found = candidates[-1]
-        found.params.check(params, "params")
-        found.state.check(state, "state")
+            found = self.spec_for(data_shapes(x))
+            if found is None:
+                seen = [s for s in self.specs.values() if s is not None]
+                if not seen:
+                    return  # init cannot take these shapes and never ran: nothing to check
+                found = seen[-1]
+            found.check(params, state)
         self.last = found
 
     def _record(self, in_shape: Any, params: Params, state: State, out_shape: Any,
@@ -449,15 +460,6 @@ def _get(t: Any, path: Path) -> Any:
     return t
 
 
-def _put(t: Any, path: Path, value: Any) -> Any:
-    """``t`` with ``value`` at ``path``: new dicts along the path, nothing written."""
-    if not path:
-        return value
-    out = dict(t)
-    out[path[0]] = _put(t[path[0]], path[1:], value)
-    return out
-
-
 def _add(a: Any, b: Any) -> Any:
     return tree.map(np.add, a, b)
 
@@ -468,7 +470,7 @@ def fill_shared(params: Params, groups: Groups) -> Params:
     for first, *others in groups:
         shared = _get(params, first)
         for p in others:
-            params = _put(params, p, shared)
+            params = tree.replace_at(params, p, shared)
     return params
 
 
@@ -479,8 +481,8 @@ def gather_shared(grads: Params, groups: Groups) -> Params:
         total = _get(grads, first)
         for p in others:
             total = _add(total, _get(grads, p))
-            grads = _put(grads, p, {})
-        grads = _put(grads, first, total)
+            grads = tree.replace_at(grads, p, {})
+        grads = tree.replace_at(grads, first, total)
     return grads
 
 
@@ -500,7 +502,7 @@ def tie(layer: Layer, groups: Groups) -> Layer:
                                      "batch_norm's statistics): sharing a layer with state is "
                                      "not supported")
             for p in group[1:]:
-                params = _put(params, p, {})
+                params = tree.replace_at(params, p, {})
         return params, state, out_shape
 
     def apply(params, state, x, *, key=None, train=False):

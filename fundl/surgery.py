@@ -38,6 +38,7 @@ import numpy as np
 
 from . import plan
 from .core import BUILDERS, Layer, Params, State
+from .tree import replace_at
 from .validate import SpecError
 
 __all__ = ["first_layers", "child", "replace", "graft", "rebuild", "SurgeryError"]
@@ -131,26 +132,11 @@ def _get(tree: Any, parts: Tuple[str, ...], root: str) -> Any:
     return node
 
 
-def _put(tree: Any, parts: Tuple[str, ...], value: Any) -> Any:
-    """``tree`` with ``value`` at ``parts``: new dicts along the path, nothing written."""
-    if not parts:
-        return value
-    out = dict(tree)
-    out[parts[0]] = value if len(parts) == 1 else _put(tree[parts[0]], parts[1:], value)
-    return out
-
-
 def _under(path: Tuple[str, ...], prefix: Tuple[str, ...]) -> bool:
     return path[:len(prefix)] == prefix
 
 
 # --- rebuilding a layer over other children -----------------------------------------------------
-
-def _child_args(build: Any, layer: Layer) -> List[inspect.Parameter]:
-    """The builder's parameters that take child layers (those not in ``config``)."""
-    return [p for p in inspect.signature(build).parameters.values()
-            if p.name not in layer.config]
-
 
 def child_layers(layer: Layer) -> Tuple[Layer, ...]:
     """The layers a builder takes to rebuild ``layer``: its children, or the shared layer a
@@ -215,7 +201,7 @@ def rebuild(layer: Layer, layers: Sequence[Layer]) -> Layer:
 
 def _groups_touching(model: Layer, parts: Tuple[str, ...]) -> List[Tuple[Tuple[str, ...], ...]]:
     """The sharing groups (:func:`fundl.plan.share_sites`) with a site under ``parts``."""
-    return [g for g in plan.share_sites(model) if any(_under(s, parts) for s in g)]
+    return [g for g in plan.of(model).groups if any(_under(s, parts) for s in g)]
 
 
 def _ties_outside(layer: Layer, inside: List[int]) -> Optional[Layer]:
@@ -285,7 +271,7 @@ def child(model: Layer, params: Params, state: State, path: Path
         if _under(first, parts):
             continue
         inner = [s for s in others if _under(s, parts)]
-        sub_params = _put(sub_params, inner[0][len(parts):], _get(params, first, "params"))
+        sub_params = replace_at(sub_params, inner[0][len(parts):], _get(params, first, "params"))
     return layer, sub_params, sub_state
 
 
@@ -336,8 +322,8 @@ def replace(model: Layer, params: Params, state: State, path: Path, layer: Layer
     if not steps:
         return layer, new_params, new_state
     new_parts = parts[:-1] + (new_key,) if new_key else parts
-    out_params = _put(_drop(params, parts), new_parts, new_params)
-    out_state = _put(_drop(state, parts), new_parts, new_state)
+    out_params = replace_at(_drop(params, parts), new_parts, new_params)
+    out_state = replace_at(_drop(state, parts), new_parts, new_state)
     new_spec = plan.of(new_model).spec_for(in_shape)
     if new_spec is None:
         raise SurgeryError(f"replace: the model with a {layer.kind} at '{_show(new_parts)}' "
@@ -345,8 +331,7 @@ def replace(model: Layer, params: Params, state: State, path: Path, layer: Layer
     out_params = _in_order(out_params, new_spec.params.treedef.skeleton)
     out_state = _in_order(out_state, new_spec.state.treedef.skeleton)
     try:
-        new_spec.params.check(out_params, "params")
-        new_spec.state.check(out_state, "state")
+        new_spec.check(out_params, out_state)
     except SpecError as err:
         raise SpecError(f"{err} (the {layer.kind} at '{_show(new_parts)}' changes what the "
                         "layers after it receive: replace them too)") from None
@@ -371,9 +356,9 @@ def _in_order(tree: Any, skeleton: Any) -> Any:
 
 def _known_in_shape(model: Layer, params: Params, state: State) -> Any:
     """The input shape of the spec that made ``params`` and ``state`` in this process."""
-    for spec in plan.of(model).specs.values():
-        if spec is not None and spec.params.matches(params) and spec.state.matches(state):
-            return spec.nodes[0].in_shape
+    spec = plan.of(model).spec_of(params, state)
+    if spec is not None:
+        return spec.nodes[0].in_shape
     raise SurgeryError("replace: pass in_shape=, the model's per-example input shape (its "
                        "init did not make these params in this process)")
 
@@ -396,7 +381,7 @@ def graft(params: Params, state: State, path: Path, source_params: Params,
         here = _get(tree, parts, root)
         there = _get(source, src, "source " + root)
         _same_tree(here, there, "/".join((root,) + parts))
-        out.append(_put(tree, parts, there))
+        out.append(replace_at(tree, parts, there))
     return out[0], out[1]
 
 

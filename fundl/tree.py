@@ -20,7 +20,7 @@ __all__ = [
     "TreeError", "TreeDef", "map", "leaves", "flatten", "unflatten", "structure",
     "flatten_with_paths", "unflatten_from_paths", "paths", "map_with_paths", "zeros_like",
     "global_norm", "cast", "size", "all_equal", "is_namedtuple", "join_path", "shapes",
-    "ShapeDtype",
+    "ShapeDtype", "replace_at",
 ]
 
 _builtin_map = map
@@ -471,3 +471,13 @@ def shapes(tree: Any) -> Any:
     """``tree`` with every array leaf replaced by its :class:`ShapeDtype`: a params tree
     shown by its shapes, ``{'dense_0': {'w': f32[8,16], 'b': f32[16]}}``."""
     return map(lambda a: ShapeDtype(a.shape, a.dtype) if isinstance(a, np.ndarray) else a, tree)
+
+
+def replace_at(tree: Any, path: Sequence[Any], value: Any) -> Any:
+    """``tree`` with ``value`` at ``path`` (a sequence of dict keys, the last one may be new;
+    ``()`` is the root): new dicts along the path, the rest shared, nothing written."""
+    if not path:
+        return value
+    out = dict(tree)
+    out[path[0]] = value if len(path) == 1 else replace_at(tree[path[0]], path[1:], value)
+    return out

@@ -116,3 +116,18 @@ def test_map_with_paths_passes_each_leaf_path():
     t = {"dense_0": {"w": np.ones(2), "b": np.zeros(1)}, "scale": (np.ones(1),)}
     out = tree.map_with_paths(lambda path, a, b: f"{path}:{a.size + b.size}", t, t)
     assert out == {"dense_0": {"w": "dense_0/w:4", "b": "dense_0/b:2"}, "scale": ("scale/0:2",)}
+
+
+def test_replace_at_builds_new_dicts_along_the_path_and_writes_nothing():
+    w, b = np.ones((2, 3)), np.zeros(3)
+    params = {"block_0": {"dense_0": {"w": w, "b": b}}, "relu_1": {}}
+    new = tree.replace_at(params, ("block_0", "dense_0", "b"), np.full(3, 2.0))
+    assert np.array_equal(new["block_0"]["dense_0"]["b"], [2.0, 2.0, 2.0])
+    assert new["block_0"]["dense_0"]["w"] is w and new["relu_1"] is params["relu_1"]
+    assert params["block_0"]["dense_0"]["b"] is b                      # nothing written
+    assert new["block_0"] is not params["block_0"]
+    added = tree.replace_at(params, ("block_0", "dense_9"), {"w": w})   # a new last key
+    assert list(added["block_0"]) == ["dense_0", "dense_9"] and "dense_9" not in params["block_0"]
+    assert tree.replace_at(params, (), 7) == 7
+    with pytest.raises(KeyError):
+        tree.replace_at(params, ("nope", "w"), w)

@@ -85,9 +85,8 @@ def export(model: Layer, params: Any, state: Any, in_shape: Any,
         raise ValueError(f"to_onnx: the model's init cannot take in_shape {in_shape!r}: "
                          f"{problem}; pass the per-example shape the model was built for "
                          f"(no batch axis)")
-    spec.params.check(params, "params")
-    spec.state.check(state, "state")
-    params = plan.fill_shared(params, plan.share_sites(model))
+    spec.check(params, state)
+    params = plan.fill_shared(params, plan.of(model).groups)
 
     g = Graph(opset, _float_dtype(params, state))
     nodes = {(n.path, id(n.layer)): n for n in spec.nodes}

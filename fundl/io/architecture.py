@@ -365,7 +365,5 @@ def known_in_shape(model: Layer, tree: Any) -> Any:
     parts = params_and_state(tree)
     if parts is None:
         return None
-    for spec in list(plan.of(model).specs.values()):
-        if spec is not None and spec.params.matches(parts[0]) and spec.state.matches(parts[1]):
-            return spec.nodes[0].in_shape
-    return None
+    spec = plan.of(model).spec_of(*parts)
+    return None if spec is None else spec.nodes[0].in_shape

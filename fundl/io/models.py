@@ -73,8 +73,7 @@ def load_model(path: PathLike, *, builders: Iterable[Callable[..., Layer]] = (),
             raise CheckpointError(f"{file}: the rebuilt model cannot take its recorded input "
                                   f"shape {in_shape!r}")
         try:
-            spec.params.check(parts[0], "params")
-            spec.state.check(parts[1], "state")
+            spec.check(*parts)
         except SpecError as err:
             raise CheckpointError(f"{file}: the saved tree does not match the recorded model: "
                                   f"{err}") from None
