@@ -37,7 +37,7 @@ from .checks import LayerError
 from .core import Layer, Params, Pullback, State
 from .validate import TreeSpec, data_shapes
 
-__all__ = ["Plan", "Node", "Spec", "of", "specialise", "trace", "fresh_results",
+__all__ = ["Plan", "Node", "Place", "Spec", "of", "specialise", "trace", "fresh_results",
            "share_sites", "tie", "fill_shared", "gather_shared", "check_cotangent"]
 
 Path = Tuple[str, ...]
@@ -63,6 +63,18 @@ class Node(NamedTuple):
     layer: Layer
     in_shape: Any
     out_shape: Any
+    params: int
+    state: int
+
+
+class Place(NamedTuple):
+    """One place of a model below its root: its ``path``, the ``nodes`` there (a
+    transparent wrapper such as ``eval_mode`` or ``shared``, then the layer it wraps) and
+    the ``params`` and ``state`` sizes it holds (0 at a shared layer's later uses, whose
+    params live at its first place)."""
+
+    path: Path
+    nodes: Tuple[Node, ...]
     params: int
     state: int
 
@@ -164,6 +176,21 @@ class Plan:
         except Exception as found:  # noqa: BLE001 - the located twin of err
             return found
         return err
+
+    def places(self, spec: Spec) -> List[Place]:
+        """The places of ``spec``'s nodes below the root, in ``init``'s order."""
+        later_uses = {p for group in self.groups for p in group[1:]}
+        out: List[Place] = []
+        for node in spec.nodes:
+            if not node.path:
+                continue
+            if out and out[-1].path == node.path:  # the layer a transparent wrapper wraps
+                out[-1] = out[-1]._replace(nodes=out[-1].nodes + (node,))
+                continue
+            elsewhere = any(node.path[:len(p)] == p for p in later_uses)
+            out.append(Place(node.path, (node,), 0 if elsewhere else node.params,
+                             0 if elsewhere else node.state))
+        return out
 
     # validation
 

@@ -37,19 +37,11 @@ def summary_rows(model: Layer, in_shape: Any, key: Any = None
     planned = plan.of(model)
     params, state, out_shape = planned.init(key, in_shape)
     spec = planned.spec_for(in_shape)
-    nodes = [n for n in (spec.nodes if spec is not None else ()) if n.path]
-    shared_sites = {p for group in planned.groups for p in group[1:]}
-    rows: List[SummaryRow] = []
-    for node in nodes:
-        joined = "/".join(node.path)
-        elsewhere = any(node.path[:len(p)] == p for p in shared_sites)
-        size = 0 if elsewhere else node.params
-        if rows and rows[-1].path == joined:  # a transparent wrapper and its layer: one row
-            prev = rows[-1]
-            rows[-1] = prev._replace(kind=f"{prev.kind}({node.layer.kind})")
-            continue
-        rows.append(SummaryRow(joined, node.layer.kind, node.out_shape, size,
-                               0 if elsewhere else node.state))
+    rows = [SummaryRow("/".join(place.path),
+                       place.nodes[0].layer.kind + "".join(f"({n.layer.kind})"
+                                                            for n in place.nodes[1:]),
+                       place.nodes[0].out_shape, place.params, place.state)
+            for place in (planned.places(spec) if spec is not None else ())]
     if not rows and isinstance(params, dict) and not model.children:
         # No children to consult: one row per top-level entry of the params tree.
         rows = [SummaryRow(k, "?", None, tree.size(v),

@@ -746,3 +746,18 @@ def test_fgsm_input_gradient_matches_pytorch_in_eval_mode():
     assert np.max(np.abs(dx - want)) <= 1e-5 * np.max(np.abs(want))
     big = np.abs(want) > 1e-3 * np.max(np.abs(want))
     assert big.mean() > 0.5 and np.array_equal(np.sign(dx[big]), np.sign(want[big]))
+
+
+def test_sequential_mapping_sees_through_eval_mode():
+    """A frozen body (``eval_mode(dense)``) maps to its torch Linear as the dense itself
+    would: the wrapper and the layer it wraps are one place, not two weighted layers."""
+    torch.manual_seed(0)
+    net = _randomize(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    model = fl.serial(fl.eval_mode(fl.dense(4)), fl.relu(), fl.dense(2))
+    mapping = fit.sequential_mapping(model, net, in_shape=(3,))
+    assert mapping == [fit.LayerMap("eval_mode_0", "0", "dense", {}),
+                       fit.LayerMap("dense_2", "2", "dense", {})]
+    params, state = _load(model, (3,), net, mapping)
+    x = _x((5, 3))
+    want = net(torch.from_numpy(x)).detach().numpy()
+    assert _max_diff(model.apply(params, state, x), want) < 1e-12

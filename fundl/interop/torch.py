@@ -159,12 +159,7 @@ def _subtree(tree: Any, path: str, what: str) -> Any:
 
 def _replace(tree: Any, path: str, value: Any) -> Any:
     """A copy of the dicts along ``path`` with the subtree at ``path`` replaced."""
-    parts = [p for p in path.split("/") if p]
-    if not parts:
-        return value
-    new = dict(tree)
-    new[parts[0]] = _replace(tree[parts[0]], "/".join(parts[1:]), value)
-    return new
+    return _tree.replace_at(tree, [p for p in path.split("/") if p], value)
 
 
 def _fit(like: Any, converted: Any, entry: LayerMap, what: str) -> Any:
@@ -289,14 +284,17 @@ def _torch_leaves(torch: Any, module: Any, prefix: str) -> List[_TorchLeaf]:
 
 def _fundl_leaves(model: Layer, in_shape: Any) -> List[Tuple[str, Layer, Any, bool]]:
     """``(path, layer, in_shape, has_weights)`` of every layer not a serial, whose parents are
-    all serials, in order (read from the model's plan)."""
-    spec = _plan.of(model).spec_for(in_shape)
+    all serials, in order (read from the model's plan): a transparent wrapper's layer
+    (``eval_mode(dense(...))``) in its place, a shared layer's later uses without weights."""
+    planned = _plan.of(model)
+    spec = planned.spec_for(in_shape)
     if spec is None:
         raise InteropError(f"the fundl model cannot take the input shape {in_shape!r}")
     chains = {node.path for node in spec.nodes if node.layer.kind == "serial"}
-    return [("/".join(node.path), node.layer, node.in_shape, bool(node.params or node.state))
-            for node in spec.nodes
-            if node.layer.kind != "serial" and node.path[:-1] in chains]
+    return [("/".join(place.path), place.nodes[-1].layer, place.nodes[0].in_shape,
+             bool(place.params or place.state))
+            for place in planned.places(spec)
+            if place.nodes[-1].layer.kind != "serial" and place.path[:-1] in chains]
 
 
 def sequential_mapping(model: Layer, module: Any, in_shape: Any) -> List[LayerMap]:
