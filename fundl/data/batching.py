@@ -10,7 +10,8 @@ import numpy as np
 from .. import random
 from .mapped import PageRelease
 
-__all__ = ["batches", "num_batches", "as_arrays", "flatten_data", "shard_range", "check_shard"]
+__all__ = ["batches", "num_batches", "as_arrays", "flatten_data", "shard_range", "check_shard",
+           "check_batch_size"]
 
 Arrays = Union[np.ndarray, Sequence[np.ndarray]]
 Shard = Optional[Tuple[int, int]]
@@ -96,6 +97,14 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+def check_batch_size(value: Any, who: str) -> int:
+    """``value`` as an int >= 1 (a Python or numpy integer, not a bool), or a ValueError
+    naming ``who``'s ``batch_size``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{who}: batch_size must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def check_shard(shard: Any, what: str = "batches") -> Shard:
     """``shard`` as ``(rank, size)`` ints with ``0 <= rank < size`` (or ``None``); else ``ValueError``."""
     if shard is None:
@@ -149,9 +158,7 @@ def batches(key: Any, arrays: Any, batch_size: int, shuffle: bool = True,
     of batches.
     """
     leaves, rebuild = flatten_data(arrays)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be an integer >= 1, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_batch_size(batch_size, "batches")
     shard = check_shard(shard)
     n = leaves[0].shape[0]
     if shuffle and key is None:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import random
-from .batching import check_shard, flatten_data, iter_batches, num_batches, shard_range
+from .batching import check_batch_size, check_shard, flatten_data, iter_batches, num_batches, shard_range
 from .mapped import PageRelease
 
 __all__ = ["Source", "from_arrays", "map_batches", "interleave", "is_source", "epoch_batches",
@@ -63,19 +63,12 @@ class Source:
         return self.length
 
 
-def _check_batch_size(batch_size: Any, who: str) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
-    return int(batch_size)
-
-
 class _ArraySource(Source):
     length: int
 
     def __init__(self, data: Any, batch_size: int, shuffle: bool, drop_last: bool) -> None:
         self.leaves, self.rebuild = flatten_data(data, "from_arrays")
-        self.batch_size = _check_batch_size(batch_size, "from_arrays")
+        self.batch_size = check_batch_size(batch_size, "from_arrays")
         self.n = self.leaves[0].shape[0]
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.length = num_batches(self.n, self.batch_size, self.drop_last)
@@ -148,7 +141,7 @@ class _Chunks(Source):
                 or not parts:
             raise ValueError("interleave: parts must be a non-empty list of data, each (x, y) "
                              "arrays, memmaps or .npy paths")
-        self.batch_size = _check_batch_size(batch_size, "interleave")
+        self.batch_size = check_batch_size(batch_size, "interleave")
         for name, v in (("chunk_size", chunk_size), ("cache_chunks", cache_chunks)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"interleave: {name} must be an integer >= 1, got {v!r}")

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import random, tree
+from ..data.batching import check_batch_size
 from ..core import Layer
 from ..losses import Loss
 from ..metrics import Metric
@@ -30,12 +31,6 @@ def rethrow(err: Exception, context: str) -> Exception:
 def check_count(value: Any, name: str, who: str = "fit") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_batch_size(value: Any, who: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{who}: batch_size must be an integer >= 1, got {value!r}")
     return int(value)
 
 
