@@ -176,6 +176,9 @@ KINDS = {
     "global_avg_pool(1d)": _one(fl.global_avg_pool(), (6, 4)),
     "batch_norm(no scale, no bias)": _one(fl.batch_norm(use_scale=False, use_bias=False),
                                           (4, 3)),
+    # a numpy float64 eps once made the folded scale float64 in a float32 graph
+    "batch_norm(np.float64 eps, axis 1 of 3)": _one(fl.batch_norm(axis=1, eps=np.float64(1e-3)),
+                                                    (3, 4)),
     "layer_norm(no scale, offset input)": (
         fl.layer_norm(use_scale=False), (3, 16), lambda b: f32((b, 3, 16), seed=b) * 2 + 5),
     "layer_norm(no bias)": _one(fl.layer_norm(use_bias=False), (5,)),

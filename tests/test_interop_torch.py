@@ -613,6 +613,28 @@ def test_conv_options_must_match():
                           kernel=(5,))
 
 
+def test_same_padding_is_resolved_against_explicit_pads_at_stride_1():
+    """fundl's "same" is its explicit pads (the odd cell at the end, dilation counted) when
+    the stride is 1, and torch's "same" likewise; at another stride it matches only "same"."""
+    def check(module, config, kernel):
+        found = tl.torch_module_kind(torch, module, "c")
+        tl.check_layer_config("conv1d" if isinstance(module, nn.Conv1d) else "conv2d",
+                              found.expect, config, "x", kernel=kernel)
+
+    check(nn.Conv1d(2, 2, 3, padding=2, dilation=2), {"padding": "same", "dilation": 2}, (3,))
+    check(nn.Conv2d(2, 2, (3, 5), padding=(1, 4), dilation=(1, 2)),
+          {"padding": "same", "dilation": (1, 2)}, (3, 5))
+    check(nn.Conv1d(2, 2, 4, padding="same"), {"padding": [(1, 2)]}, (4,))
+    check(nn.Conv2d(2, 2, (2, 3), padding="same", dilation=(3, 1)),
+          {"padding": [(1, 2), (1, 1)], "dilation": (3, 1)}, (2, 3))
+    for module, config, kernel in (
+            (nn.Conv1d(2, 2, 4, padding="same"), {"padding": [(2, 1)]}, (4,)),
+            (nn.Conv1d(2, 2, 4, padding=2), {"padding": "same"}, (4,)),
+            (nn.Conv1d(2, 2, 3, stride=2, padding=1), {"padding": "same", "stride": 2}, (3,))):
+        with pytest.raises(fit.InteropError, match="padding"):
+            check(module, config, kernel)
+
+
 GROUPED = [  # (torch module, fundl layer, per-example NHWC/NWC input shape)
     (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2),
      lambda: fl.conv2d(6, 3, padding=1, groups=2), (5, 6, 4)),

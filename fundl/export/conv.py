@@ -12,7 +12,8 @@ from typing import Any, List, Sequence
 
 import numpy as np
 
-from ..layers.windows import int_tuple, parse_padding, resolve_padding
+from ..layers.conv import _geometry
+from ..layers.windows import resolve_padding
 from .site import Site, converts
 
 
@@ -31,28 +32,28 @@ def onnx_pads(pads: Sequence[Sequence[int]]) -> List[int]:
     return [int(lo) for lo, _ in pads] + [int(hi) for _, hi in pads]
 
 
-def window_pads(s: Site, d: int, extents: Sequence[int], strides: Sequence[int]) -> List[int]:
-    """The explicit pads fundl uses for this layer's input (``"same"``/``"valid"`` resolved
-    for its spatial shape, as :func:`fundl.layers.windows.resolve_padding` does)."""
-    spec = parse_padding(s.config["padding"], d, s.kind)
-    return onnx_pads(resolve_padding(spec, tuple(s.in_shape[:-1]), extents, strides))
+def window_pads(s: Site, pad_spec: Any, extents: Sequence[int], strides: Sequence[int]
+                ) -> List[int]:
+    """The explicit pads fundl uses for this layer's input: its checked padding spec
+    (``"same"``/``"valid"`` or pairs) resolved for its spatial shape by
+    :func:`fundl.layers.windows.resolve_padding`, as the layer does."""
+    return onnx_pads(resolve_padding(pad_spec, tuple(s.in_shape[:-1]), extents, strides))
 
 
 @converts("conv1d", "conv2d")
 def conv(s: Site, x: Any) -> Any:
     """``Conv`` with fundl's strides, dilations, groups and explicit pads (``"same"`` puts
     the odd cell at the end, as fundl's TF/JAX convention: given as explicit pads, not
-    ``auto_pad``); the bias is Conv's third input."""
+    ``auto_pad``); the bias is Conv's third input.  The geometry is the layer's own
+    (:func:`fundl.layers.conv._geometry`)."""
     d = 1 if s.kind == "conv1d" else 2
     c = s.config
-    kernel = int_tuple(c["kernel_size"], d, "kernel_size", s.kind)
-    strides = int_tuple(c["stride"], d, "stride", s.kind)
-    dilations = int_tuple(c["dilation"], d, "dilation", s.kind)
-    extents = [(k - 1) * q + 1 for k, q in zip(kernel, dilations)]
+    kernel, strides, dilations, pad_spec, *_, extents = _geometry(
+        s.kind, d, c["kernel_size"], c["stride"], c["padding"], c["dilation"])
     perm = (d + 1, d) + tuple(range(d))           # (*k, c_in/g, c_out) -> (c_out, c_in/g, *k)
     w = s.param("w", lambda a: np.transpose(a, perm), tag="onnx")
     b = s.param("b") if c["use_bias"] else None
     y = s.g.op("Conv", channels_first(s, x, d), w, b, kernel_shape=list(kernel),
                strides=list(strides), dilations=list(dilations), group=int(c["groups"]),
-               pads=window_pads(s, d, extents, strides))
+               pads=window_pads(s, pad_spec, extents, strides))
     return channels_last(s, y, d)

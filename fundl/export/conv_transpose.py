@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layers.conv_transpose import _parse_padding
-from ..layers.windows import int_tuple
+from ..layers.conv_transpose import _geometry
 from .conv import channels_first, channels_last
 from .site import Site, converts
 
@@ -21,15 +20,13 @@ from .site import Site, converts
 @converts("conv_transpose1d", "conv_transpose2d")
 def conv_transpose(s: Site, x: Any) -> Any:
     """``ConvTranspose`` with fundl's strides, dilations, symmetric pads (``"same"`` and
-    ``"valid"`` resolved as fundl does) and ``output_padding``; the bias is its third
-    input."""
+    ``"valid"`` resolved as fundl does) and ``output_padding`` (the layer's own
+    :func:`fundl.layers.conv_transpose._geometry`); the bias is its third input."""
     d = 1 if s.kind == "conv_transpose1d" else 2
     c = s.config
-    kernel = int_tuple(c["kernel_size"], d, "kernel_size", s.kind)
-    strides = int_tuple(c["stride"], d, "stride", s.kind)
-    dilations = int_tuple(c["dilation"], d, "dilation", s.kind)
-    out_pad = int_tuple(c["output_padding"], d, "output_padding", s.kind, minimum=0)
-    pads = _parse_padding(c["padding"], d, kernel, strides, dilations, out_pad, s.kind)
+    kernel, strides, dilations, out_pad, pads = _geometry(
+        s.kind, d, c["kernel_size"], c["stride"], c["padding"], c["output_padding"],
+        c["dilation"])
     perm = (d, d + 1) + tuple(range(d))           # (*k, c_in, c_out) -> (c_in, c_out, *k)
     w = s.param("w", lambda a: np.transpose(a, perm), tag="onnx")
     b = s.param("b") if c["use_bias"] else None

@@ -19,23 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from ..layers.norm import _feature_axis, _frozen_affine
 from .site import Site, converts
 
 
 @converts("batch_norm")
 def batch_norm(s: Site, x: Any) -> Any:
-    """``x * a + b`` per feature with fundl's eval-mode ``a`` and ``b`` (computed here in the
-    params' dtype, in fundl's order of operations)."""
+    """``x * a + b`` per feature with fundl's eval-mode ``a`` and ``b`` (the layer's own
+    :func:`~fundl.layers.norm._frozen_affine`)."""
     c = s.config
     rank = len(s.in_shape) + 1
-    axis = int(c["axis"])
-    ax = axis + rank if axis < 0 else axis
-    inv = s.state["var"] + c["eps"]
-    inv = np.divide(1.0, np.sqrt(inv), dtype=inv.dtype)
-    a = inv * s.params["scale"] if c["use_scale"] else inv
-    b = np.negative(s.state["mean"] * a)
-    if c["use_bias"]:
-        b = b + s.params["bias"]
+    ax = _feature_axis(int(c["axis"]), rank)
+    a, b, _ = _frozen_affine(s.params, s.state, c["eps"], c["use_scale"], c["use_bias"])
     bshape = (-1,) + (1,) * (rank - 1 - ax)        # broadcast along data axis ax
     y = s.g.op("Mul", x, s.g.const(a.reshape(bshape), "scale"))
     return s.g.op("Add", y, s.g.const(b.reshape(bshape), "shift"))

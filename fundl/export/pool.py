@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layers.windows import int_tuple
+from ..layers.windows import int_tuple, parse_padding
 from .conv import channels_first, channels_last, window_pads
 from .site import Site, converts
 
@@ -24,7 +24,8 @@ def pool(s: Site, x: Any) -> Any:
     stride = s.config["stride"]
     strides = window if stride is None else int_tuple(stride, d, "stride", s.kind)
     attrs = dict(kernel_shape=list(window), strides=list(strides),
-                 pads=window_pads(s, d, window, strides))
+                 pads=window_pads(s, parse_padding(s.config["padding"], d, s.kind), window,
+                                  strides))
     if s.kind.startswith("max"):
         y = s.g.op("MaxPool", channels_first(s, x, d), **attrs)
     else:

@@ -19,6 +19,9 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence,
 
 import numpy as np
 
+from ..core import BUILDERS
+from ..layers.windows import resolve_padding
+
 __all__ = [
     "InteropError", "KINDS", "flatten_permutation",
     "dense_from_torch", "dense_to_torch", "conv1d_from_torch", "conv1d_to_torch",
@@ -558,11 +561,6 @@ def torch_module_kind(torch: Any, module: Any, name: str) -> Optional[ModuleKind
     return None
 
 
-def _builder(kind: str) -> Callable[..., Any]:
-    from .. import layers
-    return getattr(layers, kind)
-
-
 def _normalised(kind: str, arg: str, value: Any) -> Any:
     """A builder argument in a form comparable with torch's option."""
     if arg in ("stride", "dilation"):
@@ -574,12 +572,6 @@ def _normalised(kind: str, arg: str, value: Any) -> Any:
     if arg in ("eps", "momentum", "dropout"):
         return float(value)
     return value
-
-
-def _same_pads(kernel: Sequence[int], dilation: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
-    """fundl's ``"same"`` pads with stride 1 (independent of the input size)."""
-    return tuple((((k - 1) * q) // 2, (k - 1) * q - ((k - 1) * q) // 2)
-                 for k, q in zip(kernel, dilation))
 
 
 def check_layer_config(kind: str, expect: Mapping[str, Tuple[str, Any]],
@@ -594,7 +586,7 @@ def check_layer_config(kind: str, expect: Mapping[str, Tuple[str, Any]],
     argument.  ``kernel`` (a conv's kernel size, per axis) resolves a ``"same"`` padding
     with stride 1 against explicit pads.
     """
-    defaults = {k: p.default for k, p in inspect.signature(_builder(kind)).parameters.items()
+    defaults = {k: p.default for k, p in inspect.signature(BUILDERS[kind]).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for arg, (option, want) in expect.items():
         have = config.get(arg, defaults.get(arg))
@@ -603,8 +595,9 @@ def check_layer_config(kind: str, expect: Mapping[str, Tuple[str, Any]],
                 and got != wanted:
             stride = _normalised(kind, "stride", config.get("stride", defaults.get("stride")))
             dil = _normalised(kind, "dilation", config.get("dilation", defaults.get("dilation")))
-            if set(stride) == {1}:
-                same = _same_pads(kernel, dil)
+            if set(stride) == {1}:      # then fundl's "same" pads do not depend on the input size
+                extents = [(k - 1) * q + 1 for k, q in zip(kernel, dil)]
+                same = resolve_padding("same", extents, extents, stride)
                 got = same if got == "same" else got
                 wanted = same if wanted == "same" else wanted
         equal = (math.isclose(got, wanted, rel_tol=1e-9, abs_tol=1e-12)

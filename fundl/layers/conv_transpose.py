@@ -52,10 +52,9 @@ def _parse_padding(padding: PadSpec, d: int, kernel, strides, dilation, output_p
                      name, minimum=0)
 
 
-def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, padding,
-                    output_padding, dilation, use_bias: bool, w_init: Initializer,
-                    b_init: Initializer, dtype) -> Layer:
-    features = int_arg(name, "features", features)
+def _geometry(name: str, d: int, kernel_size, stride, padding, output_padding, dilation):
+    """A ``d``-D transposed conv's checked geometry: ``(k_d, s_d, dil_d, op_d, p_d)``, the
+    kernel, strides, dilations, output paddings and symmetric pads per axis."""
     k_d = int_tuple(kernel_size, d, "kernel_size", name)
     s_d = int_tuple(stride, d, "stride", name)
     dil_d = int_tuple(dilation, d, "dilation", name)
@@ -64,7 +63,15 @@ def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, paddi
         raise LayerError(f"output_padding must be an int or {d} ints, each >= 0 and smaller "
                          f"than the stride or the dilation (stride {s_d}, dilation {dil_d}), "
                          f"got {output_padding!r}", name)
-    p_d = _parse_padding(padding, d, k_d, s_d, dil_d, op_d, name)
+    return k_d, s_d, dil_d, op_d, _parse_padding(padding, d, k_d, s_d, dil_d, op_d, name)
+
+
+def _conv_transpose(name: str, d: int, features: int, kernel_size, stride, padding,
+                    output_padding, dilation, use_bias: bool, w_init: Initializer,
+                    b_init: Initializer, dtype) -> Layer:
+    features = int_arg(name, "features", features)
+    k_d, s_d, dil_d, op_d, p_d = _geometry(name, d, kernel_size, stride, padding,
+                                           output_padding, dilation)
     dtype = np.dtype(dtype)
     lift = (lambda t: (1,) + t) if d == 1 else (lambda t: t)
     kernel, strides, dil = lift(k_d), lift(s_d), lift(dil_d)

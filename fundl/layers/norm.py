@@ -101,6 +101,23 @@ def _check_batch_norm_input(axis: int, params: Any, state: Any, x: Any
     return ax, reduce_axes, bshape
 
 
+def _frozen_affine(params: Any, state: Any, eps: float, use_scale: bool, use_bias: bool
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(a, b, inv)``, the ``(C,)`` arrays of batch norm's eval mode ``y = x * a + b`` with the
+    running statistics: ``inv = 1 / sqrt(var + eps)``, ``a = scale * inv``, ``b = bias - mean *
+    a``, in the params' dtype (``eps`` a Python float, never a numpy scalar that would promote
+    them).  Also the ONNX export's folded constants, so the two agree to the bit."""
+    inv = state["var"] + float(eps)
+    np.sqrt(inv, out=inv)
+    np.divide(1.0, inv, out=inv)
+    a = inv * params["scale"] if use_scale else inv
+    b = state["mean"] * a
+    np.negative(b, out=b)
+    if use_bias:
+        b += params["bias"]
+    return a, b, inv
+
+
 @builder
 def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = True,
                use_bias: bool = True, dtype: Any = np.float32, name: str = "batch_norm") -> Layer:
@@ -158,16 +175,9 @@ def batch_norm(axis: int = -1, momentum: float = 0.99, eps: float = 1e-5, use_sc
         return y, xc, inv, mean, var
 
     def frozen(params, state, x, bshape):
-        """``(y, a, inv)``: ``y = x * a + b`` per channel with the running statistics, ``a =
-        scale / sqrt(var + eps)``, ``inv = 1 / sqrt(var + eps)`` (as ``(C,)`` arrays)."""
-        inv = state["var"] + eps
-        np.sqrt(inv, out=inv)
-        np.divide(1.0, inv, out=inv)
-        a = inv * params["scale"] if use_scale else inv
-        b = state["mean"] * a
-        np.negative(b, out=b)
-        if use_bias:
-            b += params["bias"]
+        """``(y, a, inv)``: ``y = x * a + b`` per channel with the running statistics (see
+        :func:`_frozen_affine`)."""
+        a, b, inv = _frozen_affine(params, state, eps, use_scale, use_bias)
         y = x * a.reshape(bshape)
         y += b.reshape(bshape)
         return y, a, inv
