@@ -314,9 +314,8 @@ def loss_metric(loss: Loss) -> Metric:
     exactly the loss of the whole set, whatever the batches.  A combination of
     losses (:func:`fundl.losses.combine`) keeps ``(S_i, W_i)`` per part.
     """
-    parts = getattr(loss, "parts", None)
-    if parts is not None:
-        return _combined_metric(loss, parts)
+    if loss.parts is not None:
+        return _combined_metric(loss, loss.parts)
 
     def stats(pred: Any, target: Any) -> np.ndarray:
         weight = loss.weight_of(pred, target)

@@ -145,6 +145,8 @@ def test_evaluate_with_comm_is_exactly_the_single_process_value(ranks):
         got = r["evaluate"]
         assert got["equal"], got
         assert got["shared"] == ranks[0]["evaluate"]["alone"]
+        assert got["from_source"] == pytest.approx(got["alone"], rel=1e-6)  # cast per batch
+        assert got["casts"] == got["runs"]      # a rank casts only the batches it runs
 
 
 def test_fit_with_comm(ranks):

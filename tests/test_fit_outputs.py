@@ -215,3 +215,24 @@ def test_combine_gradient_value_and_weight(n):
         fl.losses.combine(SCE, fl.losses.mse, weights=(1.0,))
     with pytest.raises(fl.losses.LossError, match="losses\\[1\\] must be a fundl Loss.*called"):
         fl.losses.combine(SCE, fl.losses.huber)
+
+
+def test_a_combined_loss_keeps_its_parts_when_replaced():
+    """``parts`` is a field of Loss: ``_replace`` keeps it (it was an attribute, which
+    ``_replace`` dropped, so a renamed combination was added up as one ratio)."""
+    ignoring = fl.losses.cross_entropy(ignore_index=-1)
+    loss = fl.losses.combine(ignoring, fl.losses.mse, weights=(1.0, 0.5))
+    renamed = loss._replace(name="two heads")
+    assert isinstance(renamed, fl.losses.CombinedLoss) and renamed.name == "two heads"
+    assert renamed.parts == loss.parts == ((0, ignoring, 1.0), (1, fl.losses.mse, 0.5))
+    assert fl.Loss(SCE.value, SCE.value_and_grad, "mine").parts is None
+    logits = random.normal(random.key(1), (6, 3), np.float64)
+    labels = np.array([0, -1, -1, -1, 2, 1])           # batch 1 counts 1 label, batch 2 two
+    pred = random.normal(random.key(2), (6, 1), np.float64)
+    target = np.zeros((6, 1))
+    whole = float(ignoring(logits, labels)) + 0.5 * float(fl.losses.mse(pred, target))
+    two = fl.parallel(fl.identity(), fl.identity())
+    params, state, _ = two.init(random.key(3), ((3,), (1,)))
+    got = fl.evaluate(two, params, state, ((logits, pred), (labels, target)), batch_size=3,
+                      loss=renamed)["loss"]
+    assert got == pytest.approx(whole, rel=1e-12)

@@ -213,3 +213,30 @@ def test_option_errors_are_clear():
     with pytest.raises(LossError, match=r"one-hot \(or probability\) targets must have the "
                                         r"logits' shape \(2, 3\), got \(2, 2\)"):
         cross_entropy(label_smoothing=0.1)(x, np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o))
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_float16_logits_are_widened_once_per_value_and_grad(monkeypatch, options, kind):
+    """value_and_grad widens float16 logits to float32 once; total_weight (fit calls it every
+    step) needs only the labels and never widens them."""
+    import sys
+    module = sys.modules["fundl.losses.cross_entropy"]   # fundl.losses.cross_entropy is the factory
+    calls = []
+
+    def working(pred):
+        calls.append(pred.dtype)
+        return pred.astype(np.float32) if pred.dtype == np.float16 else pred
+    monkeypatch.setattr(module, "working", working)
+    loss = _loss(options, 10)
+    logits = fl.random.normal(fl.random.key(1), (6, 10), np.float16)
+    if kind == "labels":
+        target = _labels((6, 10), options.get("ignore_index"))
+    else:
+        if options.get("ignore_index", -1) >= 0:
+            pytest.skip("a non-negative ignore_index refuses probability targets")
+        target = np.full((6, 10), 0.1)
+    loss.value_and_grad(logits, target)
+    assert calls == [np.float16]
+    loss.total_weight(logits, target)
+    assert calls == [np.float16]

@@ -86,9 +86,8 @@ class DataParallel:
     def __init__(self, comm: Any, average_state: bool = True, loss: Optional[Loss] = None
                  ) -> None:
         self.comm = comm
-        parts = getattr(loss, "parts", None)
         # compared across the ranks with the train state: the loss reductions must match
-        self.loss_id = None if loss is None else (loss.name, len(parts) if parts else 0)
+        self.loss_id = None if loss is None else (loss.name, len(loss.parts or ()))
         self.average_state = average_state
         self.state_sum = Fusion(comm, name="the state average")
         self.next_step = 0         # the train state's step at the next call (set by agree)
@@ -104,7 +103,7 @@ class DataParallel:
 
     def loss(self, loss: Loss, out: Any, y: Any) -> Tuple[float, Any, float, Dict[str, Any]]:
         n = _rows(out)
-        parts = getattr(loss, "parts", None)   # a combination: each part is its own ratio
+        parts = loss.parts   # a combination: each part is its own ratio
         if n:
             local, dout = loss.value_and_grad(out, y)   # this rank's loss
             if parts is None:

@@ -32,11 +32,11 @@ def _named(loss: Optional[Loss], metrics: Metrics, who: str) -> Dict[str, Metric
 
 
 def _batches(data: Data, batch_size: int, key: Any):
+    """The batches of ``data`` in order, not yet cast (a rank casts only those it runs)."""
     if data.arrays:
         count = num_batches(data.n, batch_size)
-        it = iter_batches(data.leaves, data.rebuild, None, batch_size, count)
-        return it if not data.lazy_cast else ((data.cast(x), y) for x, y in it)
-    return ((data.cast(x), y) for x, y in data._source_batches(key, 0))
+        return iter_batches(data.leaves, data.rebuild, None, batch_size, count)
+    return data._source_batches(key, 0)
 
 
 def evaluate(model: Layer, params: Any, state: Any, data: Any, metrics: Metrics = None,
@@ -85,23 +85,26 @@ def run_evaluate(model: Layer, params: Any, state: Any, d: Data, fns: Dict[str, 
                  batch_size: int, comm: Any, key: Any) -> Dict[str, float]:
     """:func:`evaluate` on checked data and metrics (what fit runs on ``val_data``)."""
     rank, size = (0, 1) if comm is None else _rank_size(comm)
-    rows: Dict[int, np.ndarray] = {}
+    rows: Dict[int, np.ndarray] = {}      # with comm: this rank's batches' stats
+    total: Optional[np.ndarray] = None    # one process: the stats added up in batch order
     count, lengths = 0, None
     for b, (xb, yb) in enumerate(_batches(d, batch_size, key)):
         count = b + 1
         if b % size != rank:
             continue
-        out = model.apply(params, state, xb, key=None, train=False)
+        out = model.apply(params, state, d.cast(xb), key=None, train=False)
         parts = [np.asarray(m.stats(out, yb), np.float64).reshape(-1) for m in fns.values()]
         lengths = [p.size for p in parts] if lengths is None else lengths
-        rows[b] = np.concatenate(parts)
+        row = np.concatenate(parts)
+        if comm is not None:
+            rows[b] = row
+        else:   # from zeros, in batch order: as _shared adds the ranks' rows
+            total = np.zeros_like(row) if total is None else total
+            total += row
     if comm is not None:
         return _shared(comm, fns, rows, count, lengths)
-    if lengths is None:   # one process: no lengths <=> no batch
+    if total is None or lengths is None:
         raise ValueError("evaluate: the data source yielded no batch")
-    total = np.zeros(sum(lengths), np.float64)
-    for b in range(count):
-        total += rows[b]
     return _results(fns, total, lengths)
 
 

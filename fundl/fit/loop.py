@@ -11,7 +11,6 @@ import numpy as np
 from .. import random
 from ..core import Layer
 from ..losses import Loss
-from ..losses.combine import CombinedLoss
 from ..metrics import Metric, MetricSpec, loss_metric, resolve
 from ..optim.base import Optimizer, as_lr
 from ..step import Schedule, TrainState, check_parts, make_step
@@ -64,12 +63,7 @@ class _EpochSums:
             value, grad = inner.value_and_grad(pred, target)
             self.add(pred, target, value)
             return value, grad
-        observed = Loss(inner.value, value_and_grad, inner.name, inner.total_weight)
-        parts = getattr(inner, "parts", None)
-        if parts is not None:  # fit(comm=)'s step reduces each part's (S_i, W_i) on its own
-            observed = CombinedLoss(*observed)
-            observed.parts = parts
-        return observed
+        return inner._replace(value_and_grad=value_and_grad)   # a combination keeps its parts
 
     def logs(self, sums: np.ndarray) -> Dict[str, float]:
         out = {"loss": float(sums[0] / sums[1]) if sums[1] else float("nan")}

@@ -24,6 +24,10 @@ class Loss(NamedTuple):
     :func:`fundl.distributed.make_step` -- is exactly ``sum S_b / sum W_b``,
     whatever the split.  ``None`` (a loss of your own) means a mean over the
     examples: ``W = pred.shape[0]`` (see :meth:`weight_of`).
+
+    ``parts`` is set on a loss made by :func:`fundl.losses.combine`: its parts
+    ``(output index, loss, weight)``, which :func:`fundl.evaluate`, fit and the
+    data-parallel step add up one by one (``sum_i w_i S_i / W_i``); ``None`` otherwise.
     """
 
     # pred is an array, or a tuple of arrays for a combined loss (fundl.losses.combine); the
@@ -32,6 +36,7 @@ class Loss(NamedTuple):
     value_and_grad: Callable[[Any, Any], Tuple[np.ndarray, Any]]
     name: str
     total_weight: Optional[Callable[[np.ndarray, Any], float]] = None
+    parts: Optional[Tuple[Tuple[int, Loss, float], ...]] = None
 
     def __call__(self, pred: np.ndarray, target: Any) -> np.ndarray:
         return self.value(pred, target)

@@ -28,8 +28,6 @@ class CombinedLoss(Loss):
     batches separately, so the value over a data set is exactly ``sum_i w_i S_i / W_i``.
     """
 
-    parts: Tuple[Tuple[int, Loss, float], ...]
-
 
 def combine(*losses: Loss, weights: Optional[Sequence[float]] = None, name: Optional[str] = None
             ) -> CombinedLoss:
@@ -96,6 +94,5 @@ def combine(*losses: Loss, weights: Optional[Sequence[float]] = None, name: Opti
         split(pred, target)
         return float(np.shape(pred[0])[0]) if np.ndim(pred[0]) else 1.0
 
-    out = CombinedLoss(value, value_and_grad, label, total_weight)
-    out.parts = tuple((i, loss, wi) for i, (loss, wi) in enumerate(zip(losses, w)))
-    return out
+    return CombinedLoss(value, value_and_grad, label, total_weight,
+                        tuple((i, loss, wi) for i, (loss, wi) in enumerate(zip(losses, w))))

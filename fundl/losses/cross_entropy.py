@@ -30,9 +30,10 @@ __all__ = ["softmax_cross_entropy", "cross_entropy"]
 _SCE = "softmax_cross_entropy"
 
 
-def _targets(name: str, pred: np.ndarray, target: Any, ignore_index: Optional[int] = None
-             ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """``(labels, None)`` for integer labels, ``(None, probabilities in pred's dtype)`` else."""
+def _targets(name: str, pred: np.ndarray, target: Any, ignore_index: Optional[int] = None,
+             cast: bool = True) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """``(labels, None)`` for integer labels, ``(None, probabilities)`` else, checked against
+    ``pred``'s shape; the probabilities in ``pred``'s dtype when ``cast``, else as given."""
     target = np.asarray(target)
     if target.dtype.kind in "iu":
         return check_labels(name, pred, target, ignore_index), None
@@ -43,7 +44,7 @@ def _targets(name: str, pred: np.ndarray, target: Any, ignore_index: Optional[in
                 f"logits' shape {pred.shape}, got {target.shape}")
         if target.dtype.kind == "f":
             check_probabilities(name, target)
-        return None, target.astype(pred.dtype, copy=False)
+        return None, target.astype(pred.dtype, copy=False) if cast else target
     raise LossError(f"{name}: targets must be integer labels or float "
                     f"one-hot rows, got dtype {target.dtype}")
 
@@ -147,9 +148,10 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
         return softmax_cross_entropy
 
     def checked(pred: np.ndarray, target: Any):
-        """``(labels or None, probabilities or None)``, checked."""
+        """``(labels or None, probabilities as given or None)``, checked (``pred`` is not
+        widened: ``total_weight`` needs only the labels, ``terms`` widens it once)."""
         check_pred(name, pred, class_axis=True)
-        labels, probs = _targets(name, working(pred), target, ignore_index)
+        labels, probs = _targets(name, pred, target, ignore_index, cast=False)
         if labels is None and ignore_index is not None and ignore_index >= 0:
             raise LossError(f"{name}: ignore_index={ignore_index} applies to integer "
                             f"labels only, got probability targets of shape {pred.shape}")
@@ -179,7 +181,7 @@ def cross_entropy(*, label_smoothing: float = 0.0, weights: Any = None,
         w = weights_for(name, w64, classes, dtype)
         n = z.shape[0]
         if labels is None:
-            a = probs.reshape(-1, classes)
+            a = probs.reshape(-1, classes).astype(dtype, copy=False)
             if eps:
                 a = a * dtype.type(1.0 - eps) + dtype.type(eps / classes)
             if w is not None:

@@ -12,11 +12,13 @@ import io
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
 import fundl as fl
 from fundl import distributed as dist
+from fundl.fit.inputs import Caster
 from fundl.testing import check_layer, read_only
 
 comm = dist.world()
@@ -213,6 +215,17 @@ metrics = {"accuracy": "accuracy", "ce": "cross_entropy", "mse_loss": fl.losses.
 shared = fl.evaluate(model, params, state, (xv, yv), metrics=metrics, batch_size=4, comm=comm)
 alone = fl.evaluate(model, params, state, (xv, yv), metrics=metrics, batch_size=4)
 R["evaluate"] = {"shared": shared, "alone": alone, "equal": shared == alone}
+# float64 batches of a source for float32 params: each rank casts only the batches it runs
+source = [(xv[i:i + 4].astype(np.float64), yv[i:i + 4]) for i in range(0, 23, 4)]
+casts = []
+cast = Caster.__call__
+Caster.__call__ = lambda self, x: casts.append(1) or cast(self, x)   # counts the casts
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)    # "x is float64 but the params are float32"
+    from_source = fl.evaluate(model, params, state, source, metrics=metrics, comm=comm)
+Caster.__call__ = cast
+R["evaluate"].update(from_source=from_source, casts=len(casts),
+                     runs=len(range(comm.rank, len(source), comm.size)))
 
 # --- 4. fit with comm: same as one process; rank 0 checkpoints; resume ------------------
 
