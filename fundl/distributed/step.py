@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -198,13 +196,3 @@ def _rows(x: Any) -> int:
             raise ValueError("distributed.make_step: an empty tuple")
         x = x[0]
     return int(np.shape(x)[0])
-
-
-def quiet(empty: bool) -> contextlib.ExitStack:
-    """Silence numpy's warnings about means of an empty batch (a rank with 0 examples)."""
-    stack = contextlib.ExitStack()
-    if empty:
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", RuntimeWarning)
-        stack.enter_context(np.errstate(all="ignore"))
-    return stack
